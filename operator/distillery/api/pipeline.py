@@ -1,0 +1,94 @@
+"""The resolved pipeline configuration: the contract between the operator and the workloads.
+
+The operator renders it from the spec into the `<name>-pipeline` ConfigMap (key
+`pipeline.json`), mounted at `/etc/distillery/pipeline.json` in every stage pod.
+The workloads read only this file and their environment, never the Distillation.
+"""
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from distillery.api.base import ApiModel
+from distillery.api.spec import (
+    DatasetSpec,
+    EvaluationSpec,
+    PromptSpec,
+    Sampling,
+    StudentSpec,
+    Task,
+)
+
+CONFIG_MOUNT_DIR = "/etc/distillery"
+CONFIG_FILE = "pipeline.json"
+WORKSPACE_DIR = "/workspace"
+TEACHER_API_KEY_ENV = "TEACHER_API_KEY"
+
+
+class TeacherClientConfig(ApiModel):
+    """How the labeler and evaluator reach the teacher."""
+
+    base_url: str
+    """OpenAI-compatible base URL including /v1."""
+    model: str
+    sampling: Sampling = Field(default_factory=Sampling)
+    concurrency: int = 16
+    request_timeout_seconds: float = 300
+    max_attempts: int = 4
+    min_success_ratio: float = 0.9
+
+
+class WorkspaceLayout(ApiModel):
+    """Paths inside the workspace volume; every stage reads and writes only here."""
+
+    root: str = WORKSPACE_DIR
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.root, *parts)
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.path("labels")
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path("train")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path("train", "checkpoints")
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path("train", "adapter")
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.path("train", "merged")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path("eval")
+
+
+class PipelineConfig(ApiModel):
+    name: str
+    namespace: str
+    task: Task
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    teacher: TeacherClientConfig
+    dataset: DatasetSpec
+    student: StudentSpec
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    workspace: WorkspaceLayout = Field(default_factory=WorkspaceLayout)
+    label_shards: int = Field(1, ge=1)
+    """Completions of the labeling Indexed Job; pod i labels rows where row_index % shards == i."""
+    seed: int = 1234
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_wire(), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        return cls.model_validate_json(Path(path).read_text())

@@ -1,0 +1,290 @@
+"""The `Distillation` spec: what a user asks for.
+
+Everything the API server can check is expressed here as schema constraints or
+CEL rules (see `x-kubernetes-validations`), so a wrong manifest is rejected by
+`kubectl apply` itself with a message naming the field.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from distillery.api.base import ApiModel, cel
+
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_LABELER_IMAGE = "ghcr.io/distillery-dev/labeler:0.1.0"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/distillery-dev/trainer:0.1.0"
+
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+GpuType = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")]
+
+
+class Task(StrEnum):
+    SUMMARIZATION = "summarization"
+    CONVERSATION = "conversation"
+    MATH = "math"
+    NLI = "nli"
+    MULTIPLE_CHOICE = "multiple-choice"
+    CUSTOM = "custom"
+
+
+class PromptSpec(ApiModel):
+    """How the teacher is prompted (elaborate) and how the student is trained and served (short)."""
+
+    chain_of_thought: bool = True
+    """Ask the teacher to reason step by step before answering."""
+    chain_of_density: bool = False
+    """Summarization only: ask the teacher for iteratively denser summaries and keep the last one."""
+    density_rounds: int = Field(3, ge=1, le=8)
+    """Chain-of-density rounds (summarization with chainOfDensity only)."""
+    max_summary_words: int = Field(80, ge=5, le=2000)
+    """Summaries longer than this many words are rejected and retried."""
+    system_template: str | None = Field(None, max_length=8192)
+    """System prompt for the teacher (custom task; overrides the built-in prompt for other tasks)."""
+    user_template: str | None = Field(None, max_length=16384)
+    """Teacher user prompt, Python str.format style over the dataset columns, e.g. 'Classify: {text}'."""
+    student_template: str | None = Field(None, max_length=16384)
+    """Short prompt the student is trained and served with (custom task); defaults to userTemplate."""
+    answer_pattern: str | None = Field(None, max_length=512)
+    """Custom task: a regular expression whose first group extracts the answer from the teacher's output."""
+    self_consistency: int = Field(1, ge=1, le=16)
+    """Sample the teacher this many times per row and keep the majority answer."""
+
+
+class SecretKeyRef(ApiModel):
+    name: Name
+    """Name of a Secret in the Distillation's namespace."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key inside the Secret."""
+
+
+class Sampling(ApiModel):
+    temperature: float = Field(0.2, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1, le=131072)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=4)
+
+
+class TeacherEndpoint(ApiModel):
+    """An existing OpenAI-compatible endpoint used as the teacher instead of serving one."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/.*)?$", max_length=2048)
+    """Base URL of the API, up to and including /v1."""
+    model: str = Field(min_length=1, max_length=256)
+    """Model name to send in each request."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the bearer token."""
+
+
+class TeacherSpec(ApiModel):
+    """The teacher: a model served in-cluster (`model`) or an existing endpoint (`endpoint`)."""
+
+    model: str | None = Field(None, min_length=1, max_length=512)
+    """Model id or URI to serve with vLLM, e.g. meta-llama/Llama-3.3-70B-Instruct or pvc://models/llama."""
+    image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+    gpu_type: GpuType = "H100"
+    """GPU type from the operator's GPU catalogue (H100, A100, L4, ...)."""
+    gpus: int = Field(1, ge=1, le=16)
+    """GPUs per teacher replica."""
+    tensor_parallel_size: int = Field(1, ge=1, le=16)
+    replicas: int = Field(1, ge=1, le=16)
+    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=64)
+    """Extra arguments for the vLLM server."""
+    hub_token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding a model-hub token (exported as HF_TOKEN)."""
+    endpoint: TeacherEndpoint | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    concurrency: int = Field(16, ge=1, le=1024)
+    """Requests in flight to the teacher per labeling pod."""
+    request_timeout_seconds: int = Field(300, ge=1, le=3600)
+    max_attempts: int = Field(4, ge=1, le=20)
+    """Attempts per row (transport errors and malformed answers) before the row is rejected."""
+    min_success_ratio: float = Field(0.9, ge=0, le=1)
+    """Labeling fails when fewer rows than this share get a valid answer."""
+    keep_after_labeling: bool = False
+    """Keep the teacher running after labeling (it serves as a baseline during evaluation)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("has(self.model) != has(self.endpoint)",
+                    "exactly one of teacher.model and teacher.endpoint must be set"),
+                cel("self.gpus % self.tensorParallelSize == 0",
+                    "teacher.gpus must be a multiple of teacher.tensorParallelSize", ".gpus"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> "TeacherSpec":
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("exactly one of teacher.model and teacher.endpoint must be set")
+        if self.gpus % self.tensor_parallel_size:
+            raise ValueError("teacher.gpus must be a multiple of teacher.tensorParallelSize")
+        return self
+
+
+class DataSource(ApiModel):
+    """Rows from a URI (hf://, s3://, pvc://claim/path) or inline (small runs)."""
+
+    uri: str | None = Field(None, pattern=r"^(hf|s3|pvc)://[^\s]+$", max_length=2048)
+    rows: list[dict[str, Any]] | None = Field(None, max_length=2000)
+    split: str | None = Field(None, max_length=64)
+    """Split name for hf:// sources (default: train or validation)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("has(self.uri) != has(self.rows)", "exactly one of uri and rows must be set"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSource":
+        if (self.uri is None) == (self.rows is None):
+            raise ValueError("exactly one of uri and rows must be set")
+        return self
+
+
+class DatasetSpec(ApiModel):
+    train: DataSource
+    validation: DataSource | None = None
+    """Held-out rows for evaluation; without it, validationFraction of train is held out."""
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    columns: dict[str, Annotated[str, Field(max_length=128)]] = Field(default_factory=dict, max_length=16)
+    """Map from the task's field names (text, question, premise, hypothesis, choices, answer, messages,
+    reference, summary, label) to the dataset's column names."""
+    limit: int | None = Field(None, ge=1, le=100_000_000)
+    """Use at most this many training rows."""
+
+
+class LoraSpec(ApiModel):
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=32
+    )
+
+
+class TrainingMethod(StrEnum):
+    LORA = "lora"
+    FULL = "full"
+
+
+class StudentSpec(ApiModel):
+    model: str = Field(min_length=1, max_length=512)
+    """Student model id or URI (hf://, pvc://), e.g. Qwen/Qwen2.5-1.5B-Instruct."""
+    method: TrainingMethod = TrainingMethod.LORA
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    epochs: int = Field(2, ge=1, le=100)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    batch_size: int = Field(4, ge=1, le=4096)
+    """Micro-batch size per GPU."""
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_seq_length: int = Field(1024, ge=16, le=262144)
+    zero_stage: int = Field(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    nodes: int = Field(1, ge=1, le=128)
+    gpus_per_node: int = Field(1, ge=1, le=16)
+    gpu_type: GpuType = "H100"
+    include_rationale: bool = False
+    """Train on the teacher's reasoning followed by the answer instead of the answer alone."""
+    merge_weights: bool = False
+    """Also write LoRA-merged full weights."""
+    checkpoint_steps: int = Field(200, ge=1, le=1_000_000)
+    image: str = Field(DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512)
+
+
+class Baseline(StrEnum):
+    TEACHER = "teacher"
+    BASE_STUDENT = "base-student"
+
+
+class EvaluationSpec(ApiModel):
+    enabled: bool = True
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: [Baseline.TEACHER, Baseline.BASE_STUDENT], max_length=2
+    )
+    max_rows: int | None = Field(None, ge=1, le=10_000_000)
+
+
+class ServingSpec(ApiModel):
+    enabled: bool = True
+    replicas: int = Field(1, ge=0, le=64)
+    gpu_type: GpuType = "H100"
+    gpus: int = Field(1, ge=0, le=16)
+    """GPUs per student replica; 0 serves on CPU."""
+    image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(None, max_length=316)
+    operator: str | None = Field(None, pattern=r"^(Exists|Equal)$")
+    value: str | None = Field(None, max_length=63)
+    effect: str | None = Field(None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    toleration_seconds: int | None = None
+
+
+class SchedulingSpec(ApiModel):
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=32)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    priority_class_name: str | None = Field(None, max_length=253)
+    queue_name: str | None = Field(None, max_length=253)
+    """Kueue LocalQueue: sets kueue.x-k8s.io/queue-name on the Jobs, which Kueue admits."""
+    pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=32)
+    """Extra labels for every stage pod (cost attribution, policy selectors)."""
+    pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict, max_length=32)
+    """Extra annotations for every stage pod (sidecar injection, simulation delays on kwok)."""
+
+
+class StorageSpec(ApiModel):
+    size: Quantity = "50Gi"
+    """Workspace volume size (labels, checkpoints, adapter, results)."""
+    storage_class_name: str | None = Field(None, max_length=253)
+
+
+class DistillationSpec(ApiModel):
+    """A distillation run: teacher labels the dataset, the student is fine-tuned, evaluated and served."""
+
+    task: Task
+    region: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Cloud region whose GPU node pools run every GPU stage (topology.kubernetes.io/region)."""
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    teacher: TeacherSpec
+    dataset: DatasetSpec
+    student: StudentSpec
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    suspend: bool = False
+    """Pause: running stage pods are removed, progress in the workspace is kept, and resume continues."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.task == 'summarization' || !self.prompt.chainOfDensity",
+                    "prompt.chainOfDensity is only valid for task summarization", ".prompt.chainOfDensity"),
+                cel("self.task != 'custom' || has(self.prompt.userTemplate)",
+                    "task custom needs prompt.userTemplate", ".prompt.userTemplate"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillationSpec":
+        if self.prompt.chain_of_density and self.task != Task.SUMMARIZATION:
+            raise ValueError("prompt.chainOfDensity is only valid for task summarization")
+        if self.task == Task.CUSTOM and not self.prompt.user_template:
+            raise ValueError("task custom needs prompt.userTemplate")
+        return self
+
+
+MUTABLE_SPEC_FIELDS = frozenset({"suspend", "serving"})
+"""Everything else is fixed at creation: a change mid-run would mix two experiments in one status."""

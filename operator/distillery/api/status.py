@@ -1,0 +1,109 @@
+"""The `Distillation` status: what the operator observed. Written only by the operator."""
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from distillery.api.base import ApiModel
+
+
+class StatusModel(ApiModel):
+    """Status is read back from the cluster: fields written by a newer operator are ignored, not fatal."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+
+class Stage(StrEnum):
+    TEACHER = "teacher"
+    LABELING = "labeling"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    SERVING = "serving"
+
+
+STAGE_CONDITION = {
+    Stage.TEACHER: "TeacherReady",
+    Stage.LABELING: "Labeled",
+    Stage.TRAINING: "Trained",
+    Stage.EVALUATION: "Evaluated",
+    Stage.SERVING: "StudentReady",
+}
+
+SUMMARY_CONDITIONS = ("Ready", "Succeeded", "Failed", "Reconciling", "Stalled")
+ALL_CONDITIONS = SUMMARY_CONDITIONS + tuple(STAGE_CONDITION.values())
+
+
+class StageState(StrEnum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+    REMOVED = "Removed"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    TEACHER = "StartingTeacher"
+    LABELING = "Labeling"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    SERVING = "StartingStudent"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(StatusModel):
+    type: str
+    status: str = Field(pattern=r"^(True|False|Unknown)$")
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field("", max_length=32768)
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class StageStatus(StatusModel):
+    state: StageState = StageState.PENDING
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = Field(None, max_length=1024)
+    gpu_hours: float | None = None
+    """GPU-hours requested by the stage's pods while it ran (GPUs x wall time)."""
+
+
+class Progress(StatusModel):
+    rows_labeled: int | None = None
+    rows_rejected: int | None = None
+    rows_total: int | None = None
+    train_step: int | None = None
+    train_steps: int | None = None
+    train_loss: float | None = None
+    teacher_tokens_in: int | None = None
+    teacher_tokens_out: int | None = None
+
+
+class ModelScore(StatusModel):
+    model: str
+    """teacher, base-student or distilled-student."""
+    prompt: str
+    """Which prompt the model was asked with (cot or short)."""
+    metric: str
+    score: float
+    rows: int
+
+
+class DistillationStatus(StatusModel):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    progress_summary: str | None = None
+    """One short line for kubectl get, e.g. 'labeling 340/1000'."""
+    conditions: list[Condition] = Field(default_factory=list)
+    stages: dict[str, StageStatus] = Field(default_factory=dict)
+    progress: Progress | None = None
+    results: list[ModelScore] | None = None
+    student_endpoint: str | None = None
+    """OpenAI-compatible base URL of the served student."""
+    gpu_hours: float | None = None
+    """GPU-hours across all stages so far."""

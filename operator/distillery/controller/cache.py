@@ -1,0 +1,115 @@
+"""In-memory view of the cluster, fed by kopf watch events.
+
+Reconciles read from here instead of the API server, so one pass costs no
+reads; the watch streams keep it current (level-triggered, like an informer).
+"""
+
+from collections import defaultdict
+from typing import Any
+
+from distillery.controller.observe import NodeView
+from distillery.resources.common import PARENT_LABEL
+
+Key = tuple[str, str]
+"""(namespace, Distillation name)."""
+
+
+def project(body: Any) -> dict[str, Any]:
+    """Keep the fields the planner reads; drops managedFields and the rest of the bulk."""
+    meta = body.get("metadata") or {}
+    return {
+        "kind": body.get("kind"),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": dict(meta.get("labels") or {}),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": _plain(body.get("spec")),
+        "status": _plain(body.get("status")),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _pod_projection(body: Any) -> dict[str, Any]:
+    """Pods matter only for their stage label and termination messages."""
+    meta = body.get("metadata") or {}
+    statuses = []
+    for cs in (body.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated and terminated.get("message"):
+            statuses.append({"state": {"terminated": {"message": terminated["message"]}}})
+    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+            "status": {"containerStatuses": statuses}}
+
+
+class ClusterCache:
+    def __init__(self) -> None:
+        self.distillations: dict[Key, dict[str, Any]] = {}
+        self._children: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+        self._pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._nodes: dict[str, NodeView] = {}
+
+    def parent_of(self, body: Any) -> Key | None:
+        meta = body.get("metadata") or {}
+        parent = (meta.get("labels") or {}).get(PARENT_LABEL)
+        return (meta.get("namespace"), parent) if parent else None
+
+    def put_distillation(self, body: Any, deleted: bool) -> Key:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if deleted:
+            self.distillations.pop(key, None)
+            self._children.pop(key, None)
+            self._pods.pop(key, None)
+        else:
+            self.distillations[key] = project(body)
+        return key
+
+    def put_child(self, kind: str, body: Any, deleted: bool) -> Key | None:
+        key = self.parent_of(body)
+        if key is None:
+            return None
+        name = (body.get("metadata") or {}).get("name")
+        if deleted:
+            self._children[key].pop((kind, name), None)
+        else:
+            self._children[key][(kind, name)] = project(body) | {"kind": kind}
+        return key
+
+    def put_pod(self, body: Any, deleted: bool) -> Key | None:
+        key = self.parent_of(body)
+        if key is None:
+            return None
+        name = (body.get("metadata") or {}).get("name")
+        if deleted:
+            self._pods[key].pop(name, None)
+        else:
+            self._pods[key][name] = _pod_projection(body)
+        return key
+
+    def put_node(self, body: Any, deleted: bool, gpu_resource: str) -> None:
+        name = (body.get("metadata") or {}).get("name")
+        if deleted:
+            self._nodes.pop(name, None)
+        else:
+            self._nodes[name] = NodeView.of(_plain(body), gpu_resource)
+
+    def children(self, key: Key) -> list[dict[str, Any]]:
+        return list(self._children.get(key, {}).values())
+
+    def pods(self, key: Key) -> list[dict[str, Any]]:
+        return list(self._pods.get(key, {}).values())
+
+    def nodes(self) -> list[NodeView]:
+        return list(self._nodes.values())

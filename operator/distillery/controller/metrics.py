@@ -1,0 +1,88 @@
+"""Prometheus metrics with controller-runtime's names and meanings, plus Distillery's own.
+
+Per-Distillation series are produced by a collector from the cache at scrape
+time, so a deleted Distillation's series disappear with it.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from distillery.api.status import Phase
+
+CONTROLLER = "distillation"
+REGISTRY = CollectorRegistry()
+
+RECONCILE_TOTAL = Counter("controller_runtime_reconcile_total", "Total number of reconciliations per controller",
+                          ["controller", "result"], registry=REGISTRY)
+RECONCILE_ERRORS = Counter("controller_runtime_reconcile_errors_total",
+                           "Total number of reconciliation errors per controller", ["controller"], registry=REGISTRY)
+TERMINAL_ERRORS = Counter("controller_runtime_terminal_reconcile_errors_total",
+                          "Total number of terminal reconciliation errors per controller", ["controller"],
+                          registry=REGISTRY)
+RECONCILE_TIME = Histogram(
+    "controller_runtime_reconcile_time_seconds", "Length of time per reconciliation per controller", ["controller"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+             1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 60),
+    registry=REGISTRY)
+MAX_CONCURRENT = Gauge("controller_runtime_max_concurrent_reconciles",
+                       "Maximum number of concurrent reconciles per controller", ["controller"], registry=REGISTRY)
+ACTIVE_WORKERS = Gauge("controller_runtime_active_workers", "Number of currently used workers per controller",
+                       ["controller"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name"], registry=REGISTRY)
+API_REQUESTS = Counter("distillery_api_requests_total", "Requests the operator sent to the API server",
+                       ["verb", "kind", "code"], registry=REGISTRY)
+
+for result in ("success", "error", "requeue", "requeue_after"):
+    RECONCILE_TOTAL.labels(CONTROLLER, result).inc(0)
+RECONCILE_ERRORS.labels(CONTROLLER).inc(0)
+TERMINAL_ERRORS.labels(CONTROLLER).inc(0)
+
+
+class DistillationCollector(Collector):
+    """Distillations by phase, stage durations, GPU-hours, rows labelled and teacher tokens, from the cache."""
+
+    def __init__(self, distillations: dict) -> None:
+        self._distillations = distillations
+
+    def collect(self) -> Iterator:
+        by_phase = GaugeMetricFamily("distillery_distillations", "Distillations by phase", labels=["phase"])
+        gpu_hours = CounterMetricFamily("distillery_gpu_hours", "GPU-hours used per Distillation and stage",
+                                        labels=["namespace", "name", "stage"])
+        durations = GaugeMetricFamily("distillery_stage_duration_seconds", "Wall time of finished stages",
+                                      labels=["namespace", "name", "stage"])
+        rows = CounterMetricFamily("distillery_rows_labeled", "Rows labelled by the teacher",
+                                   labels=["namespace", "name", "result"])
+        tokens = CounterMetricFamily("distillery_teacher_tokens", "Teacher tokens used for labelling",
+                                     labels=["namespace", "name", "direction"])
+        counts = {p.value: 0 for p in Phase}
+        for (namespace, name), body in list(self._distillations.items()):
+            status = body.get("status") or {}
+            phase = status.get("phase") or Phase.PENDING.value
+            counts[phase] = counts.get(phase, 0) + 1
+            for stage, record in (status.get("stages") or {}).items():
+                if record.get("gpuHours"):
+                    gpu_hours.add_metric([namespace, name, stage], float(record["gpuHours"]))
+                seconds = _duration(record.get("startTime"), record.get("completionTime"))
+                if seconds is not None:
+                    durations.add_metric([namespace, name, stage], seconds)
+            progress = status.get("progress") or {}
+            for result, key in (("ok", "rowsLabeled"), ("rejected", "rowsRejected")):
+                if progress.get(key) is not None:
+                    rows.add_metric([namespace, name, result], float(progress[key]))
+            for direction, key in (("in", "teacherTokensIn"), ("out", "teacherTokensOut")):
+                if progress.get(key) is not None:
+                    tokens.add_metric([namespace, name, direction], float(progress[key]))
+        for phase, count in counts.items():
+            by_phase.add_metric([phase], count)
+        yield from (by_phase, gpu_hours, durations, rows, tokens)
+
+
+def _duration(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()

@@ -1,0 +1,134 @@
+"""What the planner sees: child objects and nodes reduced to the facts it decides on (pure)."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillery.resources.common import STAGE_LABEL, Names
+
+
+@dataclass(frozen=True)
+class JobView:
+    suspended: bool = False
+    active: int = 0
+    complete: bool = False
+    failed: bool = False
+    reason: str = ""
+    message: str = ""
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> "JobView":
+        status = job.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        failed = conditions.get("Failed") or {}
+        return cls(
+            suspended=bool((job.get("spec") or {}).get("suspend")),
+            active=int(status.get("active") or 0),
+            complete="Complete" in conditions,
+            failed="Failed" in conditions,
+            reason=str(failed.get("reason", "")),
+            message=str(failed.get("message", "")),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    replicas: int = 0
+    available_replicas: int = 0
+    available: bool = False
+    deadline_exceeded: bool = False
+
+    @classmethod
+    def of(cls, deployment: dict[str, Any]) -> "DeploymentView":
+        spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+        replicas = int(spec.get("replicas", 1))
+        available = int(status.get("availableReplicas") or 0)
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        progressing = conditions.get("Progressing") or {}
+        current = (deployment.get("metadata") or {}).get("generation") == status.get("observedGeneration")
+        return cls(
+            replicas=replicas,
+            available_replicas=available,
+            available=current and replicas > 0 and available >= replicas,
+            deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
+        )
+
+
+@dataclass(frozen=True)
+class NodeView:
+    labels: dict[str, str]
+    allocatable_gpus: int
+    gpu_tainted: bool
+
+    @classmethod
+    def of(cls, node: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> "NodeView":
+        alloc = ((node.get("status") or {}).get("allocatable") or {}).get(gpu_resource, "0")
+        taints = (node.get("spec") or {}).get("taints") or []
+        try:
+            gpus = int(str(alloc))
+        except ValueError:
+            gpus = 0
+        return cls(
+            labels=dict((node.get("metadata") or {}).get("labels") or {}),
+            allocatable_gpus=gpus,
+            gpu_tainted=any(t.get("key") == gpu_resource for t in taints),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Children of one Distillation (by deterministic name) and the cluster's nodes."""
+
+    pvc: bool = False
+    configmap: bool = False
+    teacher: DeploymentView | None = None
+    teacher_service: bool = False
+    label_job: JobView | None = None
+    train_job: JobView | None = None
+    train_service: bool = False
+    eval_job: JobView | None = None
+    student: DeploymentView | None = None
+    student_service: bool = False
+    messages: dict[str, list[str]] = field(default_factory=dict)
+    """Termination messages of finished pods, by stage label."""
+    nodes: tuple[NodeView, ...] = ()
+
+
+def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
+            nodes: Iterable[NodeView]) -> Observed:
+    names = Names(parent)
+    by_key = {(c.get("kind"), (c.get("metadata") or {}).get("name")): c for c in children}
+
+    def job(name: str) -> JobView | None:
+        obj = by_key.get(("Job", name))
+        return JobView.of(obj) if obj else None
+
+    def deployment(name: str) -> DeploymentView | None:
+        obj = by_key.get(("Deployment", name))
+        return DeploymentView.of(obj) if obj else None
+
+    messages: dict[str, list[str]] = {}
+    for pod in pods:
+        stage = ((pod.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL)
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            if stage and message:
+                messages.setdefault(stage, []).append(message)
+    return Observed(
+        pvc=("PersistentVolumeClaim", names.workspace) in by_key,
+        configmap=("ConfigMap", names.pipeline) in by_key,
+        teacher=deployment(names.teacher),
+        teacher_service=("Service", names.teacher) in by_key,
+        label_job=job(names.label),
+        train_job=job(names.train),
+        train_service=("Service", names.train) in by_key,
+        eval_job=job(names.eval),
+        student=deployment(names.student),
+        student_service=("Service", names.student) in by_key,
+        messages={k: sorted(v) for k, v in messages.items()},
+        nodes=tuple(nodes),
+    )

@@ -1,0 +1,509 @@
+"""The pure planner: (spec, status, observed children, now) -> (actions, new status, events).
+
+No I/O here. Every decision of the operator lives in this module so that each
+transition can be unit-tested: stage order, waiting for GPU capacity, teacher
+removal, failure, suspend and resume, and resuming a half-built pipeline after
+an operator restart (status says what finished; children say what exists).
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from distillery.api.spec import DistillationSpec
+from distillery.api.status import (
+    STAGE_CONDITION,
+    DistillationStatus,
+    ModelScore,
+    Phase,
+    Progress,
+    Stage,
+    StageState,
+    StageStatus,
+)
+from distillery.controller.conditions import get_condition, set_condition
+from distillery.controller.config import OperatorConfig
+from distillery.controller.observe import JobView, NodeView, Observed
+from distillery.resources import jobs, student, teacher, workspace
+from distillery.resources.common import Names, Owner
+
+DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
+ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
+PHASE_OF_STAGE = {
+    Stage.TEACHER: Phase.TEACHER,
+    Stage.LABELING: Phase.LABELING,
+    Stage.TRAINING: Phase.TRAINING,
+    Stage.EVALUATION: Phase.EVALUATING,
+    Stage.SERVING: Phase.SERVING,
+}
+
+
+@dataclass(frozen=True)
+class Create:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Patch:
+    kind: str
+    name: str
+    patch: dict[str, Any]
+
+
+Action = Create | Delete | Patch
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    status: DistillationStatus = field(default_factory=DistillationStatus)
+    events: list[Event] = field(default_factory=list)
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hours_between(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return max(0.0, (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 3600)
+
+
+def gpu_pool_fits(nodes: tuple[NodeView, ...], config: OperatorConfig, region: str, gpu_type: str | None,
+                  gpus_per_pod: int, pods: int = 1) -> bool:
+    """Can the region's node pools ever hold these pods (by allocatable, not by what is free now)?"""
+    products = set(config.gpu_products(gpu_type)) if gpu_type else set()
+    fitting = 0
+    for node in nodes:
+        if node.labels.get(config.region_label) != region:
+            continue
+        if gpus_per_pod and (node.labels.get(config.gpu_product_label) not in products
+                             or node.allocatable_gpus < gpus_per_pod):
+            continue
+        fitting += 1
+    return fitting >= pods
+
+
+def _summary(messages: list[str]) -> dict[str, Any]:
+    """Merge the JSON termination messages of a stage's pods (one per shard or node)."""
+    merged: dict[str, Any] = {}
+    for message in messages:
+        try:
+            data = json.loads(message)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        for key, value in data.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(merged.get(key), int | float):
+                merged[key] = merged[key] + value if key not in ("loss", "final_loss", "wall_seconds") else value
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+class _Pass:
+    """One reconcile pass; mutates a copy of the status and collects actions and events."""
+
+    def __init__(self, owner: Owner, generation: int, spec: DistillationSpec, status: DistillationStatus,
+                 observed: Observed, now: datetime, config: OperatorConfig) -> None:
+        self.owner, self.spec, self.obs, self.config = owner, spec, observed, config
+        self.names = Names(owner.name)
+        self.generation = generation
+        self.now = timestamp(now)
+        self.status = status.model_copy(deep=True)
+        self.status.observed_generation = generation
+        for stage in ORDER:
+            self.status.stages.setdefault(stage.value, StageStatus())
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+
+    # helpers -------------------------------------------------------------
+    def stage(self, stage: Stage) -> StageStatus:
+        return self.status.stages[stage.value]
+
+    def cond(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
+        self.status.conditions = set_condition(self.status.conditions, type_, status, reason, message, self.now,
+                                               self.generation)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message[:1000]))
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        self.actions.append(Create(manifest))
+        self.event("Created", f"Created {manifest['kind']} {manifest['metadata']['name']}")
+
+    def delete(self, kind: str, name: str) -> None:
+        self.actions.append(Delete(kind, name))
+        self.event("Deleted", f"Deleted {kind} {name}")
+
+    def start(self, stage: Stage, state: StageState = StageState.RUNNING, message: str | None = None) -> None:
+        record = self.stage(stage)
+        if record.start_time is None and state == StageState.RUNNING:
+            record.start_time = self.now
+        record.state = state
+        record.message = message
+
+    def finish(self, stage: Stage, state: StageState, message: str | None = None, gpus: int = 0) -> None:
+        record = self.stage(stage)
+        if record.state in DONE | {StageState.FAILED}:
+            return
+        record.start_time = record.start_time or self.now
+        record.completion_time = self.now
+        record.state = state
+        record.message = message
+        if gpus:
+            record.gpu_hours = round(gpus * _hours_between(record.start_time, record.completion_time), 4)
+        if state == StageState.SUCCEEDED:
+            self.event("StageSucceeded", f"Stage {stage.value} succeeded" + (f": {message}" if message else ""))
+        elif state == StageState.FAILED:
+            self.event("StageFailed", f"Stage {stage.value} failed: {message}", warning=True)
+
+    def done(self, stage: Stage) -> bool:
+        return self.stage(stage).state in DONE
+
+    def failed_stage(self) -> Stage | None:
+        return next((s for s in ORDER if self.stage(s).state == StageState.FAILED), None)
+
+    def wait_for_gpus(self, stage: Stage, gpu_type: str, gpus: int, pods: int = 1) -> bool:
+        """True when the region can hold the stage; otherwise records why it waits."""
+        if gpu_pool_fits(self.obs.nodes, self.config, self.spec.region, gpu_type if gpus else None, gpus, pods):
+            return False
+        what = f"{pods} node(s) with {gpus}x {gpu_type}" if gpus else f"{pods} node(s)"
+        message = (f"no node pool in region {self.spec.region} can hold {what}; waiting for capacity "
+                   f"(an autoscaler may add nodes)")
+        if self.stage(stage).state != StageState.WAITING:
+            self.event("NoMatchingGPUNodePool", message, warning=True)
+        self.start(stage, StageState.WAITING, message)
+        self.cond(STAGE_CONDITION[stage], False, "NoMatchingGPUNodePool", message)
+        return True
+
+    # the pass ------------------------------------------------------------
+    def run(self) -> Plan:
+        if not self.obs.pvc:
+            self.create(workspace.workspace_pvc(self.owner, self.spec, self.config))
+        if not self.obs.configmap:
+            self.create(workspace.pipeline_configmap(self.owner, self.spec))
+
+        failed = self.failed_stage()
+        if failed is not None:
+            self.release_teacher()
+            return self.conclude_failed(failed)
+        if self.spec.suspend:
+            return self.suspend()
+        self.teacher()
+        self.resume_jobs()
+        if self.obs.label_job is not None or self.ready_for(Stage.LABELING):
+            self.stage_job(Stage.LABELING, self.obs.label_job, [jobs.labeling_job], self.labeling_summary)
+        if self.done(Stage.LABELING):
+            self.release_teacher()
+        if self.ready_for(Stage.TRAINING):
+            self.training()
+        if self.ready_for(Stage.EVALUATION):
+            if not self.spec.evaluation.enabled:
+                self.finish(Stage.EVALUATION, StageState.SKIPPED, "evaluation disabled")
+            elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1):
+                self.stage_job(Stage.EVALUATION, self.obs.eval_job, [jobs.evaluation_job], self.evaluation_summary,
+                               gpus=1)
+        if self.ready_for(Stage.SERVING):
+            self.serving()
+
+        failed = self.failed_stage()
+        if failed is not None:
+            self.release_teacher()
+            return self.conclude_failed(failed)
+        return self.conclude()
+
+    def ready_for(self, stage: Stage) -> bool:
+        """The teacher gates labeling; after that each stage waits for all stages between it and labeling."""
+        if stage == Stage.LABELING:
+            return self.done(Stage.TEACHER)
+        return all(self.done(s) for s in ORDER[1:ORDER.index(stage)])
+
+    def teacher(self) -> None:
+        t = self.spec.teacher
+        if t.endpoint is not None:
+            if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
+                self.finish(Stage.TEACHER, StageState.SKIPPED, f"external endpoint {t.endpoint.url}")
+            self.cond("TeacherReady", True, "ExternalEndpoint", f"using {t.endpoint.url}")
+            return
+        if self.done(Stage.LABELING):
+            return
+        if self.obs.teacher is None:
+            if self.wait_for_gpus(Stage.TEACHER, t.gpu_type, t.gpus):
+                return
+            self.create(teacher.teacher_deployment(self.owner, self.spec, self.config))
+            self.start(Stage.TEACHER, StageState.RUNNING, "starting the teacher server")
+        if not self.obs.teacher_service:
+            self.create(teacher.teacher_service(self.owner))
+        view = self.obs.teacher
+        if view is not None and view.available:
+            record = self.stage(Stage.TEACHER)
+            if record.state != StageState.SUCCEEDED:
+                record.start_time = record.start_time or self.now
+                record.state = StageState.SUCCEEDED
+                record.message = f"{view.available_replicas} replica(s) serving {t.model}"
+                self.event("TeacherReady", f"Teacher {t.model} is serving")
+            self.cond("TeacherReady", True, "Serving", f"{view.available_replicas} replica(s) serving {t.model}")
+            return
+        # A teacher that was ready and lost its pods goes back to starting; labeling waits and resumes.
+        self.start(Stage.TEACHER, StageState.RUNNING, "waiting for the teacher server to become ready")
+        reason = "ProgressDeadlineExceeded" if view is not None and view.deadline_exceeded else "Starting"
+        self.cond("TeacherReady", False, reason, f"teacher {t.model} is not serving yet")
+
+    def release_teacher(self) -> None:
+        """Give the teacher's GPUs back once labeling is over (or failed), unless asked to keep it."""
+        if self.spec.teacher.endpoint is not None or self.spec.teacher.keep_after_labeling:
+            return
+        if self.obs.teacher is not None:
+            self.delete("Deployment", self.names.teacher)
+        if self.obs.teacher_service:
+            self.delete("Service", self.names.teacher)
+        record = self.stage(Stage.TEACHER)
+        if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
+            record.completion_time = self.now
+            t = self.spec.teacher
+            record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
+            record.state = StageState.REMOVED
+            record.message = "teacher removed after labeling to free its GPUs"
+            self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
+
+    def stage_job(self, stage: Stage, view: JobView | None, builders: list, summarise, gpus: int = 0) -> None:
+        if self.done(stage):
+            return
+        if view is None:
+            for build in builders:
+                self.create(build(self.owner, self.spec, self.config))
+            self.start(stage, StageState.RUNNING)
+            self.cond(STAGE_CONDITION[stage], False, "Running", f"{stage.value} job created")
+            return
+        messages = self.obs.messages.get(self.stage_label(stage), [])
+        if view.complete:
+            summary = _summary(messages)
+            summarise(summary)
+            self.finish(stage, StageState.SUCCEEDED, self.describe(stage, summary), gpus=gpus)
+            self.cond(STAGE_CONDITION[stage], True, "Succeeded", self.stage(stage).message or "")
+        elif view.failed:
+            detail = "; ".join(m for m in messages if m)[:600]
+            message = f"{view.reason or 'JobFailed'}: {view.message}" + (f" ({detail})" if detail else "")
+            self.finish(stage, StageState.FAILED, message, gpus=gpus)
+            self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
+        else:
+            self.start(stage, StageState.RUNNING)
+            self.cond(STAGE_CONDITION[stage], False, "Running", f"{view.active} pod(s) running")
+
+    @staticmethod
+    def stage_label(stage: Stage) -> str:
+        return {Stage.LABELING: jobs.LABELING, Stage.TRAINING: jobs.TRAINING,
+                Stage.EVALUATION: jobs.EVALUATION}.get(stage, stage.value)
+
+    def describe(self, stage: Stage, summary: dict[str, Any]) -> str:
+        if stage == Stage.LABELING and "rows_ok" in summary:
+            return f"{summary['rows_ok']} rows labeled, {summary.get('rows_rejected', 0)} rejected"
+        if stage == Stage.TRAINING and "steps" in summary:
+            return f"{summary['steps']} optimizer steps, final loss {summary.get('final_loss', '?')}"
+        if stage == Stage.EVALUATION and self.status.results:
+            return ", ".join(f"{r.model} {r.score:.2f}" for r in self.status.results)
+        return f"{stage.value} job completed"
+
+    def progress(self) -> Progress:
+        if self.status.progress is None:
+            self.status.progress = Progress()
+        return self.status.progress
+
+    def labeling_summary(self, summary: dict[str, Any]) -> None:
+        if not summary:
+            return
+        p = self.progress()
+        p.rows_labeled = summary.get("rows_ok")
+        p.rows_rejected = summary.get("rows_rejected")
+        p.rows_total = summary.get("rows_total")
+        p.teacher_tokens_in = summary.get("tokens_in")
+        p.teacher_tokens_out = summary.get("tokens_out")
+
+    def training_summary(self, summary: dict[str, Any]) -> None:
+        if not summary:
+            return
+        p = self.progress()
+        p.train_step = summary.get("steps")
+        p.train_steps = summary.get("total_steps", summary.get("steps"))
+        loss = summary.get("final_loss")
+        p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
+
+    def evaluation_summary(self, summary: dict[str, Any]) -> None:
+        metric = str(summary.get("metric", "score"))
+        scores = []
+        for r in summary.get("results") or []:
+            try:
+                scores.append(ModelScore(model=str(r["model"]), prompt=str(r.get("prompt", "")), metric=metric,
+                                         score=round(float(r["score"]), 2), rows=int(r.get("rows", 0))))
+            except (KeyError, TypeError, ValueError):
+                continue
+        if scores:
+            self.status.results = scores
+
+    def training(self) -> None:
+        s = self.spec.student
+        if self.done(Stage.TRAINING):
+            return
+        if self.obs.train_job is None and self.wait_for_gpus(Stage.TRAINING, s.gpu_type, s.gpus_per_node, s.nodes):
+            return
+        if not self.obs.train_service:
+            self.create(jobs.training_service(self.owner))
+        self.stage_job(Stage.TRAINING, self.obs.train_job, [jobs.training_job], self.training_summary,
+                       gpus=s.nodes * s.gpus_per_node)
+
+    def serving(self) -> None:
+        sv = self.spec.serving
+        if not sv.enabled:
+            if self.stage(Stage.SERVING).state != StageState.SKIPPED:
+                self.finish(Stage.SERVING, StageState.SKIPPED, "serving disabled")
+            self.cond("StudentReady", False, "ServingDisabled", "serving is disabled in the spec")
+            return
+        view = self.obs.student
+        if view is None:
+            if self.wait_for_gpus(Stage.SERVING, sv.gpu_type, sv.gpus):
+                return
+            self.create(student.student_deployment(self.owner, self.spec, self.config))
+            self.start(Stage.SERVING, StageState.RUNNING, "starting the student server")
+        elif view.replicas != sv.replicas:
+            self.actions.append(Patch("Deployment", self.names.student, {"spec": {"replicas": sv.replicas}}))
+        if not self.obs.student_service:
+            self.create(student.student_service(self.owner))
+        self.status.student_endpoint = student.student_endpoint(self.owner)
+        if view is not None and view.available and view.replicas == sv.replicas:
+            record = self.stage(Stage.SERVING)
+            if record.state != StageState.SUCCEEDED:
+                record.state = StageState.SUCCEEDED
+                record.start_time = record.start_time or self.now
+                record.completion_time = self.now
+                record.message = f"{view.available_replicas} replica(s) serving"
+                self.event("StudentReady", f"Student serving at {self.status.student_endpoint}")
+            self.cond("StudentReady", True, "Serving", f"{view.available_replicas} replica(s) at "
+                      f"{self.status.student_endpoint}")
+        else:
+            if self.stage(Stage.SERVING).state != StageState.SUCCEEDED:
+                self.start(Stage.SERVING, StageState.RUNNING, "waiting for the student server to become ready")
+            reason = "ProgressDeadlineExceeded" if view is not None and view.deadline_exceeded else "Starting"
+            self.cond("StudentReady", False, reason, "student server is not serving yet")
+
+    def resume_jobs(self) -> None:
+        for stage, view, name in self.jobs():
+            # Labeling resumes only against a serving teacher, or its retries would reject good rows.
+            if stage == Stage.LABELING and not self.done(Stage.TEACHER):
+                continue
+            if view is not None and view.suspended and not view.finished:
+                self.actions.append(Patch("Job", name, {"spec": {"suspend": False}}))
+                self.event("Resumed", f"Resumed {stage.value} job {name}")
+
+    def jobs(self) -> list[tuple[Stage, JobView | None, str]]:
+        return [(Stage.LABELING, self.obs.label_job, self.names.label),
+                (Stage.TRAINING, self.obs.train_job, self.names.train),
+                (Stage.EVALUATION, self.obs.eval_job, self.names.eval)]
+
+    def suspend(self) -> Plan:
+        for stage, view, name in self.jobs():
+            if view is not None and not view.suspended and not view.finished:
+                self.actions.append(Patch("Job", name, {"spec": {"suspend": True}}))
+                self.event("Suspended", f"Suspended {stage.value} job {name}; progress is kept in the workspace")
+        # The teacher holds GPUs while idle; it is recreated on resume (its state is the model, not data).
+        if self.obs.teacher is not None and not self.done(Stage.LABELING) and self.spec.teacher.endpoint is None:
+            self.delete("Deployment", self.names.teacher)
+            record = self.stage(Stage.TEACHER)
+            record.state, record.message = StageState.PENDING, "removed while suspended"
+        if self.obs.student is not None and self.obs.student.replicas != 0:
+            self.actions.append(Patch("Deployment", self.names.student, {"spec": {"replicas": 0}}))
+        self.status.phase = Phase.SUSPENDED
+        self.status.progress_summary = "suspended"
+        self.cond("Suspended", True, "Suspended", "spec.suspend is true; progress is kept")
+        self.cond("Reconciling", False, "Suspended", "paused by spec.suspend")
+        self.cond("Ready", False, "Suspended", "paused by spec.suspend")
+        self.cond("Stalled", False, "Suspended", "")
+        self.fill_unknown()
+        return self.plan()
+
+    def conclude_failed(self, stage: Stage) -> Plan:
+        message = self.stage(stage).message or f"{stage.value} failed"
+        reason = f"{stage.value.capitalize()}Failed"
+        self.status.phase = Phase.FAILED
+        self.status.progress_summary = f"failed at {stage.value}"
+        self.cond("Failed", True, reason, message)
+        self.cond("Stalled", True, reason, message)
+        self.cond("Succeeded", False, reason, message)
+        self.cond("Reconciling", False, reason, message)
+        self.cond("Ready", False, reason, message)
+        self.cond("Suspended", False, "NotSuspended", "")
+        self.fill_unknown()
+        self.total_gpu_hours()
+        return self.plan()
+
+    def conclude(self) -> Plan:
+        self.cond("Suspended", False, "NotSuspended", "")
+        self.cond("Failed", False, "NoFailure", "")
+        self.cond("Stalled", False, "NotStalled", "")
+        current = next((s for s in ORDER if not self.done(s)), None)
+        if current is None:
+            self.status.phase = Phase.SUCCEEDED
+            self.cond("Succeeded", True, "Completed", "every stage finished")
+            self.cond("Reconciling", False, "Completed", "")
+            if self.spec.serving.enabled:
+                student_ready = get_condition(self.status.conditions, "StudentReady")
+                ok = student_ready is not None and student_ready.status == "True"
+                self.cond("Ready", ok, "StudentServing" if ok else "StudentNotServing",
+                          student_ready.message if student_ready else "")
+            else:
+                self.cond("Ready", True, "Completed", "pipeline finished; serving is disabled")
+            self.status.progress_summary = self.results_line() or "done"
+        else:
+            self.status.phase = PHASE_OF_STAGE[current]
+            record = self.stage(current)
+            waiting = record.state == StageState.WAITING
+            self.cond("Succeeded", False, "InProgress", f"stage {current.value} is {record.state.value.lower()}")
+            self.cond("Reconciling", True, "NoMatchingGPUNodePool" if waiting else "Progressing",
+                      record.message or f"stage {current.value} in progress")
+            self.cond("Ready", False, "InProgress", f"stage {current.value} in progress")
+            self.status.progress_summary = f"{current.value}: {record.state.value.lower()}"
+        self.fill_unknown()
+        self.total_gpu_hours()
+        return self.plan()
+
+    def results_line(self) -> str:
+        if not self.status.results:
+            return ""
+        return " ".join(f"{r.model}={r.score:.1f}" for r in self.status.results)[:80]
+
+    def fill_unknown(self) -> None:
+        present = {c.type for c in self.status.conditions}
+        for stage, type_ in STAGE_CONDITION.items():
+            if type_ not in present:
+                self.cond(type_, None, "Pending", f"stage {stage.value} has not started")
+
+    def total_gpu_hours(self) -> None:
+        hours = [s.gpu_hours for s in self.status.stages.values() if s.gpu_hours]
+        self.status.gpu_hours = round(sum(hours), 4) if hours else None
+
+    def plan(self) -> Plan:
+        order = {"Ready": 0, "Succeeded": 1, "Failed": 2, "Reconciling": 3, "Stalled": 4, "Suspended": 5}
+        self.status.conditions.sort(key=lambda c: (order.get(c.type, 10), c.type))
+        return Plan(actions=self.actions, status=self.status, events=self.events)
+
+
+def plan(owner: Owner, generation: int, spec: DistillationSpec, status: DistillationStatus, observed: Observed,
+         now: datetime, config: OperatorConfig) -> Plan:
+    return _Pass(owner, generation, spec, status, observed, now, config).run()

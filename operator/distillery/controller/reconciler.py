@@ -1,0 +1,160 @@
+"""One reconcile pass: read the cache, plan, apply the actions, write status once if it changed."""
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from distillery.api.crd import GROUP, KIND, VERSION
+from distillery.api.spec import DistillationSpec
+from distillery.api.status import DistillationStatus
+from distillery.controller import metrics
+from distillery.controller.cache import ClusterCache, Key
+from distillery.controller.conditions import set_condition
+from distillery.controller.config import OperatorConfig
+from distillery.controller.observe import observe
+from distillery.controller.planner import Create, Delete, Event, Patch, plan, timestamp
+from distillery.kube import ApiError, KubeClient
+from distillery.resources.common import Owner
+
+log = logging.getLogger("distillery.reconciler")
+
+# Transient API trouble: try again soon rather than wait for the periodic resync.
+RETRY_DELAY = 5.0
+
+
+def _rv(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+class Reconciler:
+    def __init__(self, client: KubeClient, cache: ClusterCache, config: OperatorConfig) -> None:
+        self.client = client
+        self.cache = cache
+        self.config = config
+        # Our own last status write per Distillation: a child event can arrive before the
+        # watch delivers that write back, and planning from the stale copy would write twice.
+        self._written: dict[Key, tuple[int, dict[str, Any]]] = {}
+
+    def forget(self, key: Key) -> None:
+        self._written.pop(key, None)
+
+    async def reconcile(self, key: Key) -> bool:
+        """Returns False when the pass hit an error and should be retried."""
+        body = self.cache.distillations.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(key)
+            return True
+        started = time.monotonic()
+        ok = True
+        try:
+            await self._reconcile(key, body)
+        except ApiError as e:
+            ok = False
+            metrics.RECONCILE_ERRORS.labels(metrics.CONTROLLER).inc()
+            log.warning("reconcile %s/%s: API error %s", key[0], key[1], e)
+        except Exception:
+            ok = False
+            metrics.RECONCILE_ERRORS.labels(metrics.CONTROLLER).inc()
+            log.exception("reconcile %s/%s failed", key[0], key[1])
+        finally:
+            metrics.RECONCILE_TIME.labels(metrics.CONTROLLER).observe(time.monotonic() - started)
+            metrics.RECONCILE_TOTAL.labels(metrics.CONTROLLER, "success" if ok else "error").inc()
+        return ok
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
+        namespace, name = key
+        meta = body["metadata"]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        status_raw = body.get("status") or {}
+        written = self._written.get(key)
+        if written and written[0] > _rv(meta.get("resourceVersion")):
+            status_raw = written[1]
+        status = DistillationStatus.model_validate(status_raw)
+        try:
+            spec = DistillationSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            # The CRD schema admits it but the models do not (an older CRD, say): say so, do not crash.
+            metrics.TERMINAL_ERRORS.labels(metrics.CONTROLLER).inc()
+            message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())[:1000]
+            now = timestamp(datetime.now(UTC))
+            for type_, value in (("Stalled", True), ("Ready", False), ("Reconciling", False)):
+                status.conditions = set_condition(status.conditions, type_, value, "InvalidSpec", message, now,
+                                                  generation)
+            status.observed_generation = generation
+            await self._write_status(key, status_raw, status.to_wire())
+            return
+        observed = observe(name, self.cache.children(key), self.cache.pods(key), self.cache.nodes())
+        result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
+        for action in result.actions:
+            await self._apply(namespace, action)
+        for event in result.events:
+            await self._event(owner, event)
+        await self._write_status(key, status_raw, result.status.to_wire())
+
+    async def _apply(self, namespace: str, action: Create | Delete | Patch) -> None:
+        if isinstance(action, Create):
+            manifest = action.manifest
+            try:
+                _, created = await self.client.create(manifest)
+                self._count("create", manifest["kind"], 201 if created else 409)
+            except ApiError as e:
+                self._count("create", manifest["kind"], e.status)
+                raise
+        elif isinstance(action, Delete):
+            deleted = await self.client.delete(action.kind, action.name, namespace)
+            self._count("delete", action.kind, 200 if deleted else 404)
+        else:
+            try:
+                await self.client.merge_patch(action.kind, action.name, namespace, action.patch)
+                self._count("patch", action.kind, 200)
+            except ApiError as e:
+                self._count("patch", action.kind, e.status)
+                if e.status != 404:
+                    raise
+
+    async def _event(self, owner: Owner, event: Event) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": owner.name,
+                               "namespace": owner.namespace, "uid": owner.uid},
+            "reason": event.reason,
+            "message": event.message[:1000],
+            "type": event.type,
+            "source": {"component": "distillery-operator"},
+            "reportingComponent": "distillery.dev/operator",
+            "reportingInstance": "distillery-operator",
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        try:
+            await self.client.request("POST", f"/api/v1/namespaces/{owner.namespace}/events", body=manifest)
+            self._count("create", "Event", 201)
+        except ApiError as e:
+            # Events are best effort: losing one must not fail the pass.
+            self._count("create", "Event", e.status)
+            log.info("event for %s/%s not recorded: %s", owner.namespace, owner.name, e)
+
+    async def _write_status(self, key: Key, old: dict[str, Any], new: dict[str, Any]) -> None:
+        if DistillationStatus.model_validate(old).to_wire() == new:
+            return
+        patch = {k: None for k in old if k not in new} | new
+        namespace, name = key
+        response = await self.client.merge_patch("Distillation", name, namespace, {"status": patch},
+                                                 subresource="status")
+        self._count("patch", "Distillation/status", 200)
+        self._written[key] = (_rv(response["metadata"].get("resourceVersion")), response.get("status") or {})
+
+    @staticmethod
+    def _count(verb: str, kind: str, code: int) -> None:
+        metrics.API_REQUESTS.labels(verb, kind, str(code)).inc()

@@ -1,0 +1,69 @@
+"""Where the control-plane binaries live, and building them when they are missing."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+K8S_VERSION = os.environ.get("K8S_VERSION", "v1.36.3")
+ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
+KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
+HELM_VERSION = os.environ.get("HELM_VERSION", "v3.22.0")
+
+BUILD_SCRIPT = Path(__file__).with_name("build_binaries.sh")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+    kwok_stages: Path
+    helm: Path
+
+    @classmethod
+    def locate(cls) -> "Binaries":
+        bin_dir = cache_dir() / "bin"
+        k8s = bin_dir / f"kubernetes-{K8S_VERSION}"
+        kwok = bin_dir / f"kwok-{KWOK_VERSION}"
+        return cls(
+            etcd=bin_dir / f"etcd-{ETCD_VERSION}" / "etcd",
+            kube_apiserver=k8s / "kube-apiserver",
+            kube_controller_manager=k8s / "kube-controller-manager",
+            kube_scheduler=k8s / "kube-scheduler",
+            kubectl=k8s / "kubectl",
+            kwok=kwok / "kwok",
+            kwok_stages=kwok / "stages",
+            helm=bin_dir / f"helm-{HELM_VERSION}" / "helm",
+        )
+
+    def missing(self) -> list[Path]:
+        return [p for p in vars(self).values() if not p.exists()]
+
+
+def ensure_built(targets: tuple[str, ...] = ("etcd", "kubernetes", "kwok", "helm")) -> Binaries:
+    """Build whatever is missing; a cold build takes tens of minutes and prints progress."""
+    binaries = Binaries.locate()
+    if binaries.missing():
+        print(f"building control-plane binaries into {cache_dir() / 'bin'} (cached by version)", file=sys.stderr)
+        env = os.environ | {
+            "K8S_VERSION": K8S_VERSION,
+            "ETCD_VERSION": ETCD_VERSION,
+            "KWOK_VERSION": KWOK_VERSION,
+            "HELM_VERSION": HELM_VERSION,
+            "DISTILLERY_CACHE": str(cache_dir()),
+        }
+        subprocess.run(["bash", str(BUILD_SCRIPT), *targets], env=env, check=True)
+        binaries = Binaries.locate()
+    still_missing = binaries.missing()
+    if still_missing:
+        raise RuntimeError(f"binaries missing after build: {', '.join(map(str, still_missing))}")
+    return binaries

@@ -1,0 +1,40 @@
+"""`distillery dev-cluster up|down|status|kubeconfig`."""
+
+import argparse
+from pathlib import Path
+
+from distillery.devcluster.binaries import ensure_built
+from distillery.devcluster.cluster import DevCluster
+from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="distillery dev-cluster")
+    parser.add_argument("--name", default="dev", help="cluster name (several can run side by side)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build binaries if needed and start the control plane")
+    up.add_argument("--nodepools", type=Path, default=DEFAULT_NODEPOOLS, help="node pool YAML")
+    sub.add_parser("down", help="stop every component and delete the cluster's data")
+    sub.add_parser("status", help="show which components run")
+    sub.add_parser("kubeconfig", help="print the kubeconfig path")
+    sub.add_parser("build", help="only build the binaries")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        ensure_built()
+        return 0
+    cluster = DevCluster(args.name, getattr(args, "nodepools", DEFAULT_NODEPOOLS))
+    if args.command == "up":
+        print(cluster.up())
+    elif args.command == "down":
+        cluster.down()
+    elif args.command == "kubeconfig":
+        print(cluster.kubeconfig)
+    elif args.command == "status":
+        running = cluster.running()
+        for component, alive in running.items():
+            print(f"{component:<24} {'running' if alive else 'stopped'}")
+        ready = all(running.values()) and cluster.ready()
+        print(f"{'api':<24} {'ready' if ready else 'not ready'}")
+        return 0 if ready else 1
+    return 0

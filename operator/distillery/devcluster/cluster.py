@@ -1,0 +1,317 @@
+"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+as processes on loopback, with simulated GPU node pools."""
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distillery.devcluster.binaries import Binaries, cache_dir, ensure_built
+from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, NodePools, node_manifests
+from distillery.devcluster.pki import Pki
+
+STAGES_DIR = Path(__file__).with_name("stages")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {"name": "kwok-volume", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "kwok.x-k8s.io/volume",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); a finished child of ours must not count as running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _log(msg: str) -> None:
+    print(f"[dev-cluster] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class State:
+    ports: dict[str, int]
+    pids: dict[str, int]
+
+    @classmethod
+    def load(cls, path: Path) -> "State | None":
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return cls(ports=data["ports"], pids=data["pids"])
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"ports": self.ports, "pids": self.pids}, indent=2))
+
+
+class DevCluster:
+    """One named local cluster under ~/.cache/distillery/clusters/<name>."""
+
+    def __init__(self, name: str = "dev", nodepools: Path = DEFAULT_NODEPOOLS) -> None:
+        self.name = name
+        self.dir = cache_dir() / "clusters" / name
+        self.nodepools = nodepools
+        self.pki = Pki(self.dir / "pki")
+        self.state_file = self.dir / "state.json"
+        self.logs = self.dir / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    def state(self) -> State | None:
+        return State.load(self.state_file)
+
+    def running(self) -> dict[str, bool]:
+        state = self.state()
+        return {c: bool(state and c in state.pids and _alive(state.pids[c])) for c in COMPONENTS}
+
+    def api_url(self) -> str:
+        state = self.state()
+        if state is None:
+            raise RuntimeError(f"cluster {self.name!r} is not up")
+        return f"https://127.0.0.1:{state.ports['apiserver']}"
+
+    def ready(self) -> bool:
+        try:
+            return self._get("/readyz") == "ok"
+        except OSError:
+            return False
+
+    def up(self, timeout: float = 120) -> Path:
+        """Start whatever is not running; return the kubeconfig path. Idempotent."""
+        binaries = ensure_built()
+        if all(self.running().values()) and self.ready():
+            _log(f"already up; kubeconfig: {self.kubeconfig}")
+            return self.kubeconfig
+        started = time.monotonic()
+        self.down(quiet=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        if not self.pki.exists():
+            self.pki.create()
+        ports = {
+            name: _free_port()
+            for name in ("apiserver", "etcd", "etcd_peer", "kcm", "scheduler")
+        }
+        state = State(ports=ports, pids={})
+        self._write_kubeconfig(ports["apiserver"])
+        state.pids["etcd"] = self._spawn("etcd", self._etcd_args(binaries, ports))
+        state.save(self.state_file)
+        state.pids["kube-apiserver"] = self._spawn("kube-apiserver", self._apiserver_args(binaries, ports))
+        state.save(self.state_file)
+        self._wait(lambda: self.ready(), timeout, "kube-apiserver /readyz")
+        _log(f"kube-apiserver ready after {time.monotonic() - started:.1f}s")
+        for name, args in (
+            ("kube-controller-manager", self._kcm_args(binaries, ports)),
+            ("kube-scheduler", self._scheduler_args(binaries, ports)),
+            ("kwok", self._kwok_args(binaries, ports)),
+        ):
+            state.pids[name] = self._spawn(name, args)
+        state.save(self.state_file)
+        self._create_nodes(binaries)
+        self._wait(lambda: self._nodes_ready(binaries), timeout, "nodes Ready")
+        self._wait(lambda: self._default_service_account(binaries), timeout, "default ServiceAccount")
+        _log(f"up in {time.monotonic() - started:.1f}s; kubeconfig: {self.kubeconfig}")
+        return self.kubeconfig
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop every component and delete the cluster's data (PKI is kept)."""
+        state = self.state()
+        if state:
+            for name in reversed(COMPONENTS):
+                pid = state.pids.get(name)
+                if pid and _alive(pid):
+                    self._stop(pid)
+                    if not quiet:
+                        _log(f"stopped {name} (pid {pid})")
+            self.state_file.unlink(missing_ok=True)
+        for leftover in ("etcd-data",):
+            subprocess.run(["rm", "-rf", str(self.dir / leftover)], check=False)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Binaries.locate().kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, check=check,
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> int:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.dir,
+        )
+        log.close()
+        return proc.pid
+
+    @staticmethod
+    def _stop(pid: int, grace: float = 10) -> None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            while _alive(pid):
+                time.sleep(0.05)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    def _wait(self, check, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            dead = [c for c, ok in self.running().items() if not ok and c in (self.state() or State({}, {})).pids]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what}; see {self.logs}")
+            time.sleep(0.25)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}; see {self.logs}")
+
+    def _get(self, path: str) -> str:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
+        req = urllib.request.Request(self.api_url() + path, headers={"Authorization": f"Bearer {self.pki.admin_token}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+            return resp.read().decode()
+
+    def _write_kubeconfig(self, port: int) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": self.name, "cluster": {
+                "server": f"https://127.0.0.1:{port}", "certificate-authority": str(self.pki.ca_crt)}}],
+            "users": [{"name": "admin", "user": {"token": self.pki.admin_token}}],
+            "contexts": [{"name": f"distillery-{self.name}", "context": {"cluster": self.name, "user": "admin"}}],
+            "current-context": f"distillery-{self.name}",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _etcd_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
+        return [
+            str(b.etcd), f"--name={self.name}", f"--data-dir={self.dir / 'etcd-data'}",
+            f"--listen-client-urls=http://127.0.0.1:{p['etcd']}",
+            f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+            f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+            f"--initial-cluster={self.name}=http://127.0.0.1:{p['etcd_peer']}",
+            "--listen-metrics-urls=", "--unsafe-no-fsync", "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
+        return [
+            str(b.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+            "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            # Any non-loopback address: without a default route the apiserver refuses to pick one,
+            # and with the endpoint reconciler off nothing is ever sent to it.
+            "--advertise-address=10.0.0.1",
+            f"--tls-cert-file={self.pki.apiserver_crt}", f"--tls-private-key-file={self.pki.apiserver_key}",
+            f"--client-ca-file={self.pki.ca_crt}", f"--token-auth-file={self.pki.tokens_csv}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer=https://127.0.0.1:{p['apiserver']}",
+            f"--service-account-key-file={self.pki.sa_pub}",
+            f"--service-account-signing-key-file={self.pki.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true", f"--cert-dir={self.dir / 'apiserver-certs'}",
+            "--endpoint-reconciler-type=none", "--profiling=false",
+            # The benchmark applies hundreds of objects at once from one identity.
+            "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
+        ]
+
+    def _component_kubeconfig_args(self) -> list[str]:
+        k = str(self.kubeconfig)
+        return [f"--kubeconfig={k}", f"--authentication-kubeconfig={k}", f"--authorization-kubeconfig={k}"]
+
+    def _kcm_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
+        return [
+            str(b.kube_controller_manager), *self._component_kubeconfig_args(),
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={p['kcm']}",
+            f"--service-account-private-key-file={self.pki.sa_key}", f"--root-ca-file={self.pki.ca_crt}",
+            "--use-service-account-credentials=false",
+            "--concurrent-job-syncs=20", "--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20",
+            "--concurrent-gc-syncs=40", "--kube-api-qps=200", "--kube-api-burst=400",
+        ]
+
+    def _scheduler_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
+        return [
+            str(b.kube_scheduler), *self._component_kubeconfig_args(),
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}",
+            "--kube-api-qps=200", "--kube-api-burst=400",
+        ]
+
+    def _kwok_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
+        stages = b.kwok_stages
+        files = [
+            stages / "node" / "fast" / "node-initialize.yaml",
+            stages / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+            stages / "pod" / "fast" / "pod-ready.yaml",
+            stages / "pod" / "fast" / "pod-delete.yaml",
+            stages / "pod" / "chaos" / "pod-container-running-failed.yaml",
+            STAGES_DIR / "pod-complete.yaml",
+            *[stages / "volume" / "fast" / f for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
+                                                        "pv-delete.yaml")],
+        ]
+        return [
+            str(b.kwok), f"--kubeconfig={self.kubeconfig}",
+            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40", f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1",
+            *[f"--config={f}" for f in files],
+        ]
+
+    def _create_nodes(self, b: Binaries) -> None:
+        # kwok's volume stages bind claims of this class, so workspaces bind like on a real cluster.
+        manifests = [STORAGE_CLASS, *node_manifests(NodePools.load(self.nodepools))]
+        doc = yaml.safe_dump_all(manifests)
+        self.kubectl("apply", "--server-side", "--field-manager=distillery-dev-cluster", "-f", "-", input=doc)
+        _log(f"{len(manifests) - 1} nodes in {len(NodePools.load(self.nodepools).pools)} pools")
+
+    def _nodes_ready(self, b: Binaries) -> bool:
+        out = self.kubectl(
+            "get", "nodes", "-o",
+            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+            check=False,
+        ).stdout.split()
+        return bool(out) and all(s == "True" for s in out)
+
+    def _default_service_account(self, b: Binaries) -> bool:
+        return self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+

@@ -1,0 +1,144 @@
+"""Pieces every child manifest shares: names, labels, ownership, placement on GPU pools."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from distillery.api.crd import GROUP, KIND, VERSION
+from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
+from distillery.api.spec import DistillationSpec
+from distillery.controller.config import OperatorConfig
+
+PARENT_LABEL = "distillery.dev/distillation"
+STAGE_LABEL = "distillery.dev/stage"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TEACHER_PORT = 8000
+STUDENT_PORT = 8000
+RENDEZVOUS_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The Distillation a child belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class Names:
+    """Deterministic child names, so a restarted operator finds what it made before."""
+
+    def __init__(self, parent: str) -> None:
+        self.parent = parent
+
+    workspace = property(lambda self: f"{self.parent}-workspace")
+    pipeline = property(lambda self: f"{self.parent}-pipeline")
+    teacher = property(lambda self: f"{self.parent}-teacher")
+    label = property(lambda self: f"{self.parent}-label")
+    train = property(lambda self: f"{self.parent}-train")
+    eval = property(lambda self: f"{self.parent}-eval")
+    student = property(lambda self: f"{self.parent}-student")
+
+
+def labels(owner: Owner, stage: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "distillery",
+        "app.kubernetes.io/component": stage,
+        "app.kubernetes.io/managed-by": "distillery-operator",
+        PARENT_LABEL: owner.name,
+        STAGE_LABEL: stage,
+    }
+
+
+def metadata(owner: Owner, name: str, stage: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, stage),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def gpu_placement(spec: DistillationSpec, config: OperatorConfig, gpu_type: str | None) -> dict[str, Any]:
+    """Pod-spec fields that pin a pod to the Distillation's region, and to a GPU type when it needs GPUs."""
+    requirements = [{"key": config.region_label, "operator": "In", "values": [spec.region]}]
+    tolerations = [t.to_wire() for t in spec.scheduling.tolerations]
+    if gpu_type:
+        requirements.append(
+            {"key": config.gpu_product_label, "operator": "In", "values": config.gpu_products(gpu_type)}
+        )
+        tolerations.append({"key": config.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"})
+    placement: dict[str, Any] = {
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": requirements}]}}},
+        "tolerations": tolerations,
+    }
+    if spec.scheduling.node_selector:
+        placement["nodeSelector"] = dict(spec.scheduling.node_selector)
+    if spec.scheduling.priority_class_name:
+        placement["priorityClassName"] = spec.scheduling.priority_class_name
+    return placement
+
+
+def gpu_resources(config: OperatorConfig, gpus: int, cpu: str, memory: str) -> dict[str, Any]:
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, str] = {"memory": memory}
+    if gpus:
+        requests[config.gpu_resource] = str(gpus)
+        limits[config.gpu_resource] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def pod_metadata(owner: Owner, stage: str, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    pod_labels = {**spec.scheduling.pod_labels, **labels(owner, stage)}
+    annotations = {**config.pod_annotations, **spec.scheduling.pod_annotations}
+    meta: dict[str, Any] = {"labels": pod_labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def config_volume(names: Names) -> tuple[dict[str, Any], dict[str, Any]]:
+    volume = {"name": "pipeline", "configMap": {"name": names.pipeline}}
+    mount = {"name": "pipeline", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True}
+    return volume, mount
+
+
+def workspace_volume(names: Names) -> tuple[dict[str, Any], dict[str, Any]]:
+    volume = {"name": "workspace", "persistentVolumeClaim": {"claimName": names.workspace}}
+    mount = {"name": "workspace", "mountPath": WORKSPACE_DIR}
+    return volume, mount
+
+
+def pvc_source_volumes(spec: DistillationSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only mounts for pvc:// dataset and model sources at /mnt/pvc/<claim>."""
+    claims: list[str] = []
+    uris = [spec.dataset.train.uri, spec.dataset.validation.uri if spec.dataset.validation else None,
+            spec.student.model, spec.teacher.model]
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if claim not in claims:
+                claims.append(claim)
+    volumes = [{"name": f"src-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+               for i, c in enumerate(claims)]
+    mounts = [{"name": f"src-{i}", "mountPath": f"/mnt/pvc/{c}", "readOnly": True} for i, c in enumerate(claims)]
+    return volumes, mounts
+
+
+def config_path() -> str:
+    return f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}"
+
+
+def workload_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

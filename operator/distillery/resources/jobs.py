@@ -1,0 +1,165 @@
+"""The stage Jobs: labeling (Indexed, CPU), training (Indexed, GPU, DeepSpeed), evaluation (GPU)."""
+
+from typing import Any
+
+from distillery.api.pipeline import TEACHER_API_KEY_ENV
+from distillery.api.spec import DistillationSpec
+from distillery.controller.config import OperatorConfig
+from distillery.resources.common import (
+    KUEUE_QUEUE_LABEL,
+    RENDEZVOUS_PORT,
+    Names,
+    Owner,
+    config_path,
+    config_volume,
+    gpu_placement,
+    gpu_resources,
+    metadata,
+    pod_metadata,
+    pvc_source_volumes,
+    workload_security_context,
+    workspace_volume,
+)
+from distillery.resources.workspace import label_shards
+
+LABELING, TRAINING, EVALUATION = "labeling", "training", "evaluation"
+
+
+def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: OperatorConfig,
+         pod_spec: dict[str, Any], completions: int, backoff_limit: int) -> dict[str, Any]:
+    meta = metadata(owner, name, stage)
+    if spec.scheduling.queue_name:
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
+    job_spec: dict[str, Any] = {
+        "completions": completions,
+        "parallelism": completions,
+        "completionMode": "Indexed",
+        "backoffLimit": backoff_limit,
+        # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data.
+        "suspend": spec.suspend,
+        "template": {"metadata": pod_metadata(owner, stage, spec, config), "spec": pod_spec},
+    }
+    if config.job_ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = config.job_ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def _volumes(owner: Owner, spec: DistillationSpec) -> tuple[list[dict], list[dict]]:
+    names = Names(owner.name)
+    cfg_vol, cfg_mount = config_volume(names)
+    ws_vol, ws_mount = workspace_volume(names)
+    src_vols, src_mounts = pvc_source_volumes(spec)
+    return [cfg_vol, ws_vol, *src_vols], [cfg_mount, ws_mount, *src_mounts]
+
+
+def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    volumes, mounts = _volumes(owner, spec)
+    env: list[dict[str, Any]] = []
+    if spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
+        env.append({"name": TEACHER_API_KEY_ENV,
+                    "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
+    container = {
+        "name": "labeler",
+        "image": config.labeler_image,
+        "command": ["distillery", "label"],
+        "args": ["--config", config_path()],
+        "env": env,
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "volumeMounts": mounts,
+        "securityContext": workload_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec = {
+        **gpu_placement(spec, config, None),
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+    }
+    return _job(owner, Names(owner.name).label, LABELING, spec, config, pod_spec,
+                completions=label_shards(spec), backoff_limit=config.job_backoff_limit)
+
+
+def training_service(owner: Owner) -> dict[str, Any]:
+    """Headless Service giving pod 0 a stable DNS name for the torch rendezvous."""
+    name = Names(owner.name).train
+    meta = metadata(owner, name, TRAINING)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"distillery.dev/distillation": owner.name, "distillery.dev/stage": TRAINING},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    s = spec.student
+    name = Names(owner.name).train
+    volumes, mounts = _volumes(owner, spec)
+    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    env = [
+        {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{owner.namespace}.svc"},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "NNODES", "value": str(s.nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(s.gpus_per_node)},
+        {"name": "WORLD_SIZE", "value": str(s.nodes * s.gpus_per_node)},
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+    ]
+    # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each.
+    container = {
+        "name": "trainer",
+        "image": s.image,
+        "command": ["torchrun"],
+        "args": [
+            "--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
+            "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
+            "-m", "distillery.cli", "train", "--config", config_path(),
+        ],
+        "env": env,
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "resources": gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node),
+                                   memory=f"{64 * s.gpus_per_node}Gi"),
+        "volumeMounts": mounts,
+        "securityContext": workload_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec = {
+        **gpu_placement(spec, config, s.gpu_type),
+        "restartPolicy": "Never",
+        "subdomain": name,
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+    }
+    return _job(owner, name, TRAINING, spec, config, pod_spec,
+                completions=s.nodes, backoff_limit=config.job_backoff_limit)
+
+
+def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    volumes, mounts = _volumes(owner, spec)
+    container = {
+        "name": "evaluator",
+        "image": spec.student.image,
+        "command": ["distillery", "evaluate"],
+        "args": ["--config", config_path()],
+        "resources": gpu_resources(config, 1, cpu="8", memory="64Gi"),
+        "volumeMounts": mounts,
+        "securityContext": workload_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec = {
+        **gpu_placement(spec, config, spec.student.gpu_type),
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+    }
+    return _job(owner, Names(owner.name).eval, EVALUATION, spec, config, pod_spec,
+                completions=1, backoff_limit=config.job_backoff_limit)

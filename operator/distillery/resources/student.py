@@ -1,0 +1,83 @@
+"""The distilled student behind an OpenAI-compatible API: Deployment + Service."""
+
+from typing import Any
+
+from distillery.api.pipeline import WorkspaceLayout
+from distillery.api.spec import DistillationSpec, TrainingMethod
+from distillery.controller.config import OperatorConfig
+from distillery.resources.common import (
+    STUDENT_PORT,
+    Names,
+    Owner,
+    gpu_placement,
+    gpu_resources,
+    metadata,
+    pod_metadata,
+    pvc_source_volumes,
+    workspace_volume,
+)
+from distillery.resources.vllm import student_args
+
+STAGE = "serving"
+
+
+def student_endpoint(owner: Owner) -> str:
+    return f"http://{Names(owner.name).student}.{owner.namespace}.svc:{STUDENT_PORT}/v1"
+
+
+def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    sv, st = spec.serving, spec.student
+    layout = WorkspaceLayout()
+    names = Names(owner.name)
+    if st.method == TrainingMethod.FULL:
+        args = student_args(st.model, None, str(layout.adapter_dir), STUDENT_PORT)
+    elif st.merge_weights:
+        args = student_args(st.model, None, str(layout.merged_dir), STUDENT_PORT)
+    else:
+        args = student_args(st.model, str(layout.adapter_dir), None, STUDENT_PORT)
+    if not sv.gpus:
+        args += ["--device", "cpu"]
+    ws_vol, ws_mount = workspace_volume(names)
+    ws_mount = {**ws_mount, "readOnly": True}
+    src_vols, src_mounts = pvc_source_volumes(spec)
+    pod_meta = pod_metadata(owner, STAGE, spec, config)
+    container = {
+        "name": "vllm",
+        "image": sv.image,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": STUDENT_PORT}],
+        "resources": gpu_resources(config, sv.gpus, cpu=str(max(2, 4 * sv.gpus)), memory=f"{max(8, 32 * sv.gpus)}Gi"),
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                         "failureThreshold": 90},
+        "volumeMounts": [ws_mount, *src_mounts],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, names.student, STAGE),
+        "spec": {
+            "replicas": 0 if spec.suspend else sv.replicas,
+            "selector": {"matchLabels": {k: pod_meta["labels"][k] for k in metadata(owner, "", STAGE)["labels"]}},
+            "template": {
+                "metadata": pod_meta,
+                "spec": {
+                    **gpu_placement(spec, config, sv.gpu_type if sv.gpus else None),
+                    "containers": [container],
+                    "volumes": [ws_vol, *src_vols],
+                    "enableServiceLinks": False,
+                },
+            },
+        },
+    }
+
+
+def student_service(owner: Owner) -> dict[str, Any]:
+    meta = metadata(owner, Names(owner.name).student, STAGE)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"selector": dict(meta["labels"]), "ports": [{"name": "http", "port": STUDENT_PORT,
+                                                               "targetPort": "http"}]},
+    }

@@ -1,0 +1,79 @@
+"""The teacher: vLLM's OpenAI server as a Deployment + Service on GPU nodes in the region."""
+
+from typing import Any
+
+from distillery.api.spec import DistillationSpec
+from distillery.controller.config import OperatorConfig
+from distillery.resources.common import (
+    TEACHER_PORT,
+    Names,
+    Owner,
+    gpu_placement,
+    gpu_resources,
+    metadata,
+    pod_metadata,
+    pvc_source_volumes,
+)
+from distillery.resources.vllm import teacher_args
+
+STAGE = "teacher"
+
+
+def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    t = spec.teacher
+    assert t.model is not None, "an endpoint teacher has no Deployment"
+    env: list[dict[str, Any]] = []
+    if t.hub_token_secret_ref:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": t.hub_token_secret_ref.to_wire()}})
+    volumes, mounts = pvc_source_volumes(spec)
+    # vLLM needs shared memory for tensor-parallel workers.
+    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    pod_meta = pod_metadata(owner, STAGE, spec, config)
+    container = {
+        "name": "vllm",
+        "image": t.image,
+        "args": teacher_args(t.model, t.tensor_parallel_size, TEACHER_PORT, t.extra_args),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": TEACHER_PORT}],
+        "resources": gpu_resources(config, t.gpus, cpu=str(4 * t.gpus), memory=f"{32 * t.gpus}Gi"),
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                           "failureThreshold": 3},
+        # Large checkpoints take many minutes to load; the startup probe holds liveness off until then.
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                         "failureThreshold": 180},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20,
+                          "failureThreshold": 6},
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, Names(owner.name).teacher, STAGE),
+        "spec": {
+            "replicas": t.replicas,
+            "selector": {"matchLabels": {k: pod_meta["labels"][k] for k in metadata(owner, "", STAGE)["labels"]}},
+            "template": {
+                "metadata": pod_meta,
+                "spec": {
+                    **gpu_placement(spec, config, t.gpu_type),
+                    "containers": [container],
+                    "volumes": volumes,
+                    "enableServiceLinks": False,
+                },
+            },
+        },
+    }
+
+
+def teacher_service(owner: Owner) -> dict[str, Any]:
+    meta = metadata(owner, Names(owner.name).teacher, STAGE)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": {k: v for k, v in meta["labels"].items()},
+            "ports": [{"name": "http", "port": TEACHER_PORT, "targetPort": "http"}],
+        },
+    }

@@ -1,0 +1,70 @@
+"""The workspace PVC and the pipeline ConfigMap, created before any stage."""
+
+from typing import Any
+
+from distillery.api.pipeline import CONFIG_FILE, PipelineConfig, TeacherClientConfig
+from distillery.api.spec import DistillationSpec
+from distillery.controller.config import OperatorConfig
+from distillery.resources.common import TEACHER_PORT, Names, Owner, metadata
+
+
+def workspace_pvc(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    pvc_spec: dict[str, Any] = {
+        # Training pods on several nodes share labels and checkpoints; ReadWriteMany
+        # is required there, and a single-node run is happy with it too.
+        "accessModes": ["ReadWriteMany" if spec.student.nodes > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage.size}},
+    }
+    storage_class = spec.storage.storage_class_name or config.storage_class_name
+    if storage_class:
+        pvc_spec["storageClassName"] = storage_class
+    meta = metadata(owner, Names(owner.name).workspace, "workspace")
+    # The workspace holds the user's labels and model: keep it if the operator's
+    # own cleanup runs, but let the owner reference delete it with the Distillation.
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": pvc_spec}
+
+
+def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
+    t = spec.teacher
+    if t.endpoint is not None:
+        base_url, model = t.endpoint.url.rstrip("/"), t.endpoint.model
+    else:
+        host = f"{Names(owner.name).teacher}.{owner.namespace}.svc"
+        base_url, model = f"http://{host}:{TEACHER_PORT}/v1", "teacher"
+    return TeacherClientConfig(
+        base_url=base_url,
+        model=model,
+        sampling=t.sampling,
+        concurrency=t.concurrency,
+        request_timeout_seconds=t.request_timeout_seconds,
+        max_attempts=t.max_attempts,
+        min_success_ratio=t.min_success_ratio,
+    )
+
+
+def label_shards(spec: DistillationSpec) -> int:
+    """One labeling pod per teacher replica keeps every replica busy without overloading any."""
+    return spec.teacher.replicas if spec.teacher.model else max(1, min(8, spec.teacher.concurrency // 64))
+
+
+def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
+    return PipelineConfig(
+        name=owner.name,
+        namespace=owner.namespace,
+        task=spec.task,
+        prompt=spec.prompt,
+        teacher=teacher_client(owner, spec),
+        dataset=spec.dataset,
+        student=spec.student,
+        evaluation=spec.evaluation,
+        label_shards=label_shards(spec),
+    )
+
+
+def pipeline_configmap(owner: Owner, spec: DistillationSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, Names(owner.name).pipeline, "pipeline"),
+        "data": {CONFIG_FILE: pipeline_config(owner, spec).to_json()},
+    }

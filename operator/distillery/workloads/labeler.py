@@ -1,0 +1,385 @@
+"""The labeling stage: the teacher answers every row of this pod's shard, for train and validation.
+
+One pod of the labeling Indexed Job takes the rows with row_id % shards == index
+(index from JOB_COMPLETION_INDEX) and appends one JSON line per finished row to
+`<workspace>/labels/<split>-shard-<index>.jsonl`. A restarted pod reads that file
+first and asks the teacher only for rows not in it, so preemption costs at most
+the requests that were in flight.
+
+A row ends `ok` (a valid answer) or `rejected` (malformed after teacher.maxAttempts
+tries, or a request the teacher refuses with a 4xx). A row whose requests keep
+failing on transport (5xx, timeouts, rate limits) is not recorded: the stage exits
+4 and a rerun retries it. Exit 3 means too few rows got a valid answer.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from distillery.api.pipeline import (
+    CONFIG_FILE,
+    CONFIG_MOUNT_DIR,
+    PipelineConfig,
+    TeacherClientConfig,
+    WorkspaceLayout,
+)
+from distillery.workloads.datasets import DEFAULT_PVC_BASE, ROW_ID, split_rows
+from distillery.workloads.openai_client import (
+    ChatResult,
+    OpenAIChatClient,
+    TeacherRejected,
+    TeacherUnavailable,
+)
+from distillery.workloads.progress import (
+    Counters,
+    compact_json,
+    report_periodically,
+    write_termination_message,
+)
+from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
+
+log = logging.getLogger("distillery.labeler")
+
+SPLITS = ("train", "validation")
+WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_LOW_SUCCESS = 3
+EXIT_UNLABELED = 4
+
+
+class LabelRecord(BaseModel):
+    """One line of a labels file; the trainer and the evaluator read these."""
+
+    split: str
+    row_id: int
+    row: dict[str, Any]
+    answer: str
+    rationale: str
+    raw: str
+    attempts: int
+    tokens_in: int
+    tokens_out: int
+    status: Literal["ok", "rejected"]
+    reason: str | None = None
+
+
+def shard_path(labels_dir: Path, split: str, index: int) -> Path:
+    return labels_dir / f"{split}-shard-{index:05d}.jsonl"
+
+
+def progress_path(labels_dir: Path, index: int) -> Path:
+    return labels_dir / f"progress-{index:05d}.json"
+
+
+def read_records(path: Path) -> tuple[list[LabelRecord], int]:
+    """The records of a labels file and the byte length of its complete lines.
+
+    A pod killed mid-write leaves a last line without its newline; it is not a record,
+    and the caller truncates it away before appending.
+    """
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    records = []
+    for number, line in enumerate(data[:complete].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(LabelRecord.model_validate_json(line))
+        except ValidationError:
+            log.warning("%s:%d: skipping an unreadable record; that row will be labeled again", path, number)
+    return records, complete
+
+
+def read_labels(labels_dir: Path, split: str) -> list[LabelRecord]:
+    """Every shard's records of a split, one per row (the first if a row was written twice), by row_id."""
+    by_row: dict[int, LabelRecord] = {}
+    for path in sorted(labels_dir.glob(f"{split}-shard-*.jsonl")):
+        for record in read_records(path)[0]:
+            by_row.setdefault(record.row_id, record)
+    return [by_row[row_id] for row_id in sorted(by_row)]
+
+
+class LabelWriter:
+    """Appends records to one file; lines queued while an fsync runs go out together in the next write."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[int] = set()
+        records, complete = read_records(path)
+        self.existing = records
+        self.done = {r.row_id for r in records}
+        self.handle = open(path, "ab")
+        self.handle.truncate(complete)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    def put(self, record: LabelRecord) -> None:
+        self.done.add(record.row_id)
+        self.queue.put_nowait(record.model_dump_json(exclude_none=True).encode() + b"\n")
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self.handle.write(b"".join(batch))
+            self.handle.flush()
+            await asyncio.to_thread(os.fsync, self.handle.fileno())
+            for _ in batch:
+                self.queue.task_done()
+
+    async def close(self) -> None:
+        await self.queue.join()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.handle.close()
+
+
+@dataclass(frozen=True)
+class Sample:
+    texts: list[str]
+    tokens_in: int
+    tokens_out: int
+
+
+class Labeler:
+    def __init__(self, cfg: PipelineConfig, task: TaskDefinition, client: OpenAIChatClient) -> None:
+        self.cfg = cfg
+        self.teacher: TeacherClientConfig = cfg.teacher
+        self.task = task
+        self.client = client
+        self.requests = asyncio.Semaphore(self.teacher.concurrency)
+        self.counters = Counters()
+        self.unlabeled = 0
+        self.consecutive_unavailable = 0
+        # A teacher that is down fails every row slowly; stop after this many in a row instead.
+        self.unavailable_limit = max(8, 2 * self.teacher.concurrency)
+
+    async def label_all(self, pending: Iterator[tuple[str, dict[str, Any]]],
+                        writers: dict[str, LabelWriter]) -> None:
+        async def worker() -> None:
+            for split, row in pending:
+                if self.consecutive_unavailable >= self.unavailable_limit:
+                    self.unlabeled += 1
+                    continue
+                record = await self.label_row(split, row)
+                if record is None:
+                    self.unlabeled += 1
+                    continue
+                writers[split].put(record)
+                self.counters.rows_done += 1
+                self.counters.rows_ok += record.status == "ok"
+                self.counters.rows_rejected += record.status == "rejected"
+
+        # A fixed pool pulling from one iterator keeps memory flat however many rows the shard has.
+        await asyncio.gather(*(worker() for _ in range(self.teacher.concurrency)))
+
+    async def _request(self, messages: list[dict[str, str]], n: int) -> ChatResult:
+        async with self.requests:
+            result = await self.client.chat(messages, self.teacher.sampling, n=n)
+        self.counters.tokens_in += result.tokens_in
+        self.counters.tokens_out += result.tokens_out
+        return result
+
+    async def sample(self, messages: list[dict[str, str]]) -> Sample:
+        """self_consistency samples: one request with `n`, topped up by single requests when the
+        server returns fewer choices (some OpenAI-compatible servers ignore `n`)."""
+        n = self.cfg.prompt.self_consistency
+        results = [await self._request(messages, n)]
+        missing = n - len(results[0].texts)
+        if missing > 0:
+            results += await asyncio.gather(*(self._request(messages, 1) for _ in range(missing)))
+        texts = [text for result in results for text in result.texts][:n]
+        return Sample(texts, sum(r.tokens_in for r in results), sum(r.tokens_out for r in results))
+
+    async def label_row(self, split: str, row: dict[str, Any]) -> LabelRecord | None:
+        tokens_in = tokens_out = 0
+
+        def record(status: Literal["ok", "rejected"], attempts: int, parsed: Parsed | None = None,
+                   raw: str = "", reason: str | None = None) -> LabelRecord:
+            return LabelRecord(
+                split=split, row_id=row[ROW_ID], row=row, answer=parsed.answer if parsed else "",
+                rationale=parsed.rationale if parsed else "", raw=raw, attempts=attempts,
+                tokens_in=tokens_in, tokens_out=tokens_out, status=status, reason=reason,
+            )
+
+        try:
+            messages = self.task.teacher_messages(row)
+        except MissingColumn as err:
+            return record("rejected", 0, reason=f"bad row: {err}")
+        reason, raw = "", ""
+        for attempt in range(1, self.teacher.max_attempts + 1):
+            try:
+                sample = await self.sample(messages)
+            except TeacherRejected as err:
+                self.consecutive_unavailable = 0
+                return record("rejected", attempt, raw=raw, reason=f"teacher refused: {err}")
+            except TeacherUnavailable as err:
+                self.consecutive_unavailable += 1
+                log.warning("%s row %d not labeled: %s", split, row[ROW_ID], err)
+                return None
+            self.consecutive_unavailable = 0
+            tokens_in += sample.tokens_in
+            tokens_out += sample.tokens_out
+            votes: list[tuple[Parsed, str]] = []
+            for text in sample.texts:
+                try:
+                    votes.append((self.task.parse(text, row), text))
+                except MalformedAnswer as err:
+                    reason, raw = err.reason, text
+            if votes:
+                # Majority answer; ties go to the earliest sample (Counter keeps first-seen order).
+                winner = Counter(parsed.answer for parsed, _ in votes).most_common(1)[0][0]
+                parsed, text = next(vote for vote in votes if vote[0].answer == winner)
+                return record("ok", attempt, parsed, raw=text)
+        return record("rejected", self.teacher.max_attempts, raw=raw, reason=reason or "no answer")
+
+
+def _shard_rows(rows: list[dict[str, Any]], index: int, shards: int) -> list[dict[str, Any]]:
+    return [row for row in rows if row[ROW_ID] % shards == index]
+
+
+async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]], index: int,
+              progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
+    """Label this shard's rows of every split; returns (summary, exit code)."""
+    started = time.monotonic()
+    labels_dir = cfg.workspace.labels_dir
+    mine = {split: _shard_rows(splits.get(split, []), index, cfg.label_shards) for split in SPLITS}
+    for rows in mine.values():
+        if rows:
+            # A first row without a needed column is a column-mapping error: fail now, not row by row.
+            task.teacher_messages(rows[0])
+    writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
+    client = OpenAIChatClient(
+        cfg.teacher.base_url, cfg.teacher.model, timeout_s=cfg.teacher.request_timeout_seconds,
+        max_attempts=cfg.teacher.max_attempts,
+    )
+    labeler = Labeler(cfg, task, client)
+    counters = labeler.counters
+    counters.rows_total = sum(len(rows) for rows in mine.values())
+    for writer in writers.values():
+        for record in writer.existing:
+            counters.rows_done += 1
+            counters.rows_ok += record.status == "ok"
+            counters.rows_rejected += record.status == "rejected"
+            counters.tokens_in += record.tokens_in
+            counters.tokens_out += record.tokens_out
+    resumed = counters.rows_done
+    pending = ((split, row) for split in SPLITS for row in mine[split]
+               if row[ROW_ID] not in writers[split].done)
+    log.info("shard %d/%d: %d rows, %d already labeled",
+             index, cfg.label_shards, counters.rows_total, resumed)
+    if cfg.prompt.self_consistency > 1 and cfg.teacher.sampling.temperature == 0:
+        log.warning("selfConsistency %d with temperature 0: the samples will agree by construction",
+                    cfg.prompt.self_consistency)
+
+    interrupted = False
+    async with client:
+        for writer in writers.values():
+            writer.start()
+        reporter = asyncio.create_task(
+            report_periodically(progress_path(labels_dir, index), counters, progress_interval_s))
+        labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
+        loop = asyncio.get_running_loop()
+        # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly.
+        loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
+        try:
+            await labeling
+        except asyncio.CancelledError:
+            if not labeling.cancelled():
+                raise
+            interrupted = True
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            for writer in writers.values():
+                await writer.close()
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+    wall = time.monotonic() - started
+    decided = counters.rows_ok + counters.rows_rejected
+    ratio = counters.rows_ok / decided if decided else 1.0
+    unlabeled = counters.rows_total - counters.rows_done
+    summary: dict[str, Any] = {
+        "stage": "label", "shard": index, "shards": cfg.label_shards,
+        **counters.as_dict(), "rows_resumed": resumed, "rows_unlabeled": unlabeled,
+        "success_ratio": round(ratio, 4), "requests": client.requests_sent,
+        "wall_seconds": round(wall, 3), "rows_per_second": round((counters.rows_done - resumed) / wall, 2),
+    }
+    if interrupted:
+        summary["error"] = "interrupted by SIGTERM; a rerun resumes"
+        return summary, 128 + signal.SIGTERM
+    if unlabeled:
+        summary["error"] = f"{unlabeled} rows not labeled: the teacher kept failing; a rerun resumes"
+        return summary, EXIT_UNLABELED
+    if ratio < cfg.teacher.min_success_ratio:
+        summary["error"] = (f"only {ratio:.1%} of rows got a valid answer, "
+                            f"below teacher.minSuccessRatio {cfg.teacher.min_success_ratio:.0%}")
+        return summary, EXIT_LOW_SUCCESS
+    return summary, EXIT_OK
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="distillery label", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json path")
+    parser.add_argument("--shard-index", type=int, default=int(os.environ.get(SHARD_INDEX_ENV) or 0),
+                        help=f"this pod's shard (default: ${SHARD_INDEX_ENV} or 0)")
+    parser.add_argument("--progress-interval", type=float, default=5.0,
+                        help="seconds between progress writes")
+    parser.add_argument("--pvc-base", default=DEFAULT_PVC_BASE, help="where pvc:// claims are mounted")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> int:
+    summary = {"stage": "label", "error": message}
+    write_termination_message(summary)
+    print(message, file=sys.stderr)
+    print(compact_json(summary), flush=True)
+    return EXIT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = PipelineConfig.load(args.config)
+        if os.environ.get(WORKSPACE_ENV):
+            cfg = cfg.model_copy(update={"workspace": WorkspaceLayout(root=os.environ[WORKSPACE_ENV])})
+        if not 0 <= args.shard_index < cfg.label_shards:
+            return _fail(f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
+        task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+        train, validation = split_rows(cfg, args.pvc_base)
+        summary, code = asyncio.run(run(cfg, task, {"train": train, "validation": validation},
+                                        args.shard_index, args.progress_interval))
+    except (OSError, ValueError, MissingColumn) as err:
+        return _fail(f"{type(err).__name__}: {err}")
+    write_termination_message(summary)
+    print(compact_json(summary), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

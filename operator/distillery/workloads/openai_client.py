@@ -1,0 +1,190 @@
+"""An async client for OpenAI-compatible chat completions (vLLM, hosted APIs).
+
+It owns the transport policy, so callers see either a completion or one final
+error: a per-request timeout, retries with exponential backoff and full jitter
+for 5xx, 408, connection errors and timeouts, and the server's Retry-After on
+429 and 503. Callers bound concurrency themselves (a semaphore or a worker pool).
+"""
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from distillery.api.pipeline import TEACHER_API_KEY_ENV
+from distillery.api.spec import Sampling
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_S = 300.0
+"""A longer Retry-After is capped: the row's attempt budget, not the server, decides when to give up."""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    texts: list[str]
+    """One text per returned choice; fewer than `n` when the server ignores `n`."""
+    tokens_in: int
+    tokens_out: int
+    requests: int
+    """HTTP requests this call made, retries included."""
+
+
+class TeacherError(Exception):
+    """The request failed for good."""
+
+
+class TeacherRejected(TeacherError):
+    """A 4xx other than 408/429: the same request would fail again (too long a prompt, bad model name)."""
+
+
+class TeacherUnavailable(TeacherError):
+    """Retries exhausted on 5xx, rate limits, timeouts or connection errors."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def request_body(model: str, messages: Sequence[dict[str, str]], sampling: Sampling,
+                 n: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": list(messages),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+    }
+    if sampling.frequency_penalty:
+        body["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.presence_penalty:
+        body["presence_penalty"] = sampling.presence_penalty
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if n > 1:
+        body["n"] = n
+    return body
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait_s = wait_s
+
+
+class OpenAIChatClient:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        timeout_s: float = 300,
+        max_attempts: int = 4,
+        api_key: str | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_connections: int = 0,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_connections = max_connections
+        key = api_key if api_key is not None else os.environ.get(TEACHER_API_KEY_ENV)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.requests_sent = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # limit=0: the caller's concurrency bound is the only one; aiohttp's default of 100
+            # connections would silently cap a larger teacher.concurrency.
+            connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self.headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def backoff_s(self, retry: int) -> float:
+        """Full jitter: uniform in [0, base * 2^retry], capped, so retries of many rows spread out."""
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** retry))
+
+    async def chat(self, messages: Sequence[dict[str, str]], sampling: Sampling, n: int = 1) -> ChatResult:
+        body = request_body(self.model, messages, sampling, n)
+        last = "no attempt made"
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                texts, tokens_in, tokens_out = await self._post(body)
+            except _Retryable as err:
+                last = err.reason
+                if attempt == self.max_attempts:
+                    break
+                wait = err.wait_s if err.wait_s is not None else self.backoff_s(attempt - 1)
+                await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
+                continue
+            return ChatResult(texts, tokens_in, tokens_out, attempt)
+        raise TeacherUnavailable(f"{self.max_attempts} attempts failed, last: {last}")
+
+    async def _post(self, body: dict[str, Any]) -> tuple[list[str], int, int]:
+        self.requests_sent += 1
+        try:
+            async with self.session.post(self.url, json=body, timeout=self.timeout) as response:
+                if response.status != 200:
+                    detail = (await response.text())[:300]
+                    if response.status in RETRY_STATUSES:
+                        wait = None
+                        if response.status in RETRY_AFTER_STATUSES:
+                            wait = parse_retry_after(response.headers.get("Retry-After"))
+                        raise _Retryable(f"HTTP {response.status}: {detail}", wait)
+                    raise TeacherRejected(f"HTTP {response.status}: {detail}")
+                payload = await response.json(content_type=None)
+        except TimeoutError:
+            raise _Retryable(f"no answer within {self.timeout.total:g} s") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
+            raise _Retryable(f"{type(err).__name__}: {err}") from None
+        except ValueError as err:  # a 200 whose body is not JSON: a proxy page, a truncated body
+            raise _Retryable(f"invalid JSON body: {err}") from None
+        return parse_completion(payload)
+
+
+def parse_completion(payload: Any) -> tuple[list[str], int, int]:
+    try:
+        choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
+        texts = [choice["message"].get("content") or "" for choice in choices]
+    except (KeyError, TypeError, AttributeError):
+        raise _Retryable(f"unexpected completion shape: {str(payload)[:200]}") from None
+    usage = payload.get("usage") or {}
+    return texts, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)

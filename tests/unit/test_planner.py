@@ -1,0 +1,327 @@
+"""Every transition of the pure planner, driven through a tiny in-memory stand-in for the cluster."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from distillery.api.spec import DistillationSpec
+from distillery.api.status import DistillationStatus, Phase, StageState
+from distillery.controller.config import OperatorConfig
+from distillery.controller.observe import NodeView, observe
+from distillery.controller.planner import Create, Delete, Patch, Plan, gpu_pool_fits, plan
+from distillery.resources.common import STAGE_LABEL, Owner
+
+OWNER = Owner("demo", "team-a", "uid-1")
+CONFIG = OperatorConfig()
+H100 = NodeView(labels={"topology.kubernetes.io/region": "westus3", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                allocatable_gpus=8, gpu_tainted=True)
+A100 = NodeView(labels={"topology.kubernetes.io/region": "eastus2", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+                allocatable_gpus=8, gpu_tainted=True)
+
+
+def make_spec(**overrides: Any) -> DistillationSpec:
+    raw: dict[str, Any] = {
+        "task": "nli",
+        "region": "westus3",
+        "teacher": {"model": "meta-llama/Llama-3.3-70B-Instruct", "gpus": 4, "tensorParallelSize": 4},
+        "dataset": {"train": {"uri": "pvc://data/conjnli/train.jsonl"}},
+        "student": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "gpusPerNode": 2},
+    }
+    for path, value in overrides.items():
+        node = raw
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return DistillationSpec.model_validate(raw)
+
+
+class World:
+    """Children as the API server would hold them; tests flip their status like the controllers would."""
+
+    def __init__(self, spec: DistillationSpec, nodes: tuple[NodeView, ...] = (H100, A100)) -> None:
+        self.spec = spec
+        self.nodes = nodes
+        self.children: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.status = DistillationStatus()
+        self.now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+        self.history: list[Plan] = []
+
+    def step(self, minutes: float = 1) -> Plan:
+        self.now += timedelta(minutes=minutes)
+        result = plan(OWNER, 1, self.spec, self.status, observe(OWNER.name, self.children.values(), self.pods,
+                                                                  self.nodes), self.now, CONFIG)
+        for action in result.actions:
+            if isinstance(action, Create):
+                m = action.manifest
+                self.children.setdefault((m["kind"], m["metadata"]["name"]), json.loads(json.dumps(m)))
+            elif isinstance(action, Delete):
+                self.children.pop((action.kind, action.name), None)
+            elif isinstance(action, Patch):
+                obj = self.children.get((action.kind, action.name))
+                if obj is not None:
+                    obj["spec"].update(action.patch["spec"])
+        self.status = result.status
+        self.history.append(result)
+        return result
+
+    def has(self, kind: str, name: str) -> bool:
+        return (kind, name) in self.children
+
+    def complete_job(self, name: str, message: str | None = None, stage: str | None = None) -> None:
+        self.children[("Job", name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+        if message is not None:
+            self.pods.append({"metadata": {"name": f"{name}-0", "labels": {STAGE_LABEL: stage}},
+                              "status": {"containerStatuses": [{"state": {"terminated": {"message": message}}}]}})
+
+    def fail_job(self, name: str) -> None:
+        self.children[("Job", name)]["status"] = {"conditions": [{
+            "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"}]}
+
+    def make_available(self, name: str) -> None:
+        d = self.children[("Deployment", name)]
+        d["metadata"]["generation"] = 1
+        d["status"] = {"observedGeneration": 1, "availableReplicas": d["spec"]["replicas"]}
+
+    def cond(self, type_: str) -> str:
+        return next(c.status for c in self.status.conditions if c.type == type_)
+
+    def reason(self, type_: str) -> str:
+        return next(c.reason for c in self.status.conditions if c.type == type_)
+
+    def created(self) -> list[str]:
+        return [f"{a.manifest['kind']}/{a.manifest['metadata']['name']}" for p in self.history for a in p.actions
+                if isinstance(a, Create)]
+
+
+def run_to_success(w: World) -> None:
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label", json.dumps({"rows_ok": 90, "rows_rejected": 10, "rows_total": 100,
+                                             "tokens_in": 5000, "tokens_out": 7000}), "labeling")
+    w.step(30)
+    w.complete_job("demo-train", json.dumps({"steps": 40, "total_steps": 40, "final_loss": 0.41}), "training")
+    w.step(60)
+    w.complete_job("demo-eval", json.dumps({"metric": "accuracy", "results": [
+        {"model": "teacher", "prompt": "cot", "score": 69.98, "rows": 100},
+        {"model": "base-student", "prompt": "cot", "score": 52.81, "rows": 100},
+        {"model": "distilled-student", "prompt": "short", "score": 63.88, "rows": 100}]}), "evaluation")
+    w.step(10)
+    w.make_available("demo-student")
+    w.step()
+
+
+def test_first_visit_sets_every_condition_and_creates_workspace_and_teacher() -> None:
+    w = World(make_spec())
+    w.step()
+    assert w.created() == ["PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline",
+                           "Deployment/demo-teacher", "Service/demo-teacher"]
+    types = {c.type for c in w.status.conditions}
+    assert {"Ready", "Succeeded", "Failed", "Reconciling", "Stalled", "TeacherReady", "Labeled", "Trained",
+            "Evaluated", "StudentReady"} <= types
+    assert w.cond("Labeled") == "Unknown"
+    assert w.status.phase == Phase.TEACHER
+    assert w.status.observed_generation == 1
+
+
+def test_happy_path_runs_stages_in_order_and_reports_results() -> None:
+    w = World(make_spec())
+    run_to_success(w)
+    assert w.created() == [
+        "PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", "Deployment/demo-teacher",
+        "Service/demo-teacher", "Job/demo-label", "Service/demo-train", "Job/demo-train", "Job/demo-eval",
+        "Deployment/demo-student", "Service/demo-student",
+    ]
+    assert w.status.phase == Phase.SUCCEEDED
+    assert w.cond("Succeeded") == "True" and w.cond("Ready") == "True" and w.cond("Reconciling") == "False"
+    assert [(r.model, r.score) for r in w.status.results] == [
+        ("teacher", 69.98), ("base-student", 52.81), ("distilled-student", 63.88)]
+    assert w.status.progress.rows_labeled == 90 and w.status.progress.train_loss == 0.41
+    assert w.status.student_endpoint == "http://demo-student.team-a.svc:8000/v1"
+    # Training ran 60 minutes on 1 node x 2 GPUs.
+    assert w.status.stages["training"].gpu_hours == pytest.approx(2.0)
+    assert w.status.gpu_hours >= 2.0
+
+
+def test_teacher_is_removed_as_soon_as_labeling_is_done() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    result = w.step()
+    assert Delete("Deployment", "demo-teacher") in result.actions
+    assert not w.has("Deployment", "demo-teacher")
+    assert w.status.stages["teacher"].state == StageState.REMOVED
+    assert w.reason("TeacherReady") == "RemovedAfterLabeling"
+
+
+def test_teacher_is_kept_when_asked() -> None:
+    w = World(make_spec(**{"teacher.keepAfterLabeling": True}))
+    run_to_success(w)
+    assert w.has("Deployment", "demo-teacher")
+    assert w.status.phase == Phase.SUCCEEDED
+
+
+def test_external_endpoint_skips_the_teacher_stage() -> None:
+    w = World(make_spec(**{"teacher": {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt"}}}))
+    w.step()
+    assert "Deployment/demo-teacher" not in w.created()
+    assert w.has("Job", "demo-label")
+    assert w.status.stages["teacher"].state == StageState.SKIPPED
+    assert w.cond("TeacherReady") == "True"
+
+
+def test_waits_without_creating_pods_when_no_pool_in_the_region_fits() -> None:
+    w = World(make_spec(region="eastus2"))  # eastus2 has only A100s; the teacher asks for H100s
+    w.step()
+    assert not w.has("Deployment", "demo-teacher")
+    assert w.reason("TeacherReady") == "NoMatchingGPUNodePool"
+    assert w.reason("Reconciling") == "NoMatchingGPUNodePool"
+    assert w.cond("Stalled") == "False" and w.cond("Failed") == "False"
+    assert w.status.stages["teacher"].state == StageState.WAITING
+    w.nodes = (*w.nodes, NodeView(labels={"topology.kubernetes.io/region": "eastus2",
+                                          "nvidia.com/gpu.product": "NVIDIA-H100-NVL"},
+                                  allocatable_gpus=8, gpu_tainted=True))
+    w.step()
+    assert w.has("Deployment", "demo-teacher")
+
+
+def test_pool_fit_counts_nodes_for_multi_node_training() -> None:
+    assert gpu_pool_fits((H100,), CONFIG, "westus3", "H100", 8, pods=1)
+    assert not gpu_pool_fits((H100,), CONFIG, "westus3", "H100", 8, pods=2)
+    assert not gpu_pool_fits((H100,), CONFIG, "westus3", "H100", 16)
+    assert not gpu_pool_fits((H100,), CONFIG, "westus3", "A100", 1)
+    assert gpu_pool_fits((H100,), CONFIG, "westus3", None, 0)
+
+
+def test_failed_training_ends_failed_and_stalled_and_creates_nothing_more() -> None:
+    w = World(make_spec(**{"teacher.keepAfterLabeling": True}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.fail_job("demo-train")
+    w.step()
+    assert w.status.phase == Phase.FAILED
+    assert w.cond("Failed") == "True" and w.cond("Stalled") == "True" and w.cond("Ready") == "False"
+    assert w.reason("Stalled") == "TrainingFailed"
+    assert "BackoffLimitExceeded" in w.status.stages["training"].message
+    before = len(w.created())
+    w.step()
+    assert len(w.created()) == before
+    assert not w.has("Job", "demo-eval")
+
+
+def test_failed_labeling_releases_the_teacher() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.fail_job("demo-label")
+    w.step()
+    assert w.reason("Failed") == "LabelingFailed"
+    assert not w.has("Deployment", "demo-teacher")
+
+
+def test_suspend_pauses_jobs_frees_the_teacher_and_resume_continues() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    assert w.has("Job", "demo-label")
+    w.spec = w.spec.model_copy(update={"suspend": True})
+    result = w.step()
+    assert Patch("Job", "demo-label", {"spec": {"suspend": True}}) in result.actions
+    assert not w.has("Deployment", "demo-teacher")
+    assert w.status.phase == Phase.SUSPENDED and w.cond("Suspended") == "True"
+    assert w.step().actions == []  # stays paused, nothing more to do
+
+    w.spec = w.spec.model_copy(update={"suspend": False})
+    result = w.step()
+    assert w.has("Deployment", "demo-teacher")
+    # Labeling must not resume against a teacher that is not serving yet.
+    assert not any(isinstance(a, Patch) and a.kind == "Job" for a in result.actions)
+    w.make_available("demo-teacher")
+    result = w.step()
+    assert Patch("Job", "demo-label", {"spec": {"suspend": False}}) in result.actions
+    assert w.status.phase == Phase.LABELING
+
+
+def test_suspend_scales_the_student_to_zero_and_back() -> None:
+    w = World(make_spec())
+    run_to_success(w)
+    w.spec = w.spec.model_copy(update={"suspend": True})
+    result = w.step()
+    assert Patch("Deployment", "demo-student", {"spec": {"replicas": 0}}) in result.actions
+    w.spec = w.spec.model_copy(update={"suspend": False})
+    result = w.step()
+    assert Patch("Deployment", "demo-student", {"spec": {"replicas": 1}}) in result.actions
+
+
+def test_restart_with_finished_stage_and_vanished_job_does_not_redo_it() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    # A new operator process: same status, the finished Job was garbage-collected (TTL).
+    del w.children[("Job", "demo-label")]
+    w.history.clear()
+    w.step()
+    assert "Job/demo-label" not in w.created()
+    assert w.has("Job", "demo-train")
+
+
+def test_restart_mid_stage_recreates_nothing_that_exists() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    restarted = World(make_spec())
+    restarted.children, restarted.status, restarted.now = w.children, w.status, w.now
+    result = restarted.step()
+    assert not [a for a in result.actions if isinstance(a, Create)]
+
+
+def test_same_inputs_twice_give_the_same_status() -> None:
+    w = World(make_spec())
+    w.step()
+    first = w.status.to_wire()
+    w.step(0)
+    assert w.status.to_wire() == first
+    assert w.history[-1].actions == []
+
+
+def test_last_transition_time_moves_only_when_status_flips() -> None:
+    w = World(make_spec())
+    w.step()
+    t0 = next(c.last_transition_time for c in w.status.conditions if c.type == "Ready")
+    w.step(5)
+    assert next(c.last_transition_time for c in w.status.conditions if c.type == "Ready") == t0
+    w.make_available("demo-teacher")
+    w.step()
+    teacher = next(c for c in w.status.conditions if c.type == "TeacherReady")
+    assert teacher.status == "True" and teacher.last_transition_time != t0
+
+
+def test_evaluation_and_serving_can_be_disabled() -> None:
+    w = World(make_spec(**{"evaluation.enabled": False, "serving.enabled": False}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.complete_job("demo-train")
+    w.step()
+    assert w.status.phase == Phase.SUCCEEDED
+    assert w.status.stages["evaluation"].state == StageState.SKIPPED
+    assert w.cond("Ready") == "True"
+    assert "Job/demo-eval" not in w.created()
