@@ -28,7 +28,8 @@ CRD_FILE = Path("crds") / f"{GROUP}_{PLURAL}.yaml"
 _DROP_KEYS = {"title", "$defs", "additionalProperties"}
 
 
-def _models_by_name(model: type[BaseModel], seen: dict[str, type[BaseModel]] | None = None) -> dict[str, type[BaseModel]]:
+def _models_by_name(model: type[BaseModel],
+                    seen: dict[str, type[BaseModel]] | None = None) -> dict[str, type[BaseModel]]:
     seen = {} if seen is None else seen
     seen[model.__name__] = model
     for field in model.model_fields.values():

@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
-        namespaces=namespaces or None,
+        namespaces=namespaces,
         liveness_endpoint=args.liveness or None,
     )
     return 0

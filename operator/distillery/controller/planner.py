@@ -111,7 +111,9 @@ def _summary(messages: list[str]) -> dict[str, Any]:
         if not isinstance(data, dict):
             continue
         for key, value in data.items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(merged.get(key), int | float):
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if numeric and isinstance(merged.get(key), int | float):
+                # Counts add up across shards; losses and times do not.
                 merged[key] = merged[key] + value if key not in ("loss", "final_loss", "wall_seconds") else value
             else:
                 merged.setdefault(key, value)
@@ -147,11 +149,9 @@ class _Pass:
 
     def create(self, manifest: dict[str, Any]) -> None:
         self.actions.append(Create(manifest))
-        self.event("Created", f"Created {manifest['kind']} {manifest['metadata']['name']}")
 
     def delete(self, kind: str, name: str) -> None:
         self.actions.append(Delete(kind, name))
-        self.event("Deleted", f"Deleted {kind} {name}")
 
     def start(self, stage: Stage, state: StageState = StageState.RUNNING, message: str | None = None) -> None:
         record = self.stage(stage)

@@ -25,6 +25,12 @@ log = logging.getLogger("distillery.reconciler")
 RETRY_DELAY = 5.0
 
 
+def _action_event(action: Create | Delete | Patch) -> Event:
+    if isinstance(action, Create):
+        return Event("Normal", "Created", f"Created {action.manifest['kind']} {action.manifest['metadata']['name']}")
+    return Event("Normal", "Deleted", f"Deleted {action.kind} {action.name}")
+
+
 def _rv(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -92,32 +98,39 @@ class Reconciler:
             return
         observed = observe(name, self.cache.children(key), self.cache.pods(key), self.cache.nodes())
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
+        events = list(result.events)
         for action in result.actions:
-            await self._apply(namespace, action)
-        for event in result.events:
+            # Events name what this pass changed, so an object another pass already made is not announced twice.
+            if await self._apply(namespace, action):
+                events.append(_action_event(action))
+        for event in events:
             await self._event(owner, event)
         await self._write_status(key, status_raw, result.status.to_wire())
 
-    async def _apply(self, namespace: str, action: Create | Delete | Patch) -> None:
+    async def _apply(self, namespace: str, action: Create | Delete | Patch) -> bool:
+        """Apply one action idempotently; returns whether it changed anything."""
         if isinstance(action, Create):
             manifest = action.manifest
             try:
                 _, created = await self.client.create(manifest)
                 self._count("create", manifest["kind"], 201 if created else 409)
+                return created
             except ApiError as e:
                 self._count("create", manifest["kind"], e.status)
                 raise
-        elif isinstance(action, Delete):
+        if isinstance(action, Delete):
             deleted = await self.client.delete(action.kind, action.name, namespace)
             self._count("delete", action.kind, 200 if deleted else 404)
-        else:
-            try:
-                await self.client.merge_patch(action.kind, action.name, namespace, action.patch)
-                self._count("patch", action.kind, 200)
-            except ApiError as e:
-                self._count("patch", action.kind, e.status)
-                if e.status != 404:
-                    raise
+            return deleted
+        try:
+            await self.client.merge_patch(action.kind, action.name, namespace, action.patch)
+            self._count("patch", action.kind, 200)
+            return False
+        except ApiError as e:
+            self._count("patch", action.kind, e.status)
+            if e.status != 404:
+                raise
+            return False
 
     async def _event(self, owner: Owner, event: Event) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

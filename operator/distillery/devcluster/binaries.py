@@ -12,6 +12,8 @@ KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("HELM_VERSION", "v3.22.0")
 
 BUILD_SCRIPT = Path(__file__).with_name("build_binaries.sh")
+ALL_TARGETS = ("etcd", "kubernetes", "kwok", "helm")
+CLUSTER_TARGETS = ("etcd", "kubernetes", "kwok")
 
 
 def cache_dir() -> Path:
@@ -45,14 +47,20 @@ class Binaries:
             helm=bin_dir / f"helm-{HELM_VERSION}" / "helm",
         )
 
-    def missing(self) -> list[Path]:
-        return [p for p in vars(self).values() if not p.exists()]
+    def missing(self, targets: tuple[str, ...] = ALL_TARGETS) -> list[Path]:
+        paths = {
+            "etcd": [self.etcd],
+            "kubernetes": [self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler, self.kubectl],
+            "kwok": [self.kwok, self.kwok_stages],
+            "helm": [self.helm],
+        }
+        return [p for t in targets for p in paths[t] if not p.exists()]
 
 
-def ensure_built(targets: tuple[str, ...] = ("etcd", "kubernetes", "kwok", "helm")) -> Binaries:
+def ensure_built(targets: tuple[str, ...] = ALL_TARGETS) -> Binaries:
     """Build whatever is missing; a cold build takes tens of minutes and prints progress."""
     binaries = Binaries.locate()
-    if binaries.missing():
+    if binaries.missing(targets):
         print(f"building control-plane binaries into {cache_dir() / 'bin'} (cached by version)", file=sys.stderr)
         env = os.environ | {
             "K8S_VERSION": K8S_VERSION,
@@ -63,7 +71,7 @@ def ensure_built(targets: tuple[str, ...] = ("etcd", "kubernetes", "kwok", "helm
         }
         subprocess.run(["bash", str(BUILD_SCRIPT), *targets], env=env, check=True)
         binaries = Binaries.locate()
-    still_missing = binaries.missing()
+    still_missing = binaries.missing(targets)
     if still_missing:
         raise RuntimeError(f"binaries missing after build: {', '.join(map(str, still_missing))}")
     return binaries

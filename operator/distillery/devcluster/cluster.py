@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from distillery.devcluster.binaries import Binaries, cache_dir, ensure_built
+from distillery.devcluster.binaries import CLUSTER_TARGETS, Binaries, cache_dir, ensure_built
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, NodePools, node_manifests
 from distillery.devcluster.pki import Pki
 
@@ -109,7 +109,7 @@ class DevCluster:
 
     def up(self, timeout: float = 120) -> Path:
         """Start whatever is not running; return the kubeconfig path. Idempotent."""
-        binaries = ensure_built()
+        binaries = ensure_built(CLUSTER_TARGETS)
         if all(self.running().values()) and self.ready():
             _log(f"already up; kubeconfig: {self.kubeconfig}")
             return self.kubeconfig
@@ -165,7 +165,7 @@ class DevCluster:
         )
 
     def _spawn(self, name: str, args: list[str]) -> int:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
+        log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=self.dir,
@@ -287,6 +287,7 @@ class DevCluster:
             stages / "pod" / "fast" / "pod-delete.yaml",
             stages / "pod" / "chaos" / "pod-container-running-failed.yaml",
             STAGES_DIR / "pod-complete.yaml",
+            STAGES_DIR / "pod-fail-stage.yaml",
             *[stages / "volume" / "fast" / f for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
                                                         "pv-delete.yaml")],
         ]

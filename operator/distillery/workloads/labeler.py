@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -120,7 +121,6 @@ class LabelWriter:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[int] = set()
         records, complete = read_records(path)
         self.existing = records
         self.done = {r.row_id for r in records}
@@ -302,8 +302,11 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
             report_periodically(progress_path(labels_dir, index), counters, progress_interval_s))
         labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
         loop = asyncio.get_running_loop()
-        # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly.
-        loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
+        # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly. Signals reach
+        # only the main thread, so a labeler run from another thread (tests) leaves them alone.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread:
+            loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
         try:
             await labeling
         except asyncio.CancelledError:
@@ -311,7 +314,8 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
                 raise
             interrupted = True
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            if on_main_thread:
+                loop.remove_signal_handler(signal.SIGTERM)
             for writer in writers.values():
                 await writer.close()
             reporter.cancel()

@@ -21,6 +21,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Wider than Llama's 0.02: a tiny random model otherwise has near-uniform output (logits well
+# under 1), and attention-only LoRA cannot grow the frozen lm_head to make any answer likely.
+INIT_STD = 0.2
+
 DEFAULT_CORPUS = (
     "Question: what is 2 + 3? Answer: 5",
     "Premise: a man plays guitar. Hypothesis: a person makes music. Answer: entailment",
@@ -56,7 +60,8 @@ def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 51
 
 
 def build_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
-                max_positions: int = 2048, pad_token_id: int = 0, eos_token_id: int | None = None):
+                max_positions: int = 2048, pad_token_id: int = 0, eos_token_id: int | None = None,
+                init_std: float = INIT_STD):
     """A random-init `LlamaForCausalLM`; weights depend only on the arguments."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -73,6 +78,7 @@ def build_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: in
         eos_token_id=eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=False,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -1,0 +1,186 @@
+"""The evaluation stage: teacher vs base student vs distilled student on the validation split.
+
+- distilled-student: base + adapter (or the fully fine-tuned model), SHORT prompt;
+- base-student (evaluation.baselines): the untrained student with the teacher's CoT prompt;
+- teacher (evaluation.baselines): its validation labels from the labeling stage, not a new
+  run; a rejected or missing label counts as a wrong answer.
+
+References are the gold answers; a row without one is scored against the teacher's
+answer for the students (and not for the teacher itself), which the output reports as
+"reference": "teacher" (or "mixed" when only some rows have gold answers).
+Generation is greedy and batched, with a bounded number of new tokens.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig
+from distillery.api.spec import Baseline, TrainingMethod
+from distillery.workloads.datasets import ROW_ID, split_rows
+from distillery.workloads.finetune_data import prompt_ids
+from distillery.workloads.labeler import read_labels
+from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.tasks import MissingColumn, Row, TaskDefinition, get_task
+from distillery.workloads.trainer import ModelLoadError, load_model, load_tokenizer, workspace_layout
+
+SHORT_MAX_NEW_TOKENS = 256
+COT_MAX_NEW_TOKENS = 1024
+EXIT_OK, EXIT_CONFIG, EXIT_NO_ROWS = 0, 2, 3
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    row: Row
+    reference: str
+    gold: bool
+    teacher: str
+    """The teacher's normalised answer, "" when its label was rejected or is missing."""
+
+
+def eval_rows(task: TaskDefinition, rows: Sequence[Row], teacher_answers: dict[int, str]) -> list[EvalRow]:
+    """The rows that have a reference: their gold answer, else the teacher's answer."""
+    result = []
+    for row in rows:
+        try:
+            gold = task.reference(row)
+        except MissingColumn:
+            gold = None
+        teacher = teacher_answers.get(row[ROW_ID], "")
+        if gold is not None:
+            result.append(EvalRow(row, gold, True, teacher))
+        elif teacher:
+            result.append(EvalRow(row, teacher, False, teacher))
+    return result
+
+
+def generate(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]], max_new_tokens: int,
+             batch_size: int) -> list[str]:
+    """Greedy completions, in input order. Prompts are batched by length to waste little padding."""
+    encoded = [prompt_ids(tokenizer, messages) for messages in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    texts = [""] * len(encoded)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        # Left padding: every row's next token comes right after its prompt.
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, i in enumerate(chunk):
+            input_ids[j, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            attention_mask[j, width - len(encoded[i]):] = 1
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for j, i in enumerate(chunk):
+            texts[i] = tokenizer.decode(output[j, width:], skip_special_tokens=True)
+    return texts
+
+
+def score_entry(task: TaskDefinition, model: str, prompt: str, predictions: Sequence[str],
+                references: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """(metric name, result entry)."""
+    score = task.score(predictions, references)
+    return score.metric, {"model": model, "prompt": prompt, "score": round(score.value, 2), "rows": len(references)}
+
+
+def format_table(results: Sequence[dict[str, Any]], metric: str) -> str:
+    lines = [f"{'model':<20} {'prompt':<7} {metric:>12} {'rows':>7}"]
+    for entry in results:
+        score = "n/a" if entry["score"] is None else f"{entry['score']:.2f}"
+        lines.append(f"{entry['model']:<20} {entry['prompt']:<7} {score:>12} {entry['rows']:>7}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="distillery evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=SHORT_MAX_NEW_TOKENS,
+                        help="for the distilled student's short prompt (answers only)")
+    parser.add_argument("--cot-max-new-tokens", type=int, default=None,
+                        help="for reasoning outputs: base student with the CoT prompt, and the distilled "
+                             f"student with includeRationale (default: teacher maxTokens, at most "
+                             f"{COT_MAX_NEW_TOKENS})")
+    return parser.parse_args(argv)
+
+
+def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    layout = workspace_layout(cfg)
+    task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+    _, validation = split_rows(cfg)
+    teacher_answers = {r.row_id: r.answer for r in read_labels(layout.labels_dir, "validation")
+                       if r.status == "ok"}
+    rows = eval_rows(task, validation, teacher_answers)
+    if not rows:
+        return EXIT_NO_ROWS, {"error": "no validation row has a gold answer or a teacher label",
+                              "validation_rows": len(validation)}
+    gold_rows = [r for r in rows if r.gold]
+    references = [r.reference for r in rows]
+    cot_budget = args.cot_max_new_tokens or min(cfg.teacher.sampling.max_tokens, COT_MAX_NEW_TOKENS)
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    device = "cuda" if cuda else "cpu"
+    student = cfg.student
+    tokenizer = load_tokenizer(student.model)
+    predictions: dict[str, list[str]] = {}
+    results: list[dict[str, Any]] = []
+
+    if Baseline.TEACHER in cfg.evaluation.baselines:
+        predictions["teacher"] = [r.teacher for r in rows]
+        if gold_rows:
+            results.append(score_entry(task, "teacher", "cot", [r.teacher for r in gold_rows],
+                                       [r.reference for r in gold_rows])[1])
+        else:
+            results.append({"model": "teacher", "prompt": "cot", "score": None, "rows": 0,
+                            "note": "no gold answers: the teacher's answers are the reference"})
+
+    if Baseline.BASE_STUDENT in cfg.evaluation.baselines:
+        base = load_model(student.model, dtype=dtype).to(device).eval()
+        texts = generate(base, tokenizer, [task.teacher_messages(r.row) for r in rows], cot_budget, args.batch_size)
+        predictions["base-student"] = [task.prediction(t, r.row) for t, r in zip(texts, rows, strict=True)]
+        results.append(score_entry(task, "base-student", "cot", predictions["base-student"], references)[1])
+        del base  # before the distilled copy is loaded: two models need not fit at once
+
+    if student.method == TrainingMethod.LORA:
+        distilled = load_model(student.model, dtype=dtype, adapter=layout.adapter_dir, merge=True)
+    else:
+        distilled = load_model(str(layout.adapter_dir), dtype=dtype)
+    distilled = distilled.to(device).eval()
+    budget = cot_budget if student.include_rationale else args.max_new_tokens
+    texts = generate(distilled, tokenizer, [task.student_messages(r.row) for r in rows], budget, args.batch_size)
+    predictions["distilled-student"] = [task.prediction(t, r.row) for t, r in zip(texts, rows, strict=True)]
+    metric, entry = score_entry(task, "distilled-student", "short", predictions["distilled-student"], references)
+    results.append(entry)
+    kind = "gold" if len(gold_rows) == len(rows) else "teacher" if not gold_rows else "mixed"
+    summary = {"metric": metric, "rows": len(rows), "reference": kind, "gold_rows": len(gold_rows),
+               "results": results}
+    layout.eval_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(layout.eval_dir / "results.json", summary)
+    with open(layout.eval_dir / "predictions.jsonl", "w") as handle:
+        for i, r in enumerate(rows):
+            handle.write(json.dumps({ROW_ID: r.row[ROW_ID], "reference": r.reference,
+                                     **{name: preds[i] for name, preds in predictions.items()}}) + "\n")
+    print(format_table(results, metric), flush=True)
+    return EXIT_OK, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = PipelineConfig.load(args.config)
+        code, summary = evaluate(cfg, args)
+    except (OSError, ValueError, ModelLoadError) as err:
+        code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
+    write_termination_message(summary)
+    if code != EXIT_OK:
+        print(f"distillery evaluate: {summary['error']}", file=sys.stderr)
+    print(compact_json(summary), flush=True)
+    return code

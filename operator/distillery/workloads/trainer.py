@@ -1,0 +1,569 @@
+"""The training stage: fine-tune the student on the teacher's labels with DeepSpeed ZeRO.
+
+One process per accelerator (one per GPU; one on CPU). The torch distributed
+environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK)
+comes from the operator or torchrun; without it the trainer is a single process.
+
+Resume: every student.checkpointSteps optimizer steps, after the last step and on
+SIGTERM, every rank writes its part of a checkpoint (model, optimizer, scheduler,
+RNG) into `checkpoints/.tmp-step-N`, which rank 0 renames to `checkpoints/step-N`
+once all are done; only the newest two are kept. A restart loads the newest one
+and continues with the next optimizer step: the data order is a pure function of
+(seed, epoch, step), so no finished step is redone and none is skipped.
+
+stdout carries one JSON object per line (`event`: start, resume, step, checkpoint,
+done); the last line is the final summary, also written as the termination message.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
+from distillery.api.spec import StudentSpec, TrainingMethod
+from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.serve import is_local_ref, resolve_model_ref
+
+WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
+CHECKPOINTS_KEPT = 2
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "trainer_state.json"
+DEEPSPEED_TAG = "deepspeed"
+WARMUP_FRACTION = 0.03
+MIN_LR_FRACTION = 0.1
+EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA, EXIT_TERMINATED = 0, 2, 3, 143
+
+log = logging.getLogger("distillery.trainer")
+
+
+class ModelLoadError(RuntimeError):
+    """The student model (or adapter) cannot be loaded; the message says what to fix."""
+
+
+class ResumeError(RuntimeError):
+    """The newest checkpoint cannot be resumed by this run."""
+
+
+# Models -----------------------------------------------------------------------------------------
+
+def _model_location(ref: str) -> str:
+    location = resolve_model_ref(ref)
+    if is_local_ref(ref) and not Path(location).exists():
+        raise ModelLoadError(f"model {ref!r}: {location} does not exist (is its volume mounted?)")
+    return location
+
+
+def _hub_hint(ref: str, err: Exception) -> ModelLoadError:
+    if is_local_ref(ref):
+        return ModelLoadError(f"model {ref!r} cannot be loaded from {resolve_model_ref(ref)}: {err}")
+    return ModelLoadError(f"model {ref!r} cannot be loaded from the hub (offline, gated or not found?): {err}. "
+                          "Copy it to a volume and use pvc://claim/path, or set HF_TOKEN for gated models.")
+
+
+def load_tokenizer(ref: str) -> Any:
+    """The model's tokenizer, with a pad token (the eos token when it has none) for batching."""
+    from transformers import AutoTokenizer
+
+    location = _model_location(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as err:
+        raise _hub_hint(ref, err) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: str, *, dtype: torch.dtype = torch.float32, adapter: str | Path | None = None,
+               merge: bool = False) -> Any:
+    """A causal LM from a model reference (local path, pvc://, hf:// or hub id), optionally with a
+    LoRA adapter directory on top (merged into the weights when `merge`)."""
+    from transformers import AutoModelForCausalLM
+
+    location = _model_location(ref)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise _hub_hint(ref, err) from err
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    if not Path(adapter, "adapter_config.json").exists():
+        raise ModelLoadError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    model = PeftModel.from_pretrained(model, str(adapter))
+    return model.merge_and_unload() if merge else model
+
+
+def prepare_model(model: Any, student: StudentSpec) -> Any:
+    """LoRA adapters on the target modules (only they train), or every weight for full fine-tuning."""
+    if student.method == TrainingMethod.FULL:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = student.lora
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name})
+        raise ModelLoadError(f"student.lora.targetModules {lora.target_modules} do not match the model: "
+                             f"{err}; its module names include {names[:40]}") from err
+
+
+# Distributed setup ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str]) -> "DistEnv":
+        local_rank = int(environ.get("LOCAL_RANK", "0"))
+        if "RANK" in environ:
+            rank = int(environ["RANK"])
+        else:
+            # One process per pod (gpusPerNode 1): the node rank is the global rank.
+            rank = int(environ.get("NODE_RANK", "0")) * int(environ.get("LOCAL_WORLD_SIZE", "1")) + local_rank
+        return cls(rank, local_rank, int(environ.get("WORLD_SIZE", "1")))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(cuda: bool) -> DistEnv:
+    """Join the process group (gloo on CPU, nccl on GPU), making up a one-process world when alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(name, value)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+    dist = DistEnv.from_env(dict(os.environ))
+    os.environ.setdefault("RANK", str(dist.rank))
+    if cuda:
+        torch.cuda.set_device(dist.local_rank)
+    else:
+        _skip_shm_build()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    return dist
+
+
+def _skip_shm_build() -> None:
+    """On CPU DeepSpeed compiles a shared-memory all-reduce op on first use (minutes, and a killed
+    compile leaves a lock that hangs the next start). Use it only when installed prebuilt
+    (DS_BUILD_SHM_COMM=1); gloo alone is correct."""
+    import deepspeed.ops
+    from deepspeed.git_version_info import installed_ops
+
+    if not installed_ops.get("deepspeed_shm_comm", False):
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def barrier() -> None:
+    torch.distributed.barrier()
+
+
+# DeepSpeed configuration and schedule -----------------------------------------------------------
+
+def deepspeed_config(student: StudentSpec, world_size: int, bf16: bool, cuda: bool) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": student.zero_stage, "contiguous_gradients": True,
+                            "overlap_comm": cuda and world_size > 1}
+    if student.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": student.batch_size,
+        "gradient_accumulation_steps": student.gradient_accumulation_steps,
+        "train_batch_size": student.batch_size * student.gradient_accumulation_steps * world_size,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        # The optimizer is torch's AdamW, passed in: no op compilation, fused kernels on CUDA.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Linear warmup over the first 3% of steps, then cosine decay to 10% of the peak."""
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@cache
+def _epoch_order(examples: int, seed: int) -> tuple[int, ...]:
+    order = list(range(examples))
+    random.Random(seed).shuffle(order)
+    return tuple(order)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Which examples each micro-batch of each rank holds: a pure function of its index.
+
+    Micro-batches run through the epochs as one stream; an epoch's last global micro-batch
+    wraps around to its start so every rank always gets a full batch.
+    """
+
+    examples: int
+    micro_batch: int
+    accumulation: int
+    world_size: int
+    rank: int
+    seed: int
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Per rank."""
+        return math.ceil(math.ceil(self.examples / self.micro_batch) / self.world_size)
+
+    def steps_for_epochs(self, epochs: int) -> int:
+        return max(1, epochs * self.micro_batches_per_epoch // self.accumulation)
+
+    def micro_batch_indices(self, index: int) -> list[int]:
+        epoch, position = divmod(index, self.micro_batches_per_epoch)
+        order = _epoch_order(self.examples, self.seed + epoch)
+        start = (position * self.world_size + self.rank) * self.micro_batch
+        return [order[(start + i) % self.examples] for i in range(self.micro_batch)]
+
+    def step_micro_batches(self, step: int) -> list[list[int]]:
+        """The micro-batches of optimizer step `step` (1-based)."""
+        first = (step - 1) * self.accumulation
+        return [self.micro_batch_indices(first + i) for i in range(self.accumulation)]
+
+
+# Checkpoints ------------------------------------------------------------------------------------
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(root.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpoints:
+    """`<dir>/step-NNNNNNNN` directories, each complete (made by rename), newest two kept."""
+
+    def __init__(self, directory: Path, dist: DistEnv, frozen_excluded: bool) -> None:
+        self.dir = directory
+        self.dist = dist
+        # LoRA: the frozen base weights come from the model itself, so a checkpoint holds the adapter.
+        self.frozen_excluded = frozen_excluded
+
+    def complete(self) -> list[Path]:
+        found = [p for p in self.dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+    def latest(self) -> Path | None:
+        complete = self.complete()
+        return complete[-1] if complete else None
+
+    def clean_partial(self) -> None:
+        """Remove what a killed save left behind; call on rank 0 before anyone saves."""
+        for partial in self.dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def save(self, engine: Any, step: int, state: dict[str, Any]) -> Path:
+        """Collective: every rank calls it with the same `step`."""
+        name = f"{CHECKPOINT_PREFIX}{step:08d}"
+        tmp, final = self.dir / f".tmp-{name}", self.dir / name
+        if self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG, save_latest=False,
+                               exclude_frozen_parameters=self.frozen_excluded)
+        torch.save(_rng_state(), tmp / f"rng-rank{self.dist.rank:05d}.pt")
+        barrier()
+        if self.dist.is_main:
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            _fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+            for old in self.complete()[:-CHECKPOINTS_KEPT]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return final
+
+    def load(self, engine: Any, path: Path) -> dict[str, Any]:
+        state = json.loads((path / STATE_FILE).read_text())
+        if state["world_size"] != self.dist.world_size:
+            raise ResumeError(f"checkpoint {path} was written by {state['world_size']} processes, this run "
+                               f"has {self.dist.world_size}; the data order and optimizer shards differ")
+        loaded, _ = engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_module_strict=not self.frozen_excluded,
+                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise ResumeError(f"DeepSpeed could not load checkpoint {path}")
+        _set_rng_state(torch.load(path / f"rng-rank{self.dist.rank:05d}.pt", weights_only=True))
+        return state
+
+
+# Outputs ----------------------------------------------------------------------------------------
+
+def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory through a temporary sibling and swap it in, so readers see old or new."""
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_outputs(engine: Any, tokenizer: Any, cfg: PipelineConfig, layout: WorkspaceLayout, dist: DistEnv,
+                 dtype: torch.dtype) -> dict[str, str]:
+    """Collective. The adapter (or the full model) in adapter_dir; merged weights when asked."""
+    student = cfg.student
+    # ZeRO-3 shards the weights over ranks; gather them (every rank must take part).
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if student.zero_stage == 3 else None
+    outputs: dict[str, str] = {}
+    if dist.is_main:
+        def write_model(tmp: Path) -> None:
+            engine.module.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+
+        _replace_dir(layout.adapter_dir, write_model)
+        outputs["adapter" if student.method == TrainingMethod.LORA else "model"] = str(layout.adapter_dir)
+        if student.method == TrainingMethod.LORA and student.merge_weights:
+            # From the base on disk rather than the training copy: the same weights, and no
+            # ZeRO state or GPU memory involved.
+            merged = load_model(student.model, dtype=dtype, adapter=layout.adapter_dir, merge=True)
+
+            def write_merged(tmp: Path) -> None:
+                merged.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+
+            _replace_dir(layout.merged_dir, write_merged)
+            outputs["merged"] = str(layout.merged_dir)
+    barrier()
+    return outputs
+
+
+# Training ---------------------------------------------------------------------------------------
+
+class StopRequested:
+    """Set by SIGTERM (pod deletion, suspend); training checkpoints at the next step and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_: Any) -> None:
+        self.requested = True
+
+
+def emit(dist: DistEnv, event: str, **fields: Any) -> None:
+    if dist.is_main:
+        print(compact_json({"event": event, **fields}), flush=True)
+
+
+def workspace_layout(cfg: PipelineConfig) -> WorkspaceLayout:
+    root = os.environ.get(WORKSPACE_ENV)
+    return cfg.workspace.model_copy(update={"root": root}) if root else cfg.workspace
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="distillery train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="train exactly this many optimizer steps (the data repeats as needed)")
+    return parser.parse_args(argv)
+
+
+def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -> tuple[int, dict[str, Any]]:
+    """(exit code, summary). Every rank runs it."""
+    wall_start = time.monotonic()
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    dist = init_distributed(cuda)
+    stop = StopRequested()
+    student = cfg.student
+    # The same seed everywhere for the adapter's initial weights; per rank below, for dropout.
+    torch.manual_seed(cfg.seed)
+
+    from distillery.workloads.finetune_data import collate, load_finetune_set
+    from distillery.workloads.tasks import get_task
+
+    tokenizer = load_tokenizer(student.model)
+    task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+    data = load_finetune_set(layout.labels_dir, task, tokenizer, student.max_seq_length,
+                             student.include_rationale)
+    if not data.examples:
+        return EXIT_NO_DATA, {"error": f"no trainable examples in {layout.labels_dir}", **data.summary()}
+
+    plan = DataPlan(len(data.examples), student.batch_size, student.gradient_accumulation_steps,
+                    dist.world_size, dist.rank, cfg.seed)
+    total_steps = max_steps or plan.steps_for_epochs(student.epochs)
+
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    model = prepare_model(load_model(student.model, dtype=dtype), student)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=student.learning_rate, weight_decay=0.0, fused=cuda)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps)),
+        config=deepspeed_config(student, dist.world_size, bf16, cuda),
+    )
+    torch.manual_seed(cfg.seed + dist.rank)
+    random.seed(cfg.seed + dist.rank)
+
+    checkpoints = Checkpoints(layout.checkpoints_dir, dist, student.method == TrainingMethod.LORA)
+    if dist.is_main:
+        layout.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.clean_partial()
+    barrier()
+    history: list[dict[str, float]] = []
+    start_step, tokens_total, train_seconds = 0, 0, 0.0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = checkpoints.load(engine, latest)
+        start_step, history = state["step"], state["loss"]
+        tokens_total, train_seconds = state["tokens"], state["train_seconds"]
+        emit(dist, "resume", step=start_step, checkpoint=str(latest))
+    emit(dist, "start", total_steps=total_steps, world_size=dist.world_size, start_step=start_step,
+         trainable_parameters=sum(p.numel() for p in trainable), **data.summary())
+
+    pad_id = tokenizer.pad_token_id
+    step, run_tokens, run_start = start_step, 0, time.monotonic()
+
+    def state_now() -> dict[str, Any]:
+        return {"step": step, "total_steps": total_steps, "world_size": dist.world_size, "loss": history,
+                "tokens": tokens_total, "train_seconds": train_seconds + time.monotonic() - run_start}
+
+    engine.train()
+    while step < total_steps:
+        step += 1
+        lr = engine.get_lr()[0]
+        # Loss, token count and any rank's stop request, summed over ranks in one all-reduce;
+        # kept on the device so the step has a single host sync.
+        stats = torch.zeros(3, dtype=torch.float32, device=engine.device)
+        for indices in plan.step_micro_batches(step):
+            batch = collate([data.examples[i] for i in indices], pad_id)
+            stats[1] += batch["attention_mask"].sum()
+            loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
+            engine.backward(loss)
+            engine.step()
+            stats[0] += loss.detach().float() / plan.accumulation
+        stats[2] = float(stop.requested)
+        torch.distributed.all_reduce(stats)
+        mean_loss, step_tokens, stopping = stats.tolist()
+        mean_loss = round(mean_loss / dist.world_size, 6)
+        run_tokens += int(step_tokens)
+        tokens_total += int(step_tokens)
+        history.append({"step": step, "loss": mean_loss, "lr": lr})
+        emit(dist, "step", step=step, loss=mean_loss, lr=lr)
+        if dist.is_main:
+            write_json_atomic(layout.train_dir / "progress.json",
+                              {"step": step, "total_steps": total_steps, "loss": mean_loss})
+        if step % student.checkpoint_steps == 0 or step == total_steps or stopping:
+            path = checkpoints.save(engine, step, state_now())
+            emit(dist, "checkpoint", step=step, path=str(path))
+        if stopping:
+            emit(dist, "terminated", step=step)
+            return EXIT_TERMINATED, {"terminated": True, "step": step, "total_steps": total_steps}
+
+    run_seconds = time.monotonic() - run_start
+    train_seconds += run_seconds
+    outputs = save_outputs(engine, tokenizer, cfg, layout, dist, dtype)
+    summary = {
+        "steps": total_steps,
+        "resumed_from_step": start_step,
+        "final_loss": history[-1]["loss"] if history else None,
+        "tokens_per_second": round(tokens_total / train_seconds, 2) if train_seconds > 0 else None,
+        "train_seconds": round(train_seconds, 3),
+        "wall_time_seconds": round(time.monotonic() - wall_start, 3),
+        "world_size": dist.world_size,
+        **data.summary(),
+        **outputs,
+    }
+    if dist.is_main:
+        write_json_atomic(layout.train_dir / "metrics.json", {
+            **summary, "total_steps": total_steps, "tokens": tokens_total,
+            "run_tokens_per_second": round(run_tokens / run_seconds, 2) if run_seconds > 0 else None,
+            "method": str(student.method), "zero_stage": student.zero_stage, "loss": history,
+        })
+    return EXIT_OK, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = PipelineConfig.load(args.config)
+    except (OSError, ValueError) as err:
+        print(f"distillery train: cannot read {args.config}: {err}", file=sys.stderr)
+        write_termination_message({"error": f"cannot read config: {err}"[:1000]})
+        return EXIT_CONFIG
+    try:
+        code, summary = train(cfg, workspace_layout(cfg), args.max_steps)
+    except (ModelLoadError, ResumeError) as err:
+        code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        write_termination_message(summary)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if code != EXIT_OK:
+        print(f"distillery train: {summary}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(compact_json(summary), flush=True)
+    return code

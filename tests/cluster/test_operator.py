@@ -1,0 +1,175 @@
+"""The operator on the real control plane, with kwok running the stage pods."""
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Kube, OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+CHILD_KINDS = "persistentvolumeclaims,configmaps,deployments,services,jobs"
+
+
+def distillation(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "task": "nli",
+        "region": "westus3",
+        "teacher": {"model": "meta-llama/Llama-3.3-70B-Instruct", "gpuType": "H100", "gpus": 8,
+                    "tensorParallelSize": 8},
+        "dataset": {"train": {"rows": [{"premise": "A man plays a guitar.", "hypothesis": "A man makes music.",
+                                        "label": "entailment"}]}},
+        "student": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "gpuType": "H100", "nodes": 2, "gpusPerNode": 8},
+        "serving": {"gpuType": "H100", "gpus": 1},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "distillery.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": name},
+            "spec": spec}
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return None
+
+
+def children(kube: Kube, namespace: str, parent: str) -> dict[str, dict[str, Any]]:
+    items = kube.get(CHILD_KINDS, namespace=namespace, selector=f"distillery.dev/distillation={parent}")
+    return {f"{i['kind']}/{i['metadata']['name']}": i for i in (items or {}).get("items", [])}
+
+
+def test_apply_to_succeeded_with_children_in_order_on_the_regions_gpu_nodes(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(distillation("nli"), namespace=namespace)
+    first_seen: dict[str, float] = {}
+    placements: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 120
+    dist = None
+    while time.monotonic() < deadline:
+        for key in children(kube, namespace, "nli"):
+            first_seen.setdefault(key, time.monotonic())
+        for pod in kube.get("pods", namespace=namespace)["items"]:
+            stage = pod["metadata"]["labels"].get("distillery.dev/stage")
+            if stage and pod["spec"].get("nodeName"):
+                placements.setdefault(stage, set()).add(pod["spec"]["nodeName"])
+        dist = kube.get("distillation", "nli", namespace)
+        if (condition(dist, "Succeeded") or {}).get("status") == "True":
+            break
+        time.sleep(0.3)
+    assert (condition(dist, "Succeeded") or {}).get("status") == "True", (dist or {}).get("status")
+    assert condition(dist, "Ready")["status"] == "True"
+    status = dist["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["observedGeneration"] == dist["metadata"]["generation"]
+    assert status["studentEndpoint"] == f"http://nli-student.{namespace}.svc:8000/v1"
+    assert all(status["stages"][s]["state"] in ("Succeeded", "Removed")
+               for s in ("teacher", "labeling", "training", "evaluation", "serving"))
+
+    order = [k for k, _ in sorted(first_seen.items(), key=lambda kv: kv[1])]
+    stage_order = ["Deployment/nli-teacher", "Job/nli-label", "Job/nli-train", "Job/nli-eval",
+                   "Deployment/nli-student"]
+    assert [k for k in order if k in stage_order] == stage_order
+    # The teacher is gone once labeling is done; everything else stays.
+    final = children(kube, namespace, "nli")
+    assert "Deployment/nli-teacher" not in final and "Service/nli-teacher" not in final
+    assert {"PersistentVolumeClaim/nli-workspace", "ConfigMap/nli-pipeline", "Job/nli-label", "Job/nli-train",
+            "Service/nli-train", "Job/nli-eval", "Deployment/nli-student", "Service/nli-student"} <= set(final)
+    for child in final.values():
+        ref = child["metadata"]["ownerReferences"][0]
+        assert ref["kind"] == "Distillation" and ref["name"] == "nli" and ref["controller"] is True
+
+    for stage in ("teacher", "training", "evaluation", "serving"):
+        assert placements.get(stage), f"no pod seen for {stage}"
+        for node_name in placements[stage]:
+            labels = kube.get("node", node_name)["metadata"]["labels"]
+            assert labels["topology.kubernetes.io/region"] == "westus3", (stage, node_name)
+            assert labels["nvidia.com/gpu.product"].startswith("NVIDIA-H100"), (stage, node_name)
+    assert len(placements["training"]) == 2, "two training nodes, one pod each"
+
+    events = kube.get("events", namespace=namespace)["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "nli"}
+    assert {"Created", "StageSucceeded", "Deleted", "StudentReady"} <= reasons
+    printed = kube.run("get", "distillation", "nli", "-n", namespace).stdout
+    assert "PHASE" in printed and "Succeeded" in printed and "westus3" in printed
+
+
+def test_injected_training_failure_ends_failed_and_stalled_with_the_reason(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    manifest = distillation("broken", scheduling={"podAnnotations": {"chaos.distillery.dev/fail-stage": "training"}})
+    kube.apply(manifest, namespace=namespace)
+    dist = kube.wait_for(
+        lambda: (d := kube.get("distillation", "broken", namespace)) and
+        (condition(d, "Stalled") or {}).get("status") == "True" and d, 120, what="Stalled")
+    assert dist["status"]["phase"] == "Failed"
+    failed = condition(dist, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "TrainingFailed"
+    assert "BackoffLimitExceeded" in failed["message"]
+    assert condition(dist, "Trained")["status"] == "False"
+    assert dist["status"]["stages"]["labeling"]["state"] == "Succeeded"
+    time.sleep(2)
+    assert "Job/broken-eval" not in children(kube, namespace, "broken")
+    warnings = [e for e in kube.get("events", namespace=namespace)["items"]
+                if e["involvedObject"]["name"] == "broken" and e["type"] == "Warning"]
+    assert any(e["reason"] == "StageFailed" and len(e["message"]) < 1024 for e in warnings)
+
+
+def test_operator_killed_mid_pipeline_restarts_without_duplicates_and_finishes(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "6s"}
+    kube.apply(distillation("resume", scheduling={"podAnnotations": slow}), namespace=namespace)
+    kube.wait_for(lambda: "Job/resume-label" in children(kube, namespace, "resume"), 60, what="labeling job")
+    operator.kill()
+    before = {k: v["metadata"]["uid"] for k, v in children(kube, namespace, "resume").items()}
+    operator.start()
+    kube.wait_for(lambda: (condition(kube.get("distillation", "resume", namespace), "Succeeded") or {})
+                  .get("status") == "True", 150, what="Succeeded after restart")
+    after = {k: v["metadata"]["uid"] for k, v in children(kube, namespace, "resume").items()}
+    for key, uid in before.items():
+        if key in after:
+            assert after[key] == uid, f"{key} was recreated"
+    created = [e["message"] for e in kube.get("events", namespace=namespace)["items"]
+               if e["involvedObject"]["name"] == "resume" and e["reason"] == "Created"]
+    assert len(created) == len(set(created)), f"a child was created twice: {created}"
+    jobs = kube.get("jobs", namespace=namespace)["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["resume-eval", "resume-label", "resume-train"]
+
+
+def test_suspend_and_resume_keep_progress(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "30s"}
+    kube.apply(distillation("pause", scheduling={"podAnnotations": slow}), namespace=namespace)
+    kube.wait_for(lambda: "Job/pause-label" in children(kube, namespace, "pause"), 60, what="labeling job")
+    kube.run("patch", "distillation", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    kube.wait_for(lambda: kube.get("job", "pause-label", namespace)["spec"].get("suspend") is True, 30,
+                  what="job suspended")
+    dist = kube.wait_for(lambda: (d := kube.get("distillation", "pause", namespace))["status"].get("phase")
+                         == "Suspended" and d, 30, what="Suspended phase")
+    assert condition(dist, "Suspended")["status"] == "True"
+    kube.wait_for(lambda: "Deployment/pause-teacher" not in children(kube, namespace, "pause"), 30,
+                  what="teacher released")
+    kube.run("patch", "distillation", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    kube.wait_for(lambda: kube.get("job", "pause-label", namespace)["spec"].get("suspend") is False, 60,
+                  what="job resumed")
+    dist = kube.get("distillation", "pause", namespace)
+    assert dist["status"]["phase"] == "Labeling"
+
+
+def test_waits_with_a_condition_when_no_pool_in_the_region_fits(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    manifest = distillation("nofit", region="eastus2")  # eastus2 has A100s only
+    kube.apply(manifest, namespace=namespace)
+    dist = kube.wait_for(lambda: (d := kube.get("distillation", "nofit", namespace)) and
+                         (condition(d, "TeacherReady") or {}).get("reason") == "NoMatchingGPUNodePool" and d,
+                         60, what="NoMatchingGPUNodePool")
+    assert condition(dist, "Stalled")["status"] == "False"
+    assert condition(dist, "Reconciling")["reason"] == "NoMatchingGPUNodePool"
+    assert "Deployment/nofit-teacher" not in children(kube, namespace, "nofit")
+
+
+def test_deleting_the_distillation_removes_its_children(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(distillation("gone"), namespace=namespace)
+    kube.wait_for(lambda: "Deployment/gone-teacher" in children(kube, namespace, "gone"), 60, what="teacher")
+    kube.run("delete", "distillation", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
+    kube.wait_for(lambda: not children(kube, namespace, "gone"), 60, what="children garbage-collected")

@@ -1,0 +1,86 @@
+"""`kubectl apply` itself rejects a wrong Distillation, with a message naming the field."""
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import Kube
+from tests.cluster.test_operator import distillation
+
+pytestmark = pytest.mark.cluster
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    node = obj
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is _DELETE:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return obj
+
+
+_DELETE = object()
+
+# (what is wrong, path in the manifest, value, text the error must contain)
+INVALID = [
+    ("unknown task", "spec.task", "translation", "spec.task"),
+    ("missing region", "spec.region", _DELETE, "spec.region"),
+    ("region with capitals", "spec.region", "WestUS3", "spec.region"),
+    ("missing teacher", "spec.teacher", _DELETE, "spec.teacher"),
+    ("teacher with neither model nor endpoint", "spec.teacher", {"gpus": 1}, "teacher.model and teacher.endpoint"),
+    ("teacher with model and endpoint", "spec.teacher.endpoint", {"url": "https://x.example/v1", "model": "m"},
+     "teacher.model and teacher.endpoint"),
+    ("gpus not divisible by tensor parallel", "spec.teacher.tensorParallelSize", 3, "spec.teacher.gpus"),
+    ("too many teacher gpus", "spec.teacher.gpus", 64, "spec.teacher.gpus"),
+    ("temperature out of range", "spec.teacher.sampling", {"temperature": 3}, "spec.teacher.sampling.temperature"),
+    ("top-p zero", "spec.teacher.sampling", {"topP": 0}, "spec.teacher.sampling.topP"),
+    ("min success ratio above 1", "spec.teacher.minSuccessRatio", 1.5, "spec.teacher.minSuccessRatio"),
+    ("endpoint without scheme", "spec.teacher", {"endpoint": {"url": "api.example.com", "model": "m"}},
+     "spec.teacher.endpoint.url"),
+    ("chain of density for nli", "spec.prompt", {"chainOfDensity": True}, "spec.prompt.chainOfDensity"),
+    ("custom task without template", "spec.task", "custom", "spec.prompt.userTemplate"),
+    ("dataset with uri and rows", "spec.dataset.train.uri", "hf://org/set", "exactly one of uri and rows"),
+    ("dataset uri with unknown scheme", "spec.dataset.train", {"uri": "ftp://host/file"}, "spec.dataset.train.uri"),
+    ("unknown training method", "spec.student.method", "qlora-ish", "spec.student.method"),
+    ("zero stage 4", "spec.student.zeroStage", 4, "spec.student.zeroStage"),
+    ("negative learning rate", "spec.student.learningRate", -0.1, "spec.student.learningRate"),
+    ("zero epochs", "spec.student.epochs", 0, "spec.student.epochs"),
+    ("lora rank zero", "spec.student.lora", {"rank": 0}, "spec.student.lora.rank"),
+    ("student without model", "spec.student.model", _DELETE, "spec.student.model"),
+    ("unknown evaluation baseline", "spec.evaluation", {"baselines": ["oracle"]}, "spec.evaluation.baselines"),
+    ("bad storage size", "spec.storage", {"size": "lots"}, "spec.storage.size"),
+    ("unknown field", "spec.teacher.temprature", 0.5, "temprature"),
+    ("bad toleration effect", "spec.scheduling", {"tolerations": [{"key": "a", "effect": "Sometimes"}]},
+     "spec.scheduling.tolerations[0].effect"),
+]
+
+
+@pytest.mark.parametrize(("what", "path", "value", "expected"), INVALID, ids=[i[0] for i in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(kube: Kube, crd: None, namespace: str, what: str, path: str,
+                                                       value: Any, expected: str) -> None:
+    manifest = _set(distillation("bad"), path, value)
+    result = kube.apply(manifest, namespace=namespace, server_side=False, check=False)
+    assert result.returncode != 0, f"{what}: accepted"
+    assert expected in result.stderr, f"{what}: {result.stderr}"
+
+
+def test_a_valid_manifest_is_accepted_and_defaulted(kube: Kube, crd: None, namespace: str) -> None:
+    kube.apply(distillation("good"), namespace=namespace)
+    spec = kube.get("distillation", "good", namespace)["spec"]
+    assert spec["student"]["method"] == "lora" and spec["student"]["lora"]["rank"] == 16
+    assert spec["teacher"]["sampling"]["temperature"] == 0.2
+    assert spec["evaluation"]["baselines"] == ["teacher", "base-student"]
+
+
+def test_spec_is_immutable_except_suspend_and_serving(kube: Kube, crd: None, namespace: str) -> None:
+    kube.apply(distillation("fixed"), namespace=namespace)
+    changed = kube.run("patch", "distillation", "fixed", "-n", namespace, "--type=merge",
+                       "-p", '{"spec":{"region":"eastus2"}}', check=False)
+    assert changed.returncode != 0 and "spec.region is immutable" in changed.stderr
+    assert kube.run("patch", "distillation", "fixed", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"suspend":true,"serving":{"replicas":3}}}', check=False).returncode == 0

@@ -1,0 +1,141 @@
+"""The trainer on CPU: DeepSpeed ZeRO-2 (DS_ACCELERATOR=cpu, gloo) fine-tuning a tiny LoRA student,
+run as `python -m distillery.cli train` exactly as the training pod runs it."""
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.workloads import tinymodel as tm
+from safetensors.torch import load_file
+
+from distillery.workloads.trainer import DataPlan, lr_factor
+
+pytestmark = pytest.mark.workload
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tm.tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return tm.trained_workspace(tmp_path_factory.getbasetemp(), model_dir)
+
+
+def losses(metrics: dict) -> list[float]:
+    return [entry["loss"] for entry in metrics["loss"]]
+
+
+def test_zero2_lora_training_lowers_the_loss(trained: Path) -> None:
+    metrics = json.loads((trained / "train" / "metrics.json").read_text())
+    curve = losses(metrics)
+    assert [entry["step"] for entry in metrics["loss"]] == list(range(1, tm.TOTAL_STEPS + 1))
+    assert sum(curve[-4:]) / 4 < 0.5 * sum(curve[:4]) / 4, curve
+    assert metrics["zero_stage"] == 2 and metrics["world_size"] == 1 and metrics["tokens_per_second"] > 0
+    assert metrics["examples"] == tm.TRAIN_ROWS - 1 and metrics["rejected"] == 1
+
+    progress = json.loads((trained / "train" / "progress.json").read_text())
+    assert progress == {"step": tm.TOTAL_STEPS, "total_steps": tm.TOTAL_STEPS, "loss": curve[-1]}
+    summary = json.loads((trained / "termination-log").read_text())
+    assert summary["steps"] == tm.TOTAL_STEPS and summary["final_loss"] == curve[-1]
+    assert json.loads((trained / "train.stdout").read_text().strip().splitlines()[-1]) == summary
+
+
+def test_outputs_are_an_adapter_and_merged_weights(trained: Path, model_dir: Path) -> None:
+    adapter = trained / "train" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    assert any(tensor.abs().sum() > 0 for name, tensor in weights.items() if "lora_B" in name)
+
+    merged = load_file(trained / "train" / "merged" / "model.safetensors")
+    base = load_file(model_dir / "model.safetensors")
+    assert merged.keys() == base.keys()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not merged[name].equal(base[name])
+    assert merged["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])
+    assert (trained / "train" / "merged" / "tokenizer.json").exists()
+
+
+def test_checkpoints_keep_the_newest_two(trained: Path) -> None:
+    names = sorted(p.name for p in (trained / "train" / "checkpoints").iterdir())
+    assert names == ["step-00000020", "step-00000024"]
+
+
+def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path, trained: Path) -> None:
+    config = tm.labeled_workspace(tmp_path, model_dir)
+    termination = tmp_path / "termination-log"
+    command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
+    with open(tmp_path / "run1.stderr", "w") as stderr:
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 env=tm.subprocess_env(termination))
+        lines = []
+        assert first.stdout is not None
+        for line in first.stdout:
+            lines.append(line)
+            if '"event":"checkpoint"' in line:
+                first.send_signal(signal.SIGKILL)
+                break
+        lines += first.stdout.read().splitlines()
+        assert first.wait(timeout=60) == -signal.SIGKILL
+    run1 = tm.json_lines("\n".join(lines))
+    saved = [e["step"] for e in run1 if e["event"] == "checkpoint"]
+    assert saved and saved[-1] < tm.TOTAL_STEPS
+    assert not (tmp_path / "train" / "metrics.json").exists()
+
+    second = tm.distillery(["train", "--config", str(config)], termination)
+    assert second.returncode == 0, second.stderr[-4000:]
+    run2 = tm.json_lines(second.stdout)
+    resume = next(e for e in run2 if e["event"] == "resume")
+    assert resume["step"] == saved[-1]
+    redone = [e["step"] for e in run2 if e["event"] == "step"]
+    assert redone == list(range(saved[-1] + 1, tm.TOTAL_STEPS + 1))
+
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == saved[-1]
+    assert [e["step"] for e in metrics["loss"]] == list(range(1, tm.TOTAL_STEPS + 1))
+    # Optimizer, scheduler, data position and RNG all came back: the curve is the uninterrupted one.
+    reference = losses(json.loads((trained / "train" / "metrics.json").read_text()))
+    assert losses(metrics) == pytest.approx(reference, rel=1e-4, abs=1e-5)
+    assert json.loads(termination.read_text())["steps"] == tm.TOTAL_STEPS
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits(tmp_path: Path, model_dir: Path) -> None:
+    config = tm.labeled_workspace(tmp_path, model_dir, checkpoint_steps=1000, merge_weights=False)
+    command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=tm.subprocess_env(tmp_path / "termination-log"))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"event":"step"' in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 143
+    events = tm.json_lines(out)
+    stopped = next(e for e in events if e["event"] == "terminated")["step"]
+    assert stopped < tm.TOTAL_STEPS
+    assert (tmp_path / "train" / "checkpoints" / f"step-{stopped:08d}").is_dir()
+
+
+def test_data_plan_covers_every_example_once_an_epoch_across_ranks() -> None:
+    ranks = [DataPlan(examples=10, micro_batch=2, accumulation=1, world_size=2, rank=r, seed=3) for r in (0, 1)]
+    per_epoch = ranks[0].micro_batches_per_epoch
+    assert per_epoch == 3
+    epoch0 = [i for plan in ranks for k in range(per_epoch) for i in plan.micro_batch_indices(k)]
+    assert set(epoch0) == set(range(10)) and len(epoch0) == 12  # 2 wrap around to fill the last batch
+    epoch1 = [i for k in range(per_epoch, 2 * per_epoch) for i in ranks[0].micro_batch_indices(k)]
+    assert epoch1 != epoch0[: len(epoch1)]
+    assert ranks[0].step_micro_batches(2) == [ranks[0].micro_batch_indices(1)]
+    assert ranks[0].steps_for_epochs(2) == 6
+
+
+def test_lr_warms_up_then_decays_to_a_tenth() -> None:
+    assert lr_factor(0, 100) == pytest.approx(1 / 3)
+    assert lr_factor(2, 100) == pytest.approx(1.0)
+    assert lr_factor(99, 100) == pytest.approx(0.1, abs=1e-3)

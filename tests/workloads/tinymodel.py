@@ -1,0 +1,156 @@
+"""Helpers for the workload tests: a tiny model, NLI rows, teacher label files and a pipeline config.
+
+Everything is made here, offline and deterministic; nothing is downloaded.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, WorkspaceLayout
+from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
+from distillery.workloads.tiny import save_tiny_model
+
+OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
+PYTHON = sys.executable
+
+SUBJECTS = ("a man", "a woman", "the child", "a dog", "the teacher", "a girl", "the farmer", "a boy")
+OBJECTS = ("guitar", "football", "chess", "piano", "cards", "tennis")
+# The label follows from the hypothesis' predicate, so a small model can learn it quickly.
+HYPOTHESES = (("plays {obj}", "entailment"), ("is asleep", "contradiction"), ("is famous", "neutral"))
+
+_models: dict[tuple[Any, ...], Path] = {}
+
+
+def tiny_model(root: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny model directory, built once per test session for each size."""
+    key = (hidden, layers, seed)
+    if key not in _models:
+        _models[key] = save_tiny_model(root / f"tiny-{hidden}-{layers}-{seed}", hidden=hidden, layers=layers,
+                                       seed=seed)
+    return _models[key]
+
+
+def nli_rows(count: int, offset: int = 0) -> list[dict[str, str]]:
+    rows = []
+    for i in range(offset, offset + count):
+        subject, obj = SUBJECTS[i % len(SUBJECTS)], OBJECTS[(i // 3) % len(OBJECTS)]
+        hypothesis, label = HYPOTHESES[i % len(HYPOTHESES)]
+        rows.append({"premise": f"{subject} plays {obj} in the park.",
+                     "hypothesis": f"{subject} {hypothesis.format(obj=obj)}.", "label": label})
+    return rows
+
+
+def label_record(split: str, row_id: int, row: dict[str, Any], answer: str | None) -> dict[str, Any]:
+    """One line of a labels file, as the labeler writes it; `answer` None is a rejected row."""
+    numbered = {**row, "row_id": row_id}
+    if answer is None:
+        return {"split": split, "row_id": row_id, "row": numbered, "answer": "", "rationale": "",
+                "raw": "I cannot tell.", "attempts": 4, "tokens_in": 50, "tokens_out": 5,
+                "status": "rejected", "reason": "no 'Answer:' line"}
+    rationale = f"The hypothesis is about {row['hypothesis'].split(' ', 2)[-1].rstrip('.')}."
+    return {"split": split, "row_id": row_id, "row": numbered, "answer": answer, "rationale": rationale,
+            "raw": f"{rationale}\nAnswer: {answer}", "attempts": 1, "tokens_in": 50, "tokens_out": 20,
+            "status": "ok"}
+
+
+def write_labels(workspace: Path, split: str, rows: Sequence[dict[str, Any]], answers: Sequence[str | None],
+                 shards: int = 2) -> None:
+    """`<workspace>/labels/<split>-shard-<NNNNN>.jsonl`, rows dealt to shards by row_id % shards."""
+    labels = workspace / "labels"
+    labels.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        lines = [json.dumps(label_record(split, i, row, answers[i]))
+                 for i, row in enumerate(rows) if i % shards == shard]
+        (labels / f"{split}-shard-{shard:05d}.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+
+def pipeline_config(workspace: Path, model_dir: Path, train_rows: list[dict[str, Any]],
+                    validation_rows: list[dict[str, Any]], baselines: Sequence[str] = ("teacher", "base-student"),
+                    **student: Any) -> PipelineConfig:
+    return PipelineConfig(
+        name="tiny", namespace="default", task=Task.NLI,
+        teacher=TeacherClientConfig(base_url="http://127.0.0.1:9/v1", model="teacher"),
+        dataset=DatasetSpec(train=DataSource(rows=train_rows), validation=DataSource(rows=validation_rows)),
+        student=StudentSpec(model=str(model_dir), **student),
+        evaluation=EvaluationSpec(baselines=list(baselines)),
+        workspace=WorkspaceLayout(root=str(workspace)),
+        seed=7,
+    )
+
+
+def write_config(path: Path, cfg: PipelineConfig) -> Path:
+    path.write_text(cfg.to_json())
+    return path
+
+
+def subprocess_env(termination_log: Path) -> dict[str, str]:
+    """The environment for a `python -m distillery.cli` child: this checkout first on the path, no
+    distributed variables inherited from a parent run, the termination message in a test file."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(OPERATOR_DIR), env.get("PYTHONPATH")) if p)
+    env["DS_ACCELERATOR"] = "cpu"
+    env["TERMINATION_MESSAGE_PATH"] = str(termination_log)
+    return env
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among a process's output lines (libraries print other lines too)."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
+# 23 accepted train rows, 4 per micro-batch: 6 steps an epoch, 24 in all; a checkpoint every 5.
+TRAIN_ROWS, VALIDATION_ROWS = 24, 8
+STUDENT = {
+    "epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_steps": 5, "max_seq_length": 128,
+    "zero_stage": 2, "merge_weights": True,
+    "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+}
+TOTAL_STEPS = 24
+
+
+def labeled_workspace(workspace: Path, model_dir: Path, **student: Any) -> Path:
+    """A workspace with teacher labels (one train row rejected; on validation one wrong answer and
+    one rejected row) and its pipeline.json; returns the config path."""
+    train, validation = nli_rows(TRAIN_ROWS), nli_rows(VALIDATION_ROWS, offset=100)
+    write_labels(workspace, "train", train, [row["label"] for row in train[:-1]] + [None])
+    answers: list[str | None] = [row["label"] for row in validation]
+    answers[1] = "entailment" if answers[1] != "entailment" else "neutral"
+    answers[2] = None
+    write_labels(workspace, "validation", validation, answers)
+    cfg = pipeline_config(workspace, model_dir, train, validation, **{**STUDENT, **student})
+    return write_config(workspace / "pipeline.json", cfg)
+
+
+def distillery(args: Sequence[str], termination_log: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m distillery.cli ARGS` to completion, output captured."""
+    return subprocess.run([PYTHON, "-m", "distillery.cli", *args], capture_output=True, text=True,
+                          env=subprocess_env(termination_log), timeout=timeout, check=False)
+
+
+_trained: dict[Path, Path] = {}
+
+
+def trained_workspace(root: Path, model_dir: Path) -> Path:
+    """A workspace after one uninterrupted training run (ZeRO-2, LoRA, merged weights), made once
+    per session: the trainer, evaluator and serve tests share it."""
+    if root not in _trained:
+        workspace = root / "trained"
+        config = labeled_workspace(workspace, model_dir)
+        result = distillery(["train", "--config", str(config)], workspace / "termination-log")
+        assert result.returncode == 0, result.stderr[-4000:]
+        (workspace / "train.stdout").write_text(result.stdout)
+        _trained[root] = workspace
+    return _trained[root]
