@@ -162,6 +162,29 @@ class KubeClient:
                 raise ApiError(resp.status, payload)
             return payload
 
+    async def watch(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                    resource_version: str | None = None, timeout_seconds: int = 300):
+        """Yield (type, object) from a watch stream until the server closes it."""
+        params = {"watch": "true", "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "false"}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        token = self.credentials.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.requests += 1
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        async with self._http().get(self.credentials.server + resource_path(kind, namespace), params=params,
+                                    headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise ApiError(resp.status, await resp.text())
+            async for line in resp.content:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event["type"], event["object"]
+
     async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
             return await self.request("GET", resource_path(kind, namespace, name))

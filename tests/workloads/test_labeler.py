@@ -11,6 +11,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import distillery
 import pytest
 from distillery.api.pipeline import PipelineConfig
@@ -20,7 +21,7 @@ from distillery.workloads.datasets import split_rows
 from distillery.workloads.labeler import LabelRecord, read_labels, read_records, shard_path
 from distillery.workloads.openai_client import (
     OpenAIChatClient,
-    TeacherRejected,
+    TeacherMisconfigured,
     TeacherUnavailable,
     parse_retry_after,
 )
@@ -200,6 +201,26 @@ async def test_an_unavailable_teacher_leaves_rows_for_a_rerun(
     teacher.faults = FaultConfig()
     assert await label(config) == 0
     assert len(all_records(config)) == 12
+
+
+async def test_a_wrong_api_key_stops_the_run_without_rejecting_rows(
+    nli_task: TaskDefinition, nli_rows: list[dict[str, Any]], write_config: ConfigWriter, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(termination))
+    responder = TaskAwareResponder(lookup_from_rows(nli_task, nli_rows))
+    async with TeacherServer(responder, api_key="right") as server:
+        config = write_config(server.url)
+        monkeypatch.setenv("TEACHER_API_KEY", "wrong")
+        assert await label(config) == labeler.EXIT_UNLABELED
+        # The run stops after 8 rows failed in a row (2 x concurrency), not after trying all 12.
+        assert all_records(config) == [] and 8 <= server.outcomes["401"] < 12
+        assert "HTTP 401" in json.loads(termination.read_text())["error"]
+
+        monkeypatch.setenv("TEACHER_API_KEY", "right")
+        assert await label(config) == 0
+        assert len(all_records(config)) == 12
 
 
 async def test_shards_take_disjoint_rows_by_row_id(
@@ -404,8 +425,9 @@ async def test_client_sends_the_bearer_token(monkeypatch: pytest.MonkeyPatch) ->
             assert (await client.chat([{"role": "user", "content": "hi"}], Sampling())).texts
         monkeypatch.delenv("TEACHER_API_KEY")
         async with OpenAIChatClient(server.url, "teacher") as client:
-            with pytest.raises(TeacherRejected, match="HTTP 401"):
+            with pytest.raises(TeacherMisconfigured, match="HTTP 401"):
                 await client.chat([{"role": "user", "content": "hi"}], Sampling())
+        assert client.requests_sent == 1
 
 
 async def test_retry_after_parsing() -> None:
@@ -421,3 +443,30 @@ async def test_termination_message_is_skipped_where_it_cannot_be_written(tmp_pat
     assert not write_termination_message({"rows_ok": 1}, str(tmp_path / "missing-dir" / "log"))
     assert write_termination_message({"rows_ok": 1}, str(tmp_path / "log"))
     assert (tmp_path / "log").read_text() == '{"rows_ok":1}'
+
+
+async def test_teacher_server_cli_serves_and_takes_faults_at_run_time() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "distillery.workloads.teacher_server", "--port", "0", "--latency-ms", "5",
+        env={**os.environ, "PYTHONPATH": OPERATOR_DIR}, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        url = line.rsplit(" ", 1)[1].strip()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url.removesuffix("/v1") + "/health") as response:
+                assert await response.text() == "ok"
+            async with session.get(f"{url}/models") as response:
+                assert (await response.json())["data"][0]["id"] == "teacher"
+            async with session.post(url.removesuffix("/v1") + "/admin/faults",
+                                    json={"sequence": ["503"]}) as response:
+                assert (await response.json())["latency_ms"] == 5
+            async with OpenAIChatClient(url, "teacher", backoff_base_s=0.01) as client:
+                result = await client.chat([{"role": "user", "content": "Say hi."}], Sampling())
+            assert result.requests == 2 and result.texts[0].endswith("Answer: yes")
+            async with session.get(url.removesuffix("/v1") + "/admin/stats") as response:
+                assert (await response.json())["outcomes"] == {"503": 1, "ok": 1}
+    finally:
+        process.terminate()
+        assert await process.wait() == 0

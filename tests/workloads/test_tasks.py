@@ -7,6 +7,7 @@ import pytest
 from distillery.api.spec import PromptSpec, Task
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
 from distillery.workloads.tasks.metrics import lcs_length, rouge_l_f1, token_f1
+from distillery.workloads.teacher_server import ResponderContext, TaskAwareResponder, lookup_from_rows
 
 
 def task(kind: Task, columns: dict[str, str] | None = None, **prompt: Any) -> TaskDefinition:
@@ -370,3 +371,16 @@ def test_a_student_trained_on_the_target_parses_back(
 def test_get_task_covers_every_task() -> None:
     for kind in Task:
         assert isinstance(get_task(kind, PromptSpec(user_template="{text}"), {}), TaskDefinition)
+
+
+@pytest.mark.parametrize(("kind", "prompt", "row", "teacher_output"), ROUND_TRIP)
+@pytest.mark.parametrize("with_gold", [False, True])
+def test_the_test_teacher_answers_every_task_in_its_format(
+    kind: Task, prompt: dict[str, Any], row: dict[str, Any], teacher_output: str, with_gold: bool,
+) -> None:
+    definition = task(kind, **prompt)
+    lookup = lookup_from_rows(definition, [row]) if with_gold else {}
+    reply = TaskAwareResponder(lookup)(ResponderContext(definition.teacher_messages(row), 0, 0))
+    parsed = definition.parse(reply, row)
+    if with_gold:
+        assert parsed.answer == definition.reference(row)

@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.workloads import tinymodel as tm
+from distillery.workloads import trainer
+from distillery.workloads.trainer import DataPlan, lr_factor
 from safetensors.torch import load_file
 
-from distillery.workloads.trainer import DataPlan, lr_factor
+from tests.workloads import tinymodel as tm
 
 pytestmark = pytest.mark.workload
 
@@ -63,7 +64,7 @@ def test_outputs_are_an_adapter_and_merged_weights(trained: Path, model_dir: Pat
 
 def test_checkpoints_keep_the_newest_two(trained: Path) -> None:
     names = sorted(p.name for p in (trained / "train" / "checkpoints").iterdir())
-    assert names == ["step-00000020", "step-00000024"]
+    assert names == ["step-00000040", "step-00000048"]
 
 
 def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path, trained: Path) -> None:
@@ -83,16 +84,16 @@ def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path
         lines += first.stdout.read().splitlines()
         assert first.wait(timeout=60) == -signal.SIGKILL
     run1 = tm.json_lines("\n".join(lines))
-    saved = [e["step"] for e in run1 if e["event"] == "checkpoint"]
+    saved = [e["step"] for e in run1 if e.get("event") == "checkpoint"]
     assert saved and saved[-1] < tm.TOTAL_STEPS
     assert not (tmp_path / "train" / "metrics.json").exists()
 
     second = tm.distillery(["train", "--config", str(config)], termination)
     assert second.returncode == 0, second.stderr[-4000:]
     run2 = tm.json_lines(second.stdout)
-    resume = next(e for e in run2 if e["event"] == "resume")
+    resume = next(e for e in run2 if e.get("event") == "resume")
     assert resume["step"] == saved[-1]
-    redone = [e["step"] for e in run2 if e["event"] == "step"]
+    redone = [e["step"] for e in run2 if e.get("event") == "step"]
     assert redone == list(range(saved[-1] + 1, tm.TOTAL_STEPS + 1))
 
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
@@ -118,7 +119,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits(tmp_path: Path, model_di
         out = proc.stdout.read()
         assert proc.wait(timeout=60) == 143
     events = tm.json_lines(out)
-    stopped = next(e for e in events if e["event"] == "terminated")["step"]
+    stopped = next(e for e in events if e.get("event") == "terminated")["step"]
     assert stopped < tm.TOTAL_STEPS
     assert (tmp_path / "train" / "checkpoints" / f"step-{stopped:08d}").is_dir()
 
@@ -139,3 +140,46 @@ def test_lr_warms_up_then_decays_to_a_tenth() -> None:
     assert lr_factor(0, 100) == pytest.approx(1 / 3)
     assert lr_factor(2, 100) == pytest.approx(1.0)
     assert lr_factor(99, 100) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_two_processes_share_the_work_over_gloo(tmp_path: Path, model_dir: Path) -> None:
+    config = tm.labeled_workspace(tmp_path, model_dir, epochs=2, checkpoint_steps=4, merge_weights=False)
+    command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
+    port = str(tm.free_port())
+    ranks = []
+    for rank in (0, 1):
+        env = tm.subprocess_env(tmp_path / f"termination-log-{rank}")
+        env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
+                "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}
+        ranks.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [proc.communicate(timeout=240) for proc in ranks]
+    assert [proc.returncode for proc in ranks] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    # 23 examples in micro-batches of 4 make 6 global micro-batches an epoch, 3 per rank.
+    steps = [e["step"] for e in tm.json_lines(outputs[0][0]) if e.get("event") == "step"]
+    assert steps == list(range(1, 7)) and outputs[1][0].strip() == ""
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["total_steps"] == 6
+    last = tmp_path / "train" / "checkpoints" / "step-00000006"
+    assert sorted(p.name for p in last.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
+    assert json.loads((tmp_path / "termination-log-0").read_text())["world_size"] == 2
+    assert not (tmp_path / "termination-log-1").exists()  # one message per pod: local rank 0 writes it
+
+
+def test_a_missing_student_model_fails_with_a_clear_message(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tm.labeled_workspace(tmp_path, "pvc://models/absent")
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
+    assert trainer.main(["--config", str(config)]) == trainer.EXIT_CONFIG
+    error = json.loads((tmp_path / "termination-log").read_text())["error"]
+    assert "pvc://models/absent" in error and "/mnt/pvc/models/absent does not exist" in error
+
+
+def test_labels_without_an_accepted_row_fail_with_no_data(tmp_path: Path, model_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tm.labeled_workspace(tmp_path, model_dir)
+    rows = tm.nli_rows(tm.TRAIN_ROWS)
+    tm.write_labels(tmp_path, "train", rows, [None] * len(rows))
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
+    assert trainer.main(["--config", str(config)]) == trainer.EXIT_NO_DATA
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["rejected"] == tm.TRAIN_ROWS and summary["examples"] == 0

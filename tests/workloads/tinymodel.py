@@ -5,6 +5,7 @@ Everything is made here, offline and deterministic; nothing is downloaded.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -69,14 +70,14 @@ def write_labels(workspace: Path, split: str, rows: Sequence[dict[str, Any]], an
         (labels / f"{split}-shard-{shard:05d}.jsonl").write_text("".join(f"{line}\n" for line in lines))
 
 
-def pipeline_config(workspace: Path, model_dir: Path, train_rows: list[dict[str, Any]],
+def pipeline_config(workspace: Path, model: str | Path, train_rows: list[dict[str, Any]],
                     validation_rows: list[dict[str, Any]], baselines: Sequence[str] = ("teacher", "base-student"),
                     **student: Any) -> PipelineConfig:
     return PipelineConfig(
         name="tiny", namespace="default", task=Task.NLI,
         teacher=TeacherClientConfig(base_url="http://127.0.0.1:9/v1", model="teacher"),
         dataset=DatasetSpec(train=DataSource(rows=train_rows), validation=DataSource(rows=validation_rows)),
-        student=StudentSpec(model=str(model_dir), **student),
+        student=StudentSpec(model=str(model), **student),
         evaluation=EvaluationSpec(baselines=list(baselines)),
         workspace=WorkspaceLayout(root=str(workspace)),
         seed=7,
@@ -86,6 +87,12 @@ def pipeline_config(workspace: Path, model_dir: Path, train_rows: list[dict[str,
 def write_config(path: Path, cfg: PipelineConfig) -> Path:
     path.write_text(cfg.to_json())
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def subprocess_env(termination_log: Path) -> dict[str, str]:
@@ -111,17 +118,17 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return found
 
 
-# 23 accepted train rows, 4 per micro-batch: 6 steps an epoch, 24 in all; a checkpoint every 5.
+# 23 accepted train rows, 4 per micro-batch: 6 steps an epoch, 48 in all; a checkpoint every 10.
 TRAIN_ROWS, VALIDATION_ROWS = 24, 8
 STUDENT = {
-    "epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_steps": 5, "max_seq_length": 128,
+    "epochs": 8, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_steps": 10, "max_seq_length": 128,
     "zero_stage": 2, "merge_weights": True,
     "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
 }
-TOTAL_STEPS = 24
+TOTAL_STEPS = 48
 
 
-def labeled_workspace(workspace: Path, model_dir: Path, **student: Any) -> Path:
+def labeled_workspace(workspace: Path, model: str | Path, **student: Any) -> Path:
     """A workspace with teacher labels (one train row rejected; on validation one wrong answer and
     one rejected row) and its pipeline.json; returns the config path."""
     train, validation = nli_rows(TRAIN_ROWS), nli_rows(VALIDATION_ROWS, offset=100)
@@ -130,7 +137,7 @@ def labeled_workspace(workspace: Path, model_dir: Path, **student: Any) -> Path:
     answers[1] = "entailment" if answers[1] != "entailment" else "neutral"
     answers[2] = None
     write_labels(workspace, "validation", validation, answers)
-    cfg = pipeline_config(workspace, model_dir, train, validation, **{**STUDENT, **student})
+    cfg = pipeline_config(workspace, model, train, validation, **{**STUDENT, **student})
     return write_config(workspace / "pipeline.json", cfg)
 
 

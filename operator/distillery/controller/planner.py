@@ -287,11 +287,13 @@ class _Pass:
     def stage_job(self, stage: Stage, view: JobView | None, builders: list, summarise, gpus: int = 0) -> None:
         if self.done(stage):
             return
+        # One message from creation to completion: pod counts would turn every pod event into a status write.
+        running = f"{stage.value} job running"
         if view is None:
             for build in builders:
                 self.create(build(self.owner, self.spec, self.config))
             self.start(stage, StageState.RUNNING)
-            self.cond(STAGE_CONDITION[stage], False, "Running", f"{stage.value} job created")
+            self.cond(STAGE_CONDITION[stage], False, "Running", running)
             return
         messages = self.obs.messages.get(self.stage_label(stage), [])
         if view.complete:
@@ -306,7 +308,7 @@ class _Pass:
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
         else:
             self.start(stage, StageState.RUNNING)
-            self.cond(STAGE_CONDITION[stage], False, "Running", f"{view.active} pod(s) running")
+            self.cond(STAGE_CONDITION[stage], False, "Running", running)
 
     @staticmethod
     def stage_label(stage: Stage) -> str:

@@ -1,5 +1,6 @@
 """One reconcile pass: read the cache, plan, apply the actions, write status once if it changed."""
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -99,13 +100,13 @@ class Reconciler:
         observed = observe(name, self.cache.children(key), self.cache.pods(key), self.cache.nodes())
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
-        for action in result.actions:
-            # Events name what this pass changed, so an object another pass already made is not announced twice.
-            if await self._apply(namespace, action):
-                events.append(_action_event(action))
-        for event in events:
-            await self._event(owner, event)
+        # Children of one pass are independent of each other (the planner orders stages across passes).
+        changed = await asyncio.gather(*(self._apply(namespace, a) for a in result.actions))
+        # Events name what this pass changed, so an object another pass already made is not announced twice.
+        events += [_action_event(a) for a, c in zip(result.actions, changed, strict=True) if c]
+        # Status first: it is what users and the next pass wait for; Events are best-effort commentary.
         await self._write_status(key, status_raw, result.status.to_wire())
+        await asyncio.gather(*(self._event(owner, e) for e in events))
 
     async def _apply(self, namespace: str, action: Create | Delete | Patch) -> bool:
         """Apply one action idempotently; returns whether it changed anything."""

@@ -120,11 +120,9 @@ def workspace_volume(names: Names) -> tuple[dict[str, Any], dict[str, Any]]:
     return volume, mount
 
 
-def pvc_source_volumes(spec: DistillationSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read-only mounts for pvc:// dataset and model sources at /mnt/pvc/<claim>."""
+def pvc_source_volumes(*uris: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only mounts at /mnt/pvc/<claim> for the pvc:// sources a pod reads (dataset or model)."""
     claims: list[str] = []
-    uris = [spec.dataset.train.uri, spec.dataset.validation.uri if spec.dataset.validation else None,
-            spec.student.model, spec.teacher.model]
     for uri in uris:
         if uri and uri.startswith("pvc://"):
             claim = uri.removeprefix("pvc://").split("/", 1)[0]
@@ -134,6 +132,10 @@ def pvc_source_volumes(spec: DistillationSpec) -> tuple[list[dict[str, Any]], li
                for i, c in enumerate(claims)]
     mounts = [{"name": f"src-{i}", "mountPath": f"/mnt/pvc/{c}", "readOnly": True} for i, c in enumerate(claims)]
     return volumes, mounts
+
+
+def dataset_uris(spec: DistillationSpec) -> list[str | None]:
+    return [spec.dataset.train.uri, spec.dataset.validation.uri if spec.dataset.validation else None]
 
 
 def config_path() -> str:

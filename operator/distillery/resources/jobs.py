@@ -12,6 +12,7 @@ from distillery.resources.common import (
     Owner,
     config_path,
     config_volume,
+    dataset_uris,
     gpu_placement,
     gpu_resources,
     metadata,
@@ -44,16 +45,17 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def _volumes(owner: Owner, spec: DistillationSpec) -> tuple[list[dict], list[dict]]:
+def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict], list[dict]]:
+    """Config, workspace, the dataset's claims, and the student model's claim for stages that load it."""
     names = Names(owner.name)
     cfg_vol, cfg_mount = config_volume(names)
     ws_vol, ws_mount = workspace_volume(names)
-    src_vols, src_mounts = pvc_source_volumes(spec)
+    src_vols, src_mounts = pvc_source_volumes(*dataset_uris(spec), spec.student.model if model else None)
     return [cfg_vol, ws_vol, *src_vols], [cfg_mount, ws_mount, *src_mounts]
 
 
 def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec)
+    volumes, mounts = _volumes(owner, spec, model=False)
     env: list[dict[str, Any]] = []
     if spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
@@ -100,7 +102,7 @@ def training_service(owner: Owner) -> dict[str, Any]:
 def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     s = spec.student
     name = Names(owner.name).train
-    volumes, mounts = _volumes(owner, spec)
+    volumes, mounts = _volumes(owner, spec, model=True)
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     env = [
@@ -143,7 +145,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
 
 
 def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec)
+    volumes, mounts = _volumes(owner, spec, model=True)
     container = {
         "name": "evaluator",
         "image": spec.student.image,

@@ -39,7 +39,7 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         args += ["--device", "cpu"]
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
-    src_vols, src_mounts = pvc_source_volumes(spec)
+    src_vols, src_mounts = pvc_source_volumes(st.model)
     pod_meta = pod_metadata(owner, STAGE, spec, config)
     container = {
         "name": "vllm",

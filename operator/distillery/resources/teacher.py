@@ -25,7 +25,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     env: list[dict[str, Any]] = []
     if t.hub_token_secret_ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": t.hub_token_secret_ref.to_wire()}})
-    volumes, mounts = pvc_source_volumes(spec)
+    volumes, mounts = pvc_source_volumes(t.model)
     # vLLM needs shared memory for tensor-parallel workers.
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})

@@ -83,9 +83,9 @@ def build_finetune_set(records: Iterable[LabelRecord], task: TaskDefinition, tok
 
 
 def load_finetune_set(labels_dir: Path, task: TaskDefinition, tokenizer: Any, max_seq_length: int,
-                      include_rationale: bool, split: str = "train") -> FinetuneSet:
-    """The fine-tuning set from `<labels_dir>/<split>-shard-*.jsonl`, in row_id order."""
-    return build_finetune_set(read_labels(labels_dir, split), task, tokenizer, max_seq_length,
+                      include_rationale: bool) -> FinetuneSet:
+    """The fine-tuning set from `<labels_dir>/train-shard-*.jsonl`, in row_id order."""
+    return build_finetune_set(read_labels(labels_dir, "train"), task, tokenizer, max_seq_length,
                               include_rationale)
 
 

@@ -23,6 +23,7 @@ from distillery.api.spec import Sampling
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 MAX_RETRY_AFTER_S = 300.0
 """A longer Retry-After is capped: the row's attempt budget, not the server, decides when to give up."""
 
@@ -42,11 +43,15 @@ class TeacherError(Exception):
 
 
 class TeacherRejected(TeacherError):
-    """A 4xx other than 408/429: the same request would fail again (too long a prompt, bad model name)."""
+    """A 4xx about this request (a prompt over the context length, say): sending it again fails again."""
 
 
 class TeacherUnavailable(TeacherError):
     """Retries exhausted on 5xx, rate limits, timeouts or connection errors."""
+
+
+class TeacherMisconfigured(TeacherUnavailable):
+    """401, 403 or 404: a wrong key, URL or model name fails every request, so none is retried."""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -169,6 +174,8 @@ class OpenAIChatClient:
                         if response.status in RETRY_AFTER_STATUSES:
                             wait = parse_retry_after(response.headers.get("Retry-After"))
                         raise _Retryable(f"HTTP {response.status}: {detail}", wait)
+                    if response.status in MISCONFIGURED_STATUSES:
+                        raise TeacherMisconfigured(f"HTTP {response.status} from {self.url}: {detail}")
                     raise TeacherRejected(f"HTTP {response.status}: {detail}")
                 payload = await response.json(content_type=None)
         except TimeoutError:

@@ -242,8 +242,6 @@ class TeacherServer:
         return "ok"
 
     async def _chat(self, request: web.Request) -> web.Response:
-        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _error(401, "invalid_api_key", "missing or wrong bearer token")
         try:
             body = json.loads(await request.read())
             messages = [{"role": str(m["role"]), "content": str(m.get("content") or "")}
@@ -257,6 +255,9 @@ class TeacherServer:
         index = self.requests[key]
         self.requests[key] += 1
         self.total_requests += 1
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.outcomes["401"] += 1
+            return _error(401, "invalid_api_key", "missing or wrong bearer token")
         text = "\n".join(m["content"] for m in messages)
         outcome = self._outcome(key, index, text)
         self.outcomes[outcome] += 1

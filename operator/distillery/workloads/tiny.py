@@ -10,8 +10,12 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 # ChatML, as Qwen-style students use; generation stops on <|im_end|> (the tokenizer's eos).
 CHAT_TEMPLATE = (
@@ -36,12 +40,12 @@ DEFAULT_CORPUS = (
 )
 
 
-def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 512):
+def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 512) -> "PreTrainedTokenizerFast":
     """A byte-level BPE `PreTrainedTokenizerFast` with a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [PAD, EOS, IM_START, IM_END]
+    specials = [PAD, IM_START, IM_END]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -61,7 +65,7 @@ def build_tokenizer(corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 51
 
 def build_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
                 max_positions: int = 2048, pad_token_id: int = 0, eos_token_id: int | None = None,
-                init_std: float = INIT_STD):
+                init_std: float = INIT_STD) -> "LlamaForCausalLM":
     """A random-init `LlamaForCausalLM`; weights depend only on the arguments."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM

@@ -12,7 +12,7 @@ and continues with the next optimizer step: the data order is a pure function of
 (seed, epoch, step), so no finished step is redone and none is skipped.
 
 stdout carries one JSON object per line (`event`: start, resume, step, checkpoint,
-done); the last line is the final summary, also written as the termination message.
+terminated); the last line is the final summary, also written as the termination message.
 """
 
 import argparse
@@ -71,8 +71,8 @@ def _model_location(ref: str) -> str:
 def _hub_hint(ref: str, err: Exception) -> ModelLoadError:
     if is_local_ref(ref):
         return ModelLoadError(f"model {ref!r} cannot be loaded from {resolve_model_ref(ref)}: {err}")
-    return ModelLoadError(f"model {ref!r} cannot be loaded from the hub (offline, gated or not found?): {err}. "
-                          "Copy it to a volume and use pvc://claim/path, or set HF_TOKEN for gated models.")
+    return ModelLoadError(f"model {ref!r} cannot be loaded from the hub (offline, gated or not found?); copy it "
+                          f"to a volume and use pvc://claim/path, or set HF_TOKEN for a gated model. Cause: {err}")
 
 
 def load_tokenizer(ref: str) -> Any:
@@ -166,6 +166,7 @@ def init_distributed(cuda: bool) -> DistEnv:
             os.environ["MASTER_PORT"] = str(_free_port())
     dist = DistEnv.from_env(dict(os.environ))
     os.environ.setdefault("RANK", str(dist.rank))
+    os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
     if cuda:
         torch.cuda.set_device(dist.local_rank)
     else:
@@ -330,7 +331,6 @@ class Checkpoints:
         if self.dist.is_main:
             (tmp / STATE_FILE).write_text(json.dumps(state))
             _fsync_tree(tmp)
-            shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
             for old in self.complete()[:-CHECKPOINTS_KEPT]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -433,15 +433,12 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     dtype = torch.bfloat16 if bf16 else torch.float32
-    dist = init_distributed(cuda)
-    stop = StopRequested()
     student = cfg.student
-    # The same seed everywhere for the adapter's initial weights; per rank below, for dropout.
-    torch.manual_seed(cfg.seed)
 
     from distillery.workloads.finetune_data import collate, load_finetune_set
     from distillery.workloads.tasks import get_task
 
+    # Data first: a wrong model or empty labels fail fast, before any process group exists.
     tokenizer = load_tokenizer(student.model)
     task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
     data = load_finetune_set(layout.labels_dir, task, tokenizer, student.max_seq_length,
@@ -449,6 +446,10 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     if not data.examples:
         return EXIT_NO_DATA, {"error": f"no trainable examples in {layout.labels_dir}", **data.summary()}
 
+    dist = init_distributed(cuda)
+    stop = StopRequested()
+    # The same seed everywhere for the adapter's initial weights; per rank below, for dropout.
+    torch.manual_seed(cfg.seed)
     plan = DataPlan(len(data.examples), student.batch_size, student.gradient_accumulation_steps,
                     dist.world_size, dist.rank, cfg.seed)
     total_steps = max_steps or plan.steps_for_epochs(student.epochs)
@@ -511,7 +512,8 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         run_tokens += int(step_tokens)
         tokens_total += int(step_tokens)
         history.append({"step": step, "loss": mean_loss, "lr": lr})
-        emit(dist, "step", step=step, loss=mean_loss, lr=lr)
+        emit(dist, "step", step=step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
+             seconds=round(time.monotonic() - run_start, 4))
         if dist.is_main:
             write_json_atomic(layout.train_dir / "progress.json",
                               {"step": step, "total_steps": total_steps, "loss": mean_loss})

@@ -1,0 +1,102 @@
+{{- define "distillery.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "distillery.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "distillery.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "distillery.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "distillery.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "distillery.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: distillery
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "distillery.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "distillery.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "distillery.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the operator does inside the namespaces it handles, and nothing more: kopf lists and
+watches Distillations and the labelled children; the reconciler creates children, deletes the
+teacher when labeling is done, patches Jobs (suspend) and the student Deployment (replicas),
+writes Distillation status and posts Events.
+*/}}
+{{- define "distillery.namespacedRules" -}}
+- apiGroups: [distillery.dev]
+  resources: [distillations]
+  verbs: [list, watch]
+- apiGroups: [distillery.dev]
+  resources: [distillations/status]
+  verbs: [patch]
+# Children carry blockOwnerDeletion; with the OwnerReferencesPermissionEnforcement admission
+# plugin (OpenShift and hardened clusters) that needs update on the owner's finalizers.
+- apiGroups: [distillery.dev]
+  resources: [distillations/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims, configmaps]
+  verbs: [list, watch, create]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, patch]
+{{- end }}
+
+{{/*
+Cluster-scoped reads: nodes for GPU capacity per region; CRDs because kopf rescans resources when
+they change. With watchNamespaces kopf also follows namespaces (creation and deletion).
+*/}}
+{{- define "distillery.clusterRules" -}}
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite: unit tests, workloads on CPU with tiny models, and the operator
+# against a real local control plane (brought up and torn down by the tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${DISTILLERY_VENV:-${DISTILLERY_CACHE:-$HOME/.cache/distillery}/venv}
+export DS_ACCELERATOR=cpu
+"$VENV/bin/ruff" check operator tests
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,201 @@
+"""Operator benchmark: N Distillations applied at once on the local control plane with fast kwok stages.
+
+Reports the time until all have Succeeded, API writes per Distillation (from the
+apiserver's own /metrics and from the operator's counters), the p50/p95 delay
+from a child's state change to the Distillation's status update (both seen by
+one watcher), and the operator's peak RSS.
+
+    python tests/bench/bench_operator.py --count 200
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from distillery.api.crd import render
+from distillery.devcluster.cluster import DevCluster
+from distillery.kube import Credentials, KubeClient
+
+NODEPOOLS = Path(__file__).resolve().parents[2] / "operator/distillery/devcluster/nodepools-bench.yaml"
+# Writes only the operator makes: (verb, resource, subresource).
+OPERATOR_WRITES = {
+    ("POST", "persistentvolumeclaims", ""), ("POST", "configmaps", ""), ("POST", "deployments", ""),
+    ("POST", "services", ""), ("POST", "jobs", ""), ("DELETE", "deployments", ""), ("DELETE", "services", ""),
+    ("PATCH", "distillations", "status"), ("PATCH", "jobs", ""), ("PATCH", "deployments", ""),
+}
+MIN_WRITES = 10 + 2 + 6
+"""10 child creates, 2 teacher deletes, 6 status transitions (teacher starting, labeling, training,
+evaluating, serving, succeeded)."""
+
+
+def manifest(i: int) -> dict:
+    return {
+        "apiVersion": "distillery.dev/v1alpha1", "kind": "Distillation",
+        "metadata": {"name": f"bench-{i:04d}", "namespace": "bench"},
+        "spec": {
+            "task": "nli", "region": "westus3",
+            "teacher": {"model": "meta-llama/Llama-3.1-8B-Instruct", "gpus": 1},
+            "dataset": {"train": {"rows": [{"premise": "p", "hypothesis": "h", "label": "neutral"}]}},
+            "student": {"model": "Qwen/Qwen2.5-0.5B-Instruct", "gpusPerNode": 1},
+            "serving": {"gpus": 1},
+        },
+    }
+
+
+def apiserver_writes(cluster: DevCluster) -> Counter:
+    text = cluster._get("/metrics")
+    counts: Counter = Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        if key in OPERATOR_WRITES:
+            counts[key] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def rss_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def watch_delays(kubeconfig: Path, count: int, timeout: float) -> tuple[list[float], float]:
+    """Local receive time of each Job completion vs of the status that records it."""
+    client = KubeClient(Credentials.from_kubeconfig(kubeconfig))
+    job_done: dict[tuple[str, str], float] = {}
+    status_done: dict[tuple[str, str], float] = {}
+    succeeded: set[str] = set()
+    stage_of_job = {"label": "labeling", "train": "training", "eval": "evaluation"}
+    started = time.monotonic()
+
+    async def jobs() -> None:
+        while len(succeeded) < count:
+            async for _, job in client.watch("Job", "bench", timeout_seconds=60):
+                name = job["metadata"]["name"]
+                parent, _, suffix = name.rpartition("-")
+                conds = (job.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
+                    job_done.setdefault((parent, stage_of_job[suffix]), time.monotonic())
+
+    async def distillations() -> None:
+        while len(succeeded) < count:
+            async for _, d in client.watch("Distillation", "bench", timeout_seconds=60):
+                name = d["metadata"]["name"]
+                status = d.get("status") or {}
+                for stage, record in (status.get("stages") or {}).items():
+                    if record.get("state") == "Succeeded":
+                        status_done.setdefault((name, stage), time.monotonic())
+                if status.get("phase") == "Succeeded":
+                    succeeded.add(name)
+                if len(succeeded) >= count:
+                    return
+
+    tasks = [asyncio.create_task(jobs()), asyncio.create_task(distillations())]
+    try:
+        await asyncio.wait_for(tasks[1], timeout)
+    finally:
+        tasks[0].cancel()
+        await client.close()
+    delays = [status_done[k] - t for k, t in job_done.items() if k in status_done]
+    return delays, time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--stage-delay", default="1s")
+    parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--keep", action="store_true", help="leave the bench cluster running")
+    args = parser.parse_args()
+
+    cluster = DevCluster("bench", NODEPOOLS)
+    cluster.down()
+    kubeconfig = cluster.up()
+    with tempfile.TemporaryDirectory() as tmp:
+        crd = Path(tmp) / "crd.yaml"
+        crd.write_text(render())
+        cluster.kubectl("apply", "--server-side", "-f", str(crd))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/distillations.distillery.dev")
+        cluster.kubectl("create", "namespace", "bench")
+        config = Path(tmp) / "operator.yaml"
+        config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay":
+                                                              args.stage_delay}}))
+        env = os.environ | {"KUBECONFIG": str(kubeconfig), "DISTILLERY_CONFIG": str(config)}
+        log = open(Path(tmp) / "operator.log", "wb")  # noqa: SIM115 - owned by the child
+        operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "18089",
+                                     "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
+        time.sleep(3)
+        before = apiserver_writes(cluster)
+        docs = yaml.safe_dump_all([manifest(i) for i in range(args.count)])
+        t0 = time.monotonic()
+        watcher = asyncio.new_event_loop()
+        result: dict = {}
+
+        def run_watch() -> None:
+            result["delays"], result["watched"] = watcher.run_until_complete(
+                watch_delays(kubeconfig, args.count, args.timeout))
+
+        thread = threading.Thread(target=run_watch)
+        thread.start()
+        time.sleep(1)
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=docs)
+        applied = time.monotonic() - t0
+        thread.join()
+        total = time.monotonic() - t0
+        after = apiserver_writes(cluster)
+        peak = rss_peak_mib(operator.pid)
+        with urllib.request.urlopen("http://127.0.0.1:18089/metrics") as r:
+            op_metrics = r.read().decode()
+        operator.terminate()
+        operator.wait(15)
+        log.close()
+
+    writes = {"/".join(filter(None, k)): after[k] - before.get(k, 0) for k in sorted(after)}
+    total_writes = sum(writes.values())
+    op_requests = Counter()
+    for line in op_metrics.splitlines():
+        if line.startswith("distillery_api_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            op_requests[f"{labels['verb']} {labels['kind']} {labels['code']}"] += int(float(line.rsplit(" ", 1)[1]))
+    events = sum(v for k, v in op_requests.items() if "Event" in k)
+    delays = sorted(result.get("delays", []))
+    report = {
+        "distillations": args.count,
+        "stage_delay": args.stage_delay,
+        "apply_seconds": round(applied, 1),
+        "all_succeeded_seconds": round(total, 1),
+        "apiserver_operator_writes_per_distillation": round(total_writes / args.count, 2),
+        "minimum_writes_per_distillation": MIN_WRITES,
+        "ratio_to_minimum": round(total_writes / args.count / MIN_WRITES, 2),
+        "writes_by_kind": writes,
+        "operator_requests_by_kind": dict(sorted(op_requests.items())),
+        "events_per_distillation": round(events / args.count, 2),
+        "status_delay_p50_s": round(statistics.median(delays), 3) if delays else None,
+        "status_delay_p95_s": round(delays[int(0.95 * (len(delays) - 1))], 3) if delays else None,
+        "status_delay_samples": len(delays),
+        "operator_peak_rss_mib": round(peak, 1),
+    }
+    print(json.dumps(report, indent=2))
+    if not args.keep:
+        cluster.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The Helm chart: lint, render, schema, install, and RBAC that is both sufficient and minimal.
+
+Rendering tests need only the helm binary; the rest run against the local control plane.
+"""
+
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distillery.controller import metrics
+from distillery.controller.config import OperatorConfig
+from distillery.devcluster.binaries import Binaries
+
+from tests.cluster.conftest import REPO, Kube, OperatorProcess
+from tests.cluster.test_operator import condition, distillation
+
+CHART = REPO / "charts" / "distillery"
+FAST_PODS = {"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}
+VARIANTS = {
+    "defaults": [],
+    "watch-namespaces": ["--set-json", 'watchNamespaces=["team-a","team-b"]'],
+    "service-monitor": ["--set", "metrics.serviceMonitor.enabled=true",
+                        "--set-json", 'metrics.serviceMonitor.labels={"release":"prometheus"}'],
+    "network-policy": ["--set", "networkPolicy.enabled=true",
+                       "--set-json", 'networkPolicy.apiServer.cidrs=["10.0.0.1/32"]',
+                       "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":'
+                                     '{"kubernetes.io/metadata.name":"monitoring"}}}]'],
+    "dashboards": ["--set", "dashboards.enabled=true", "--set", "dashboards.namespace=monitoring"],
+    "everything": ["--set-json", 'watchNamespaces=["team-a"]', "--set", "metrics.serviceMonitor.enabled=true",
+                   "--set", "networkPolicy.enabled=true", "--set", "dashboards.enabled=true",
+                   "--set", "image.digest=sha256:" + "a" * 64, "--set", "logLevel=debug",
+                   "--set", "config.storageClassName=premium", "--set", "config.jobTtlSecondsAfterFinished=3600"],
+}
+
+
+def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(Binaries.locate().helm), *args, *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def render(*args: str, release: str = "rel", namespace: str = "ops") -> list[dict[str, Any]]:
+    out = helm("template", release, str(CHART), "-n", namespace, *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def operator_config(docs: list[dict[str, Any]]) -> OperatorConfig:
+    return OperatorConfig.model_validate(yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"]))
+
+
+# Rendering -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_and_template_pass(variant: str) -> None:
+    args = VARIANTS[variant]
+    helm("lint", "--strict", str(CHART), *args)
+    docs = render(*args)
+    assert all(d.get("apiVersion") and d.get("kind") and d["metadata"].get("name") for d in docs)
+    operator_config([d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")])
+
+
+def test_default_render_is_a_hardened_single_operator() -> None:
+    docs = render()
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment",
+                                               "Service", "ServiceAccount"]
+    deploy = one(docs, "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["args"][0] == "operator"
+    assert "--liveness=http://0.0.0.0:8081/healthz" in container["args"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config_map = one(docs, "ConfigMap")
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert env["DISTILLERY_CONFIG"] == f"{mounts['config']}/config.yaml"
+    assert operator_config(docs) == OperatorConfig()
+
+    service = one(docs, "Service")
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "ops"}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rbac_has_no_wildcards_and_no_secrets(variant: str) -> None:
+    for role in [d for d in render(*VARIANTS[variant]) if d["kind"] in ("Role", "ClusterRole")]:
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], (role["metadata"], rule)
+            assert "resourceNames" not in rule
+            assert not {"secrets", "roles", "clusterroles", "rolebindings", "clusterrolebindings"} & set(
+                rule["resources"])
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+
+
+def test_watch_namespaces_uses_roles_per_namespace() -> None:
+    docs = render(*VARIANTS["watch-namespaces"])
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    cluster_resources = {r for rule in one(docs, "ClusterRole")["rules"] for r in rule["resources"]}
+    assert cluster_resources == {"nodes", "customresourcedefinitions", "namespaces"}
+    assert "distillations" in {r for rule in roles[0]["rules"] for r in rule["resources"]}
+    assert operator_config(docs).namespaces == ["team-a", "team-b"]
+
+
+def test_optional_resources_render_only_when_enabled() -> None:
+    assert not {"ServiceMonitor", "NetworkPolicy"} & {d["kind"] for d in render()}
+    monitor = one(render(*VARIANTS["service-monitor"]), "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+    policy = one(render(*VARIANTS["network-policy"]), "NetworkPolicy")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+    assert policy["egress"][0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+
+    docs = render(*VARIANTS["dashboards"])
+    dashboard = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "dashboards" / "distillery.json").read_text())
+    assert json.loads(dashboard["data"]["distillery.json"]) == shipped
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "replicas=1"], "replicas"),
+    (["--set", "config.gpuCatalog.H100[0]=x"], "gpuCatalog"),
+    (["--set", "image.tag=latest"], "tag"),
+    (["--set", "networkPolicy.apiServer.ports[0]=0"], "ports"),
+    (["--set", "logLevel=trace"], "logLevel"),
+])
+def test_schema_rejects_bad_values(args: list[str], complaint: str) -> None:
+    result = helm("template", "rel", str(CHART), *args, check=False)
+    assert result.returncode != 0, result.stdout[:500]
+    assert "schema" in result.stderr and complaint in result.stderr, result.stderr
+
+
+def test_chart_crds_equal_the_generated_crds() -> None:
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert shipped == generated
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"charts/distillery/crds/{name} is stale: cp crds/{name} charts/distillery/crds/")
+
+
+def _exposed_metric_names() -> set[str]:
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    families = [*metrics.REGISTRY.collect(), *metrics.DistillationCollector({}).collect()]
+    return {f.name + s for f in families for s in suffixes.get(f.type, [""])}
+
+
+def test_dashboard_queries_name_metrics_the_operator_exposes() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "distillery.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if v.get("definition")]
+    used = {m for e in exprs for m in re.findall(r"\b(?:distillery|controller_runtime|workqueue)_[a-z_]+", e)}
+    assert used, "the dashboard queries no operator metric"
+    assert used <= _exposed_metric_names(), used - _exposed_metric_names()
+    panel_ids = [p["id"] for p in dashboard["panels"]]
+    assert len(panel_ids) == len(set(panel_ids))
+
+
+# Against the local control plane ---------------------------------------------------------------
+
+@pytest.mark.cluster
+def test_helm_install_creates_the_operator_deployment(kube: Kube, namespace: str, crd: None) -> None:
+    release = f"op-{namespace}"
+    helm("install", release, str(CHART), "-n", namespace, kubeconfig=kube.kubeconfig)
+    try:
+        deploy = kube.get("deployment", f"{release}-distillery", namespace)
+        assert deploy is not None
+        assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/distillery-dev/operator:0.1.0"
+        assert kube.get("clusterrole", f"{release}-distillery") is not None
+        assert kube.get("configmap", f"{release}-distillery-config", namespace) is not None
+        # No image is pulled here; kwok may still report the pod ready, and either way the object is right.
+        status = helm("status", release, "-n", namespace, "-o", "json", kubeconfig=kube.kubeconfig).stdout
+        assert json.loads(status)["info"]["status"] == "deployed"
+    finally:
+        helm("uninstall", release, "-n", namespace, "--wait", kubeconfig=kube.kubeconfig)
+    assert kube.get("clusterrole", f"{release}-distillery") is None
+    assert kube.get("crd", "distillations.distillery.dev") is not None, "uninstall must keep the CRD"
+
+
+class ChartIdentity:
+    """The chart's ServiceAccount and RBAC in a cluster, and a kubeconfig that acts as that account."""
+
+    def __init__(self, kube: Kube, namespace: str, work_dir: Path, watch_own_namespace: bool) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.release = f"rbac-{uuid.uuid4().hex[:6]}"
+        args = ["--set-json", f"config.podAnnotations={json.dumps(FAST_PODS)}", "--set", "config.resyncSeconds=10"]
+        if watch_own_namespace:
+            args += ["--set-json", f'watchNamespaces=["{namespace}"]']
+        docs = render(*args, release=self.release, namespace=namespace)
+        self.rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                                       "RoleBinding")]
+        self.config = work_dir / "operator.yaml"
+        self.config.write_text(one(docs, "ConfigMap")["data"]["config.yaml"])
+        self.kubeconfig = work_dir / "chart-identity.kubeconfig"
+        self.account = one(docs, "ServiceAccount")["metadata"]["name"]
+
+    def create(self) -> None:
+        self.kube.apply(*self.rbac)
+        token = self.kube.run("create", "token", self.account, "-n", self.namespace, "--duration=1h").stdout.strip()
+        admin = yaml.safe_load(self.kube.kubeconfig.read_text())
+        cluster = next(c for c in admin["clusters"])
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": self.account, "user": {"token": token}}],
+            "contexts": [{"name": "chart", "context": {"cluster": cluster["name"], "user": self.account}}],
+            "current-context": "chart",
+        }))
+        self.kubeconfig.chmod(0o600)
+
+    def delete(self) -> None:
+        for doc in self.rbac:
+            if doc["kind"].startswith("Cluster"):
+                self.kube.run("delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found",
+                              check=False)
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Binaries.locate().kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+                              capture_output=True, text=True, check=False)
+
+    def can(self, *args: str) -> bool:
+        result = self.kubectl("auth", "can-i", *args)
+        assert result.stdout.strip() in ("yes", "no"), result.stderr
+        return result.stdout.strip() == "yes"
+
+
+@pytest.fixture(params=["cluster-wide", "watch-namespaces"])
+def identity(request: pytest.FixtureRequest, kube: Kube, namespace: str, crd: None,
+             tmp_path: Path) -> Iterator[ChartIdentity]:
+    ident = ChartIdentity(kube, namespace, tmp_path, watch_own_namespace=request.param == "watch-namespaces")
+    ident.create()
+    yield ident
+    ident.delete()
+
+
+@pytest.mark.cluster
+def test_chart_rbac_is_sufficient_for_the_whole_pipeline(kube: Kube, namespace: str,
+                                                         identity: ChartIdentity, tmp_path: Path) -> None:
+    op = OperatorProcess(identity.kubeconfig, tmp_path, identity.config)
+
+    def succeeded_unless_forbidden() -> dict[str, Any] | None:
+        # A missing permission shows up at once in the metrics or kopf's log; fail then, not at the timeout.
+        forbidden = [line for line in op.metrics().splitlines() if 'code="403"' in line and not line.startswith("#")]
+        forbidden += [line for line in op.logs().splitlines()
+                      if "Forbidden" in line or "Not enough permissions" in line]
+        assert not forbidden, "\n".join(forbidden)
+        dist = kube.get("distillation", "rbac", namespace)
+        return dist if (condition(dist, "Succeeded") or {}).get("status") == "True" else None
+
+    op.start()
+    try:
+        kube.apply(distillation("rbac"), namespace=namespace)
+        dist = kube.wait_for(succeeded_unless_forbidden, 120, what="Succeeded")
+        assert condition(dist, "Ready")["status"] == "True"
+        events = kube.get("events", namespace=namespace)["items"]
+        assert {"Created", "Deleted", "StudentReady"} <= {
+            e["reason"] for e in events if e["involvedObject"]["name"] == "rbac"}
+        succeeded_unless_forbidden()
+    finally:
+        op.stop()
+
+
+@pytest.mark.cluster
+def test_chart_rbac_is_minimal(identity: ChartIdentity, namespace: str) -> None:
+    denied = [
+        ("list", "secrets", "--all-namespaces"),
+        ("get", "secrets", "-n", namespace),
+        ("delete", "nodes"),
+        ("create", "clusterroles"),
+        ("create", "rolebindings", "-n", namespace),
+        ("create", "pods", "-n", namespace),
+        ("patch", "distillations.distillery.dev", "-n", namespace),
+        ("delete", "distillations.distillery.dev", "-n", namespace),
+        ("create", "serviceaccounts/token", "-n", namespace),
+        ("*", "*", "--all-namespaces"),
+    ]
+    allowed = [
+        ("list", "nodes"),
+        ("watch", "distillations.distillery.dev", "-n", namespace),
+        ("patch", "distillations.distillery.dev", "--subresource=status", "-n", namespace),
+        ("create", "jobs.batch", "-n", namespace),
+    ]
+    assert [args for args in denied if identity.can(*args)] == []
+    assert [args for args in allowed if not identity.can(*args)] == []
+    real = identity.kubectl("get", "secrets", "--all-namespaces")
+    assert real.returncode != 0 and "Forbidden" in real.stderr, real.stderr

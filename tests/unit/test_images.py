@@ -1,0 +1,170 @@
+"""The Dockerfiles, read without docker: non-root numeric user, pinned bases, an entry point that
+exists, and extras and pins that agree with pyproject.toml."""
+
+import ast
+import importlib.util
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from distillery.cli import COMMANDS
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+IMAGES = {"operator": ("operator", "operator"), "labeler": ("label", "labeler"), "trainer": ("train", "trainer")}
+TRAINER_PINS = {"torch": "2.15.0", "transformers": "5.23.0", "peft": "0.21.2", "deepspeed": "0.19.8"}
+
+
+@dataclass
+class Stage:
+    base: str
+    alias: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def last(self, keyword: str) -> str | None:
+        found = [args for kw, args in self.instructions if kw == keyword]
+        return found[-1] if found else None
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Stages with their (KEYWORD, arguments) instructions; continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "Dockerfile ends inside a continued line"
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--platform")]
+            alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], alias=alias))
+        elif keyword == "ARG" and not stages:
+            continue
+        else:
+            assert stages, f"{keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+def exec_form(args: str | None) -> list[str]:
+    assert args and args.startswith("["), f"use the exec (JSON) form, got {args!r}"
+    return json.loads(args)
+
+
+def load(image: str) -> list[Stage]:
+    return parse_dockerfile((REPO / "images" / image / "Dockerfile").read_text())
+
+
+def pip_installs(stages: list[Stage]) -> list[list[str]]:
+    """Argument lists of every `pip install` in RUN instructions."""
+    installs = []
+    for stage in stages:
+        for run in stage.all("RUN"):
+            for command in re.split(r"&&|;", run):
+                words = shlex.split(command)
+                for i, word in enumerate(words[:-1]):
+                    if word.endswith("pip") and words[i + 1] == "install":
+                        installs.append(words[i + 2:])
+    return installs
+
+
+def test_parser_handles_stages_continuations_and_comments() -> None:
+    stages = parse_dockerfile("ARG V=1\nFROM a:1 AS build\n# note\nRUN x \\\n  && y\nFROM b:2\nUSER 10:10\n")
+    assert [(s.base, s.alias) for s in stages] == [("a:1", "build"), ("b:2", None)]
+    assert stages[0].instructions == [("RUN", "x  && y")]
+    assert stages[1].last("USER") == "10:10"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
+    user = load(image)[-1].last("USER")
+    assert user, "no USER in the final stage: the image would run as root"
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, f"USER {user}: use a numeric uid so runAsNonRoot can verify it"
+    assert not gid or (gid.isdigit() and int(gid) != 0)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_base_images_are_pinned(image: str) -> None:
+    stages = load(image)
+    aliases = {s.alias for s in stages if s.alias}
+    for stage in stages:
+        if stage.base in aliases:
+            continue
+        name, _, digest = stage.base.partition("@")
+        tag = name.rsplit("/", 1)[-1].partition(":")[2]
+        assert digest.startswith("sha256:") or (tag and tag != "latest"), f"unpinned base image {stage.base}"
+        assert "$" not in stage.base, f"base image {stage.base} depends on a build argument"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_entry_point_is_a_distillery_command_with_a_main(image: str) -> None:
+    subcommand = IMAGES[image][0]
+    final = load(image)[-1]
+    assert exec_form(final.last("ENTRYPOINT")) == ["distillery"]
+    assert exec_form(final.last("CMD")) == [subcommand]
+    assert PYPROJECT["project"]["scripts"]["distillery"] == "distillery.cli:main"
+    assert subcommand in COMMANDS, f"`distillery {subcommand}` is not a command"
+    # Found and parsed, not imported: the trainer's module needs torch, which unit tests do not.
+    spec = importlib.util.find_spec(COMMANDS[subcommand][0])
+    assert spec and spec.origin, f"module {COMMANDS[subcommand][0]} not found"
+    tree = ast.parse(Path(spec.origin).read_text())
+    assert any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body), (
+        f"{COMMANDS[subcommand][0]} has no top-level main()")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_installs_this_package_with_extras_that_exist(image: str) -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    installed = []
+    for args in pip_installs(load(image)):
+        for arg in args:
+            match = re.fullmatch(r"\.\[([a-z0-9_,-]+)\]", arg)
+            if match:
+                installed += match.group(1).split(",")
+    assert IMAGES[image][1] in installed, f"image {image} does not install .[{IMAGES[image][1]}]"
+    assert set(installed) <= set(extras), f"unknown extras {set(installed) - set(extras)}"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_copied_sources_exist(image: str) -> None:
+    for stage in load(image):
+        for copy in stage.all("COPY"):
+            words = copy.split()
+            if any(w.startswith("--from") for w in words):
+                continue
+            for source in [w for w in words if not w.startswith("--")][:-1]:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_trainer_pins_agree_with_the_trainer_extra() -> None:
+    pins: dict[str, str] = {}
+    for args in pip_installs(load("trainer")):
+        for arg in args:
+            if "==" in arg and not arg.startswith("-"):
+                name, version = arg.split("==")
+                assert pins.setdefault(name, version) == version, f"{name} pinned twice, differently"
+    assert {k: pins.get(k) for k in TRAINER_PINS} == TRAINER_PINS
+    for line in PYPROJECT["project"]["optional-dependencies"]["trainer"]:
+        req = Requirement(line)
+        if req.name in pins:
+            assert Version(pins[req.name]) in req.specifier, f"{req.name}=={pins[req.name]} violates {req}"

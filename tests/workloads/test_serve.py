@@ -1,0 +1,88 @@
+"""`distillery serve` on CPU over real HTTP: the tiny base model with the trained adapter."""
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from distillery.api.spec import PromptSpec, Task
+from distillery.workloads.tasks import get_task
+from distillery.workloads.tasks.nli import LABELS
+
+from tests.workloads import tinymodel as tm
+
+pytestmark = pytest.mark.workload
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.getbasetemp()
+    model_dir = tm.tiny_model(root)
+    trained = tm.trained_workspace(root, model_dir)
+    port = tm.free_port()
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen(
+        [tm.PYTHON, "-m", "distillery.cli", "serve", "--model", str(model_dir), "--adapter",
+         str(trained / "train" / "adapter"), "--port", str(port), "--served-model-name", "student"],
+        stdout=log, stderr=subprocess.STDOUT, env=tm.subprocess_env(root / "serve-termination-log"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (root / "serve.log").read_text()[-4000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not become healthy"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def request(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_models_lists_the_served_name(server: str) -> None:
+    status, body = request(f"{server}/v1/models")
+    assert status == 200 and [m["id"] for m in body["data"]] == ["student"]
+
+
+def test_chat_completion_answers_with_the_distilled_adapter(server: str) -> None:
+    task = get_task(Task.NLI, PromptSpec(), {})
+    row = tm.nli_rows(1)[0]
+    status, body = request(f"{server}/v1/chat/completions", {
+        "model": "student", "messages": task.student_messages(row), "max_tokens": 8, "temperature": 0})
+    assert status == 200, body
+    choice = body["choices"][0]
+    assert body["object"] == "chat.completion" and body["model"] == "student"
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    assert task.prediction(choice["message"]["content"], row) in LABELS, choice
+    usage = body["usage"]
+    assert 0 < usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"model": "other", "messages": [{"role": "user", "content": "hi"}]}, 404),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400),
+    ({"messages": []}, 400),
+])
+def test_bad_requests_get_openai_errors(server: str, body: dict[str, Any], status: int) -> None:
+    got, payload = request(f"{server}/v1/chat/completions", body)
+    assert got == status and payload["error"]["message"]
