@@ -20,7 +20,7 @@ if [ ! -f "$VENV/.stamp-$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch==2.15.0
   # DeepSpeed's setup imports torch, so it builds against the torch installed above.
-  "$VENV/bin/pip" install -q --no-build-isolation deepspeed==0.19.8
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --no-build-isolation deepspeed==0.19.8
   "$VENV/bin/pip" install -q -e ".[operator,labeler,trainer,dev]"
   rm -f "$VENV"/.stamp-* && touch "$VENV/.stamp-$stamp"
 fi

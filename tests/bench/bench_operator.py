@@ -35,10 +35,11 @@ OPERATOR_WRITES = {
     ("POST", "persistentvolumeclaims", ""), ("POST", "configmaps", ""), ("POST", "deployments", ""),
     ("POST", "services", ""), ("POST", "jobs", ""), ("DELETE", "deployments", ""), ("DELETE", "services", ""),
     ("PATCH", "distillations", "status"), ("PATCH", "jobs", ""), ("PATCH", "deployments", ""),
+    ("POST", "serviceaccounts", ""), ("POST", "roles", ""), ("POST", "rolebindings", ""),
 }
-MIN_WRITES = 10 + 2 + 6
-"""10 child creates, 2 teacher deletes, 6 status transitions (teacher starting, labeling, training,
-evaluating, serving, succeeded)."""
+MIN_WRITES = 14 + 2 + 6
+"""14 child creates (with the progress ConfigMap and the stage pods' ServiceAccount, Role and RoleBinding),
+2 teacher deletes, 6 status transitions (teacher starting, labeling, training, evaluating, serving, succeeded)."""
 
 
 def manifest(i: int) -> dict:

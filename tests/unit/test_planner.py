@@ -13,6 +13,8 @@ from distillery.controller.planner import Create, Delete, Patch, Plan, gpu_pool_
 from distillery.resources.common import STAGE_LABEL, Owner
 
 OWNER = Owner("demo", "team-a", "uid-1")
+IDENTITY = ["ConfigMap/demo-progress", "ServiceAccount/demo-workload", "Role/demo-workload",
+            "RoleBinding/demo-workload"]
 CONFIG = OperatorConfig()
 H100 = NodeView(labels={"topology.kubernetes.io/region": "westus3", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                 allocatable_gpus=8, gpu_tainted=True)
@@ -118,7 +120,7 @@ def run_to_success(w: World) -> None:
 def test_first_visit_sets_every_condition_and_creates_workspace_and_teacher() -> None:
     w = World(make_spec())
     w.step()
-    assert w.created() == ["PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline",
+    assert w.created() == ["PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", *IDENTITY,
                            "Deployment/demo-teacher", "Service/demo-teacher"]
     types = {c.type for c in w.status.conditions}
     assert {"Ready", "Succeeded", "Failed", "Reconciling", "Stalled", "TeacherReady", "Labeled", "Trained",
@@ -132,7 +134,7 @@ def test_happy_path_runs_stages_in_order_and_reports_results() -> None:
     w = World(make_spec())
     run_to_success(w)
     assert w.created() == [
-        "PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", "Deployment/demo-teacher",
+        "PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", *IDENTITY, "Deployment/demo-teacher",
         "Service/demo-teacher", "Job/demo-label", "Service/demo-train", "Job/demo-train", "Job/demo-eval",
         "Deployment/demo-student", "Service/demo-student",
     ]
@@ -324,3 +326,38 @@ def test_evaluation_and_serving_can_be_disabled() -> None:
     assert w.status.stages["evaluation"].state == StageState.SKIPPED
     assert w.cond("Ready") == "True"
     assert "Job/demo-eval" not in w.created()
+
+
+def test_live_progress_from_the_progress_configmap_reaches_status() -> None:
+    w = World(make_spec())
+    w.step()
+    assert w.has("ConfigMap", "demo-progress") and w.has("Role", "demo-workload")
+    w.make_available("demo-teacher")
+    w.step()
+    w.children[("ConfigMap", "demo-progress")]["data"] = {
+        "labeling-00000": json.dumps({"rows_ok": 30, "rows_rejected": 2, "rows_total": 50, "tokens_in": 100}),
+        "labeling-00001": json.dumps({"rows_ok": 40, "rows_rejected": 0, "rows_total": 50, "tokens_in": 120}),
+    }
+    w.step()
+    assert w.status.progress.rows_labeled == 70 and w.status.progress.rows_total == 100
+    assert w.status.progress_summary == "labeling 72/100"
+    w.complete_job("demo-label")
+    w.step()
+    w.children[("ConfigMap", "demo-progress")]["data"]["training-00000"] = json.dumps(
+        {"step": 12, "total_steps": 40, "loss": 1.2345})
+    w.step()
+    assert w.status.progress_summary == "training 12/40 loss 1.234"
+
+
+def test_stage_pods_get_the_narrow_workload_identity() -> None:
+    w = World(make_spec())
+    w.step()
+    role = w.children[("Role", "demo-workload")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["demo-progress"],
+                              "verbs": ["get", "patch"]}]
+    w.make_available("demo-teacher")
+    w.step()
+    pod = w.children[("Job", "demo-label")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "demo-workload"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["DISTILLERY_PROGRESS_CONFIGMAP"]["value"] == "demo-progress"

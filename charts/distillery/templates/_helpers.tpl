@@ -64,8 +64,13 @@ writes Distillation status and posts Events.
   resources: [distillations/finalizers]
   verbs: [update]
 - apiGroups: [""]
-  resources: [persistentvolumeclaims, configmaps]
+  resources: [persistentvolumeclaims, serviceaccounts]
   verbs: [list, watch, create]
+# get and patch are never used by the operator itself: the API server only lets it create the
+# stage pods' Role (get/patch on their progress ConfigMap) if it holds those verbs already.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch, create, get, patch]
 - apiGroups: [""]
   resources: [services]
   verbs: [list, watch, create, delete]
@@ -81,6 +86,11 @@ writes Distillation status and posts Events.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, watch, create, patch]
+# The stage pods' own identity (one ServiceAccount, Role and RoleBinding per Distillation).
+# Without escalate/bind the API server refuses any Role granting more than the rules above.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, watch, create]
 {{- end }}
 
 {{/*

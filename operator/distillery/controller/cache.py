@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from distillery.controller.observe import NodeView
-from distillery.resources.common import PARENT_LABEL
+from distillery.resources.common import PARENT_LABEL, STAGE_LABEL
 
 Key = tuple[str, str]
 """(namespace, Distillation name)."""
@@ -17,7 +17,7 @@ Key = tuple[str, str]
 def project(body: Any) -> dict[str, Any]:
     """Keep the fields the planner reads; drops managedFields and the rest of the bulk."""
     meta = body.get("metadata") or {}
-    return {
+    projected = {
         "kind": body.get("kind"),
         "metadata": {
             "name": meta.get("name"),
@@ -31,6 +31,9 @@ def project(body: Any) -> dict[str, Any]:
         "spec": _plain(body.get("spec")),
         "status": _plain(body.get("status")),
     }
+    if (meta.get("labels") or {}).get(STAGE_LABEL) == "progress":
+        projected["data"] = _plain(body.get("data"))
+    return projected
 
 
 def _plain(value: Any) -> Any:

@@ -117,6 +117,9 @@ kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)(_child_event("De
 kopf.on.event("", "v1", "services", labels=CHILD_FILTER)(_child_event("Service"))
 kopf.on.event("", "v1", "configmaps", labels=CHILD_FILTER)(_child_event("ConfigMap"))
 kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_FILTER)(_child_event("PersistentVolumeClaim"))
+kopf.on.event("", "v1", "serviceaccounts", labels=CHILD_FILTER)(_child_event("ServiceAccount"))
+kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=CHILD_FILTER)(_child_event("Role"))
+kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_FILTER)(_child_event("RoleBinding"))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_FILTER)

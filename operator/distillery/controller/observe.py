@@ -93,6 +93,11 @@ class Observed:
     eval_job: JobView | None = None
     student: DeploymentView | None = None
     student_service: bool = False
+    workload_identity: bool = False
+    """ServiceAccount, Role and RoleBinding for the stage pods all exist."""
+    progress_configmap: bool = False
+    progress: dict[str, str] = field(default_factory=dict)
+    """Live progress the stage pods wrote: one JSON value per pod key, e.g. labeling-00001."""
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
     nodes: tuple[NodeView, ...] = ()
@@ -121,6 +126,9 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
     return Observed(
         pvc=("PersistentVolumeClaim", names.workspace) in by_key,
         configmap=("ConfigMap", names.pipeline) in by_key,
+        workload_identity=all((k, names.workload) in by_key for k in ("ServiceAccount", "Role", "RoleBinding")),
+        progress_configmap=("ConfigMap", names.progress) in by_key,
+        progress=dict((by_key.get(("ConfigMap", names.progress)) or {}).get("data") or {}),
         teacher=deployment(names.teacher),
         teacher_service=("Service", names.teacher) in by_key,
         label_job=job(names.label),

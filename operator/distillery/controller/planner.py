@@ -25,7 +25,7 @@ from distillery.api.status import (
 from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.config import OperatorConfig
 from distillery.controller.observe import JobView, NodeView, Observed
-from distillery.resources import jobs, student, teacher, workspace
+from distillery.resources import jobs, progress, student, teacher, workspace
 from distillery.resources.common import Names, Owner
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
@@ -200,6 +200,11 @@ class _Pass:
             self.create(workspace.workspace_pvc(self.owner, self.spec, self.config))
         if not self.obs.configmap:
             self.create(workspace.pipeline_configmap(self.owner, self.spec))
+        if not self.obs.progress_configmap:
+            self.create(progress.progress_configmap(self.owner))
+        if not self.obs.workload_identity:
+            for build in (progress.workload_service_account, progress.workload_role, progress.workload_role_binding):
+                self.create(build(self.owner))
 
         failed = self.failed_stage()
         if failed is not None:
@@ -223,6 +228,7 @@ class _Pass:
                                gpus=1)
         if self.ready_for(Stage.SERVING):
             self.serving()
+        self.live_progress()
 
         failed = self.failed_stage()
         if failed is not None:
@@ -328,6 +334,41 @@ class _Pass:
         if self.status.progress is None:
             self.status.progress = Progress()
         return self.status.progress
+
+    def live_progress(self) -> None:
+        """Fold what running pods reported into status.progress (finished stages keep their final summary)."""
+        shards: dict[str, list[dict[str, Any]]] = {}
+        for key, value in sorted(self.obs.progress.items()):
+            try:
+                data = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                shards.setdefault(key.rsplit("-", 1)[0], []).append(data)
+        if shards.get(jobs.LABELING) and self.stage(Stage.LABELING).state == StageState.RUNNING:
+            p = self.progress()
+            reports = shards[jobs.LABELING]
+            p.rows_labeled = sum(int(r.get("rows_ok", 0)) for r in reports)
+            p.rows_rejected = sum(int(r.get("rows_rejected", 0)) for r in reports)
+            p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
+            p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
+            p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
+        if shards.get(jobs.TRAINING) and self.stage(Stage.TRAINING).state == StageState.RUNNING:
+            lead = max(shards[jobs.TRAINING], key=lambda r: int(r.get("step", 0)))
+            p = self.progress()
+            p.train_step = int(lead.get("step", 0))
+            p.train_steps = int(lead.get("total_steps", 0)) or None
+            loss = lead.get("loss")
+            p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
+
+    def progress_line(self, stage: Stage, record: StageStatus) -> str:
+        p = self.status.progress
+        if stage == Stage.LABELING and p and p.rows_total:
+            return f"labeling {(p.rows_labeled or 0) + (p.rows_rejected or 0)}/{p.rows_total}"
+        if stage == Stage.TRAINING and p and p.train_steps:
+            loss = f" loss {p.train_loss:.3f}" if p.train_loss is not None else ""
+            return f"training {p.train_step or 0}/{p.train_steps}{loss}"
+        return f"{stage.value}: {record.state.value.lower()}"
 
     def labeling_summary(self, summary: dict[str, Any]) -> None:
         if not summary:
@@ -480,7 +521,7 @@ class _Pass:
             self.cond("Reconciling", True, "NoMatchingGPUNodePool" if waiting else "Progressing",
                       record.message or f"stage {current.value} in progress")
             self.cond("Ready", False, "InProgress", f"stage {current.value} in progress")
-            self.status.progress_summary = f"{current.value}: {record.state.value.lower()}"
+            self.status.progress_summary = self.progress_line(current, record)
         self.fill_unknown()
         self.total_gpu_hours()
         return self.plan()

@@ -281,6 +281,7 @@ class DevCluster:
     def _kwok_args(self, b: Binaries, p: dict[str, int]) -> list[str]:
         stages = b.kwok_stages
         files = [
+            Path(__file__).with_name("kwok-config.yaml"),
             stages / "node" / "fast" / "node-initialize.yaml",
             stages / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
             stages / "pod" / "fast" / "pod-ready.yaml",

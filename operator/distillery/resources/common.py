@@ -48,6 +48,8 @@ class Names:
     train = property(lambda self: f"{self.parent}-train")
     eval = property(lambda self: f"{self.parent}-eval")
     student = property(lambda self: f"{self.parent}-student")
+    progress = property(lambda self: f"{self.parent}-progress")
+    workload = property(lambda self: f"{self.parent}-workload")
 
 
 def labels(owner: Owner, stage: str) -> dict[str, str]:

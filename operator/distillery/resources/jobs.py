@@ -21,6 +21,7 @@ from distillery.resources.common import (
     workload_security_context,
     workspace_volume,
 )
+from distillery.resources.progress import workload_env
 from distillery.resources.workspace import label_shards
 
 LABELING, TRAINING, EVALUATION = "labeling", "training", "evaluation"
@@ -38,7 +39,8 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
         "backoffLimit": backoff_limit,
         # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data.
         "suspend": spec.suspend,
-        "template": {"metadata": pod_metadata(owner, stage, spec, config), "spec": pod_spec},
+        "template": {"metadata": pod_metadata(owner, stage, spec, config),
+                     "spec": {**pod_spec, "serviceAccountName": Names(owner.name).workload}},
     }
     if config.job_ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = config.job_ttl_seconds_after_finished
@@ -65,7 +67,7 @@ def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         "image": config.labeler_image,
         "command": ["distillery", "label"],
         "args": ["--config", config_path()],
-        "env": env,
+        "env": [*env, *workload_env(owner)],
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": mounts,
         "securityContext": workload_security_context(),
@@ -124,7 +126,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
             "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
             "-m", "distillery.cli", "train", "--config", config_path(),
         ],
-        "env": env,
+        "env": [*env, *workload_env(owner)],
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
         "resources": gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node),
                                    memory=f"{64 * s.gpus_per_node}Gi"),
@@ -151,6 +153,7 @@ def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig)
         "image": spec.student.image,
         "command": ["distillery", "evaluate"],
         "args": ["--config", config_path()],
+        "env": workload_env(owner),
         "resources": gpu_resources(config, 1, cpu="8", memory="64Gi"),
         "volumeMounts": mounts,
         "securityContext": workload_security_context(),

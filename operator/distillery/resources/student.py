@@ -16,9 +16,10 @@ from distillery.resources.common import (
     pvc_source_volumes,
     workspace_volume,
 )
-from distillery.resources.vllm import student_args
+from distillery.workloads.serve import student_vllm_args
 
 STAGE = "serving"
+SERVED_NAME = "student"
 
 
 def student_endpoint(owner: Owner) -> str:
@@ -29,14 +30,17 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     sv, st = spec.serving, spec.student
     layout = WorkspaceLayout()
     names = Names(owner.name)
+    # A full fine-tune writes the whole model where a LoRA run writes its adapter.
     if st.method == TrainingMethod.FULL:
-        args = student_args(st.model, None, str(layout.adapter_dir), STUDENT_PORT)
+        served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
+                                   merged_path=str(layout.adapter_dir), gpus=sv.gpus, port=STUDENT_PORT)
     elif st.merge_weights:
-        args = student_args(st.model, None, str(layout.merged_dir), STUDENT_PORT)
+        served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
+                                   merged_path=str(layout.merged_dir), gpus=sv.gpus, port=STUDENT_PORT)
     else:
-        args = student_args(st.model, str(layout.adapter_dir), None, STUDENT_PORT)
-    if not sv.gpus:
-        args += ["--device", "cpu"]
+        served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
+                                   adapter_path=str(layout.adapter_dir), lora_rank=st.lora.rank, gpus=sv.gpus,
+                                   port=STUDENT_PORT)
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
     src_vols, src_mounts = pvc_source_volumes(st.model)
@@ -44,7 +48,8 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     container = {
         "name": "vllm",
         "image": sv.image,
-        "args": args,
+        "args": served["args"],
+        "env": served["env"],
         "ports": [{"name": "http", "containerPort": STUDENT_PORT}],
         "resources": gpu_resources(config, sv.gpus, cpu=str(max(2, 4 * sv.gpus)), memory=f"{max(8, 32 * sv.gpus)}Gi"),
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},

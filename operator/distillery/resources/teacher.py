@@ -14,15 +14,19 @@ from distillery.resources.common import (
     pod_metadata,
     pvc_source_volumes,
 )
-from distillery.resources.vllm import teacher_args
+from distillery.workloads.serve import teacher_vllm_args
 
 STAGE = "teacher"
+SERVED_NAME = "teacher"
+"""The model name the labeler sends; independent of the model id so the pipeline config never changes."""
 
 
 def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     t = spec.teacher
     assert t.model is not None, "an endpoint teacher has no Deployment"
-    env: list[dict[str, Any]] = []
+    served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
+                               tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=TEACHER_PORT)
+    env: list[dict[str, Any]] = list(served["env"])
     if t.hub_token_secret_ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": t.hub_token_secret_ref.to_wire()}})
     volumes, mounts = pvc_source_volumes(t.model)
@@ -33,7 +37,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     container = {
         "name": "vllm",
         "image": t.image,
-        "args": teacher_args(t.model, t.tensor_parallel_size, TEACHER_PORT, t.extra_args),
+        "args": served["args"],
         "env": env,
         "ports": [{"name": "http", "containerPort": TEACHER_PORT}],
         "resources": gpu_resources(config, t.gpus, cpu=str(4 * t.gpus), memory=f"{32 * t.gpus}Gi"),
