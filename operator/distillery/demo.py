@@ -18,7 +18,7 @@ import yaml
 
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
-from distillery.status_view import render_status
+from distillery.status_view import render
 
 SAMPLE = {
     "apiVersion": "distillery.dev/v1alpha1",
@@ -102,7 +102,7 @@ def _watch(cluster: DevCluster, name: str, namespace: str, timeout: float, opera
             if status.get("phase") in ("Succeeded", "Failed"):
                 print()
                 print(cluster.kubectl("get", "distillation", name, "-n", namespace).stdout)
-                print(render_status(obj))
+                print(render(obj))
                 return 0 if status["phase"] == "Succeeded" else 1
         time.sleep(1)
     print("timed out waiting for the Distillation", file=sys.stderr)

@@ -52,8 +52,25 @@ def manifest(i: int) -> dict:
             "dataset": {"train": {"rows": [{"premise": "p", "hypothesis": "h", "label": "neutral"}]}},
             "student": {"model": "Qwen/Qwen2.5-0.5B-Instruct", "gpusPerNode": 1},
             "serving": {"gpus": 1},
+            "storage": {"size": "10Gi", "storageClassName": STATIC_CLASS},
         },
     }
+
+
+STATIC_CLASS = "bench-static"
+"""kwok binds dynamically provisioned claims one at a time; pre-made volumes are bound by the
+controller-manager's binder in parallel, so the simulation does not throttle the operator."""
+
+
+def static_volumes(count: int) -> list[dict]:
+    storage_class = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": STATIC_CLASS},
+                     "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}
+    volumes = [{
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"bench-pv-{i:04d}"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": STATIC_CLASS,
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/bench-pv-{i:04d}"}},
+    } for i in range(count)]
+    return [storage_class, *volumes]
 
 
 def apiserver_writes(cluster: DevCluster) -> Counter:
@@ -134,6 +151,7 @@ def main() -> int:
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
         cluster.kubectl("wait", "--for=condition=Established", "crd/distillations.distillery.dev")
         cluster.kubectl("create", "namespace", "bench")
+        cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(static_volumes(args.count)))
         config = Path(tmp) / "operator.yaml"
         config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay":
                                                               args.stage_delay}}))

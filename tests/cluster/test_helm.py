@@ -210,15 +210,23 @@ def test_dashboard_queries_name_metrics_the_operator_exposes() -> None:
 
 @pytest.mark.cluster
 def test_helm_install_creates_the_operator_deployment(kube: Kube, namespace: str, crd: None) -> None:
+    # The strictest Pod Security level: a pod spec that is less than hardened is refused outright.
+    kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+             "pod-security.kubernetes.io/warn=restricted")
     release = f"op-{namespace}"
-    helm("install", release, str(CHART), "-n", namespace, kubeconfig=kube.kubeconfig)
+    installed = helm("install", release, str(CHART), "-n", namespace, kubeconfig=kube.kubeconfig)
     try:
+        assert "PodSecurity" not in installed.stderr, installed.stderr
         deploy = kube.get("deployment", f"{release}-distillery", namespace)
         assert deploy is not None
         assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/distillery-dev/operator:0.1.0"
         assert kube.get("clusterrole", f"{release}-distillery") is not None
         assert kube.get("configmap", f"{release}-distillery-config", namespace) is not None
-        # No image is pulled here; kwok may still report the pod ready, and either way the object is right.
+        # Admission let the ReplicaSet create the pod. No image is pulled here; kwok may still
+        # report it ready, and either way the objects are what the chart promises.
+        kube.wait_for(lambda: kube.get("pods", namespace=namespace,
+                                       selector=f"app.kubernetes.io/instance={release}")["items"],
+                      30, what="operator pod admitted")
         status = helm("status", release, "-n", namespace, "-o", "json", kubeconfig=kube.kubeconfig).stdout
         assert json.loads(status)["info"]["status"] == "deployed"
     finally:
@@ -249,7 +257,7 @@ class ChartIdentity:
         self.kube.apply(*self.rbac)
         token = self.kube.run("create", "token", self.account, "-n", self.namespace, "--duration=1h").stdout.strip()
         admin = yaml.safe_load(self.kube.kubeconfig.read_text())
-        cluster = next(c for c in admin["clusters"])
+        cluster = admin["clusters"][0]
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [cluster],

@@ -54,6 +54,8 @@ class PromptSpec(ApiModel):
 
 
 class SecretKeyRef(ApiModel):
+    """A key in a Secret of the Distillation's namespace."""
+
     name: Name
     """Name of a Secret in the Distillation's namespace."""
     key: str = Field(min_length=1, max_length=253)
@@ -61,9 +63,12 @@ class SecretKeyRef(ApiModel):
 
 
 class Sampling(ApiModel):
+    """Sampling parameters for every teacher request (OpenAI chat completions semantics)."""
+
     temperature: float = Field(0.2, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1, le=131072)
+    """Upper bound on generated tokens per answer, reasoning included."""
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=4)
@@ -86,12 +91,15 @@ class TeacherSpec(ApiModel):
     model: str | None = Field(None, min_length=1, max_length=512)
     """Model id or URI to serve with vLLM, e.g. meta-llama/Llama-3.3-70B-Instruct or pvc://models/llama."""
     image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+    """Serving image: the upstream vLLM OpenAI-compatible server."""
     gpu_type: GpuType = "H100"
     """GPU type from the operator's GPU catalogue (H100, A100, L4, ...)."""
     gpus: int = Field(1, ge=1, le=16)
     """GPUs per teacher replica."""
     tensor_parallel_size: int = Field(1, ge=1, le=16)
+    """vLLM tensor parallelism; teacher.gpus must be a multiple of it."""
     replicas: int = Field(1, ge=1, le=16)
+    """Teacher replicas; the labeling Job runs one shard per replica."""
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=64)
     """Extra arguments for the vLLM server."""
     hub_token_secret_ref: SecretKeyRef | None = None
@@ -101,6 +109,7 @@ class TeacherSpec(ApiModel):
     concurrency: int = Field(16, ge=1, le=1024)
     """Requests in flight to the teacher per labeling pod."""
     request_timeout_seconds: int = Field(300, ge=1, le=3600)
+    """Per-request timeout; a timed-out request is retried."""
     max_attempts: int = Field(4, ge=1, le=20)
     """Attempts per row (transport errors and malformed answers) before the row is rejected."""
     min_success_ratio: float = Field(0.9, ge=0, le=1)
@@ -164,12 +173,18 @@ class DatasetSpec(ApiModel):
 
 
 class LoraSpec(ApiModel):
+    """LoRA adapter shape (method lora)."""
+
     rank: int = Field(16, ge=1, le=1024)
+    """Rank r of the low-rank update; vLLM serves adapters up to rank 512."""
     alpha: int = Field(32, ge=1, le=4096)
+    """Scaling numerator: the update is scaled by alpha / rank."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input during training."""
     target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=32
     )
+    """Module names that get adapters (Llama/Qwen attention projections by default)."""
 
 
 class TrainingMethod(StrEnum):

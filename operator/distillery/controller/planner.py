@@ -308,7 +308,7 @@ class _Pass:
             self.finish(stage, StageState.SUCCEEDED, self.describe(stage, summary), gpus=gpus)
             self.cond(STAGE_CONDITION[stage], True, "Succeeded", self.stage(stage).message or "")
         elif view.failed:
-            detail = "; ".join(m for m in messages if m)[:600]
+            detail = "; ".join(dict.fromkeys(m for m in messages if m))[:600]
             message = f"{view.reason or 'JobFailed'}: {view.message}" + (f" ({detail})" if detail else "")
             self.finish(stage, StageState.FAILED, message, gpus=gpus)
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
@@ -470,6 +470,7 @@ class _Pass:
             self.delete("Deployment", self.names.teacher)
             record = self.stage(Stage.TEACHER)
             record.state, record.message = StageState.PENDING, "removed while suspended"
+            self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")
         if self.obs.student is not None and self.obs.student.replicas != 0:
             self.actions.append(Patch("Deployment", self.names.student, {"spec": {"replicas": 0}}))
         self.status.phase = Phase.SUSPENDED

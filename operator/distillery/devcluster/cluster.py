@@ -295,7 +295,7 @@ class DevCluster:
         return [
             str(b.kwok), f"--kubeconfig={self.kubeconfig}",
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-lease-duration-seconds=40", f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1",
+            "--node-lease-duration-seconds=40", f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--v=WARN",
             *[f"--config={f}" for f in files],
         ]
 
