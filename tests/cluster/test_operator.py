@@ -59,6 +59,8 @@ def test_apply_to_succeeded_with_children_in_order_on_the_regions_gpu_nodes(
             break
         time.sleep(0.3)
     assert (condition(dist, "Succeeded") or {}).get("status") == "True", (dist or {}).get("status")
+    for key in children(kube, namespace, "nli"):  # made between the last poll and the status read
+        first_seen.setdefault(key, time.monotonic())
     assert condition(dist, "Ready")["status"] == "True"
     status = dist["status"]
     assert status["phase"] == "Succeeded"

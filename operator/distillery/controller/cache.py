@@ -44,6 +44,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _relevant(projection: dict[str, Any]) -> dict[str, Any]:
+    """A projection without the bookkeeping that changes on every write."""
+    meta = {k: v for k, v in projection["metadata"].items() if k != "resourceVersion"}
+    return {**projection, "metadata": meta}
+
+
 def _pod_projection(body: Any) -> dict[str, Any]:
     """Pods matter only for their stage label and termination messages."""
     meta = body.get("metadata") or {}
@@ -80,26 +86,32 @@ class ClusterCache:
         return key
 
     def put_child(self, kind: str, body: Any, deleted: bool) -> Key | None:
+        """Store a child; returns its parent's key only when something the planner reads changed."""
         key = self.parent_of(body)
         if key is None:
             return None
         name = (body.get("metadata") or {}).get("name")
+        children = self._children[key]
         if deleted:
-            self._children[key].pop((kind, name), None)
-        else:
-            self._children[key][(kind, name)] = project(body) | {"kind": kind}
-        return key
+            return key if children.pop((kind, name), None) is not None else None
+        new = project(body) | {"kind": kind}
+        old = children.get((kind, name))
+        children[(kind, name)] = new
+        return key if old is None or _relevant(old) != _relevant(new) else None
 
     def put_pod(self, body: Any, deleted: bool) -> Key | None:
+        """Pods matter only when a termination message appears, so most pod updates wake nothing."""
         key = self.parent_of(body)
         if key is None:
             return None
         name = (body.get("metadata") or {}).get("name")
         if deleted:
             self._pods[key].pop(name, None)
-        else:
-            self._pods[key][name] = _pod_projection(body)
-        return key
+            return None
+        new = _pod_projection(body)
+        old = self._pods[key].get(name)
+        self._pods[key][name] = new
+        return key if new != old and new["status"]["containerStatuses"] else None
 
     def put_node(self, body: Any, deleted: bool, gpu_resource: str) -> None:
         name = (body.get("metadata") or {}).get("name")

@@ -20,7 +20,7 @@ from distillery.resources.common import PARENT_LABEL
 
 STORAGE_PREFIX = "distillery.dev"
 FINALIZER = "distillery.dev/finalizer"
-WORKERS = 8
+WORKERS = 16
 
 
 class Runtime:

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,10 +122,10 @@ def read_labels(labels_dir: Path, split: str) -> list[LabelRecord]:
 class LabelWriter:
     """Appends records to one file as they finish.
 
-    Every batch of lines is written and flushed at once, so a killed or preempted pod (the
-    process dies, the kernel lives) loses no finished row. fsync, which only matters when the
-    node itself goes down, runs at most every `fsync_interval_s`: one per line would cost a disk
-    round trip per row and, at a thousand rows a second, a good share of the labeler's time.
+    Each record goes to the kernel with one unbuffered write as soon as its row finishes, so a
+    killed or preempted pod (the process dies, the node lives) loses no finished row. fsync only
+    matters when the node itself goes down; it runs every `fsync_interval_s` and on close, since
+    one per row would cost a disk round trip per row.
     """
 
     def __init__(self, path: Path, fsync_interval_s: float = FSYNC_INTERVAL_S) -> None:
@@ -134,51 +133,45 @@ class LabelWriter:
         records, complete = read_records(path)
         self.existing = records
         self.done = {r.row_id for r in records}
-        self.handle = open(path, "ab")
+        self.handle = open(path, "ab", buffering=0)
         self.handle.truncate(complete)
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
         self.fsync_interval_s = fsync_interval_s
-        self.synced_at = time.monotonic()
+        self.dirty = False
+        self.syncer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
+        self.syncer = asyncio.create_task(self._sync_periodically())
 
     def put(self, record: LabelRecord) -> None:
         self.done.add(record.row_id)
-        self.queue.put_nowait(record.model_dump_json(exclude_none=True).encode() + b"\n")
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self.handle.write(b"".join(batch))
-            self.handle.flush()
-            if time.monotonic() - self.synced_at >= self.fsync_interval_s:
-                await self._sync()
-            for _ in batch:
-                self.queue.task_done()
+        self.handle.write(record.model_dump_json(exclude_none=True).encode() + b"\n")
+        self.dirty = True
 
     async def _sync(self) -> None:
-        self.synced_at = time.monotonic()
-        await asyncio.to_thread(os.fsync, self.handle.fileno())
+        if self.dirty:
+            self.dirty = False
+            await asyncio.to_thread(os.fsync, self.handle.fileno())
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.fsync_interval_s)
+            await self._sync()
 
     async def close(self) -> None:
-        await self.queue.join()
-        if self.task is not None:
-            self.task.cancel()
+        if self.syncer is not None:
+            self.syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+                await self.syncer
         await self._sync()
         self.handle.close()
 
 
-@dataclass(frozen=True)
-class Sample:
-    texts: list[str]
-    tokens_in: int
-    tokens_out: int
+def majority(votes: list[tuple[Parsed, str]]) -> tuple[Parsed, str]:
+    """The first vote for the most common answer (Counter keeps first-seen order among ties)."""
+    if len(votes) == 1:
+        return votes[0]
+    winner = Counter(parsed.answer for parsed, _ in votes).most_common(1)[0][0]
+    return next(vote for vote in votes if vote[0].answer == winner)
 
 
 class Labeler:
@@ -216,21 +209,23 @@ class Labeler:
 
     async def _request(self, messages: list[dict[str, str]], n: int) -> ChatResult:
         async with self.requests:
-            result = await self.client.chat(messages, self.teacher.sampling, n=n)
-        self.counters.tokens_in += result.tokens_in
-        self.counters.tokens_out += result.tokens_out
-        return result
+            return await self.client.chat(messages, self.teacher.sampling, n=n)
 
-    async def sample(self, messages: list[dict[str, str]]) -> Sample:
+    async def sample(self, messages: list[dict[str, str]]) -> ChatResult:
         """self_consistency samples: one request with `n`, topped up by single requests when the
         server returns fewer choices (some OpenAI-compatible servers ignore `n`)."""
         n = self.cfg.prompt.self_consistency
-        results = [await self._request(messages, n)]
-        missing = n - len(results[0].texts)
-        if missing > 0:
-            results += await asyncio.gather(*(self._request(messages, 1) for _ in range(missing)))
-        texts = [text for result in results for text in result.texts][:n]
-        return Sample(texts, sum(r.tokens_in for r in results), sum(r.tokens_out for r in results))
+        result = await self._request(messages, n)
+        if len(result.texts) < n:
+            extra = await asyncio.gather(*(self._request(messages, 1) for _ in range(n - len(result.texts))))
+            parts = [result, *extra]
+            result = ChatResult(texts=[text for part in parts for text in part.texts][:n],
+                                tokens_in=sum(p.tokens_in for p in parts),
+                                tokens_out=sum(p.tokens_out for p in parts),
+                                requests=sum(p.requests for p in parts))
+        self.counters.tokens_in += result.tokens_in
+        self.counters.tokens_out += result.tokens_out
+        return result
 
     async def label_row(self, split: str, row: dict[str, Any]) -> LabelRecord | None:
         tokens_in = tokens_out = 0
@@ -270,9 +265,7 @@ class Labeler:
                 except MalformedAnswer as err:
                     reason, raw = err.reason, text
             if votes:
-                # Majority answer; ties go to the earliest sample (Counter keeps first-seen order).
-                winner = Counter(parsed.answer for parsed, _ in votes).most_common(1)[0][0]
-                parsed, text = next(vote for vote in votes if vote[0].answer == winner)
+                parsed, text = majority(votes)
                 return record("ok", attempt, parsed, raw=text)
         return record("rejected", self.teacher.max_attempts, raw=raw, reason=reason or "no answer")
 
