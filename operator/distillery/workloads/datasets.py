@@ -8,6 +8,7 @@ the same rows with the same `row_id`, which is what labels and resume key on.
 import csv
 import io
 import json
+import os
 import random
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -16,7 +17,8 @@ from typing import Any
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import DataSource
 
-DEFAULT_PVC_BASE = "/mnt/pvc"
+DEFAULT_PVC_BASE = os.environ.get("DISTILLERY_PVC_BASE", "/mnt/pvc")
+"""Where pvc://claim/path sources are mounted; the operator mounts claims here, local runs may point elsewhere."""
 SUFFIXES = (".jsonl", ".json", ".csv")
 ROW_ID = "row_id"
 

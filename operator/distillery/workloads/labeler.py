@@ -36,6 +36,7 @@ from distillery.api.pipeline import (
     WorkspaceLayout,
 )
 from distillery.workloads.datasets import DEFAULT_PVC_BASE, ROW_ID, split_rows
+from distillery.workloads.live_progress import LiveProgress
 from distillery.workloads.openai_client import (
     ChatResult,
     OpenAIChatClient,
@@ -292,8 +293,11 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     labeler = Labeler(cfg, task, client)
     counters = labeler.counters
     counters.rows_total = sum(len(rows) for rows in mine.values())
-    for writer in writers.values():
+    for split, writer in writers.items():
+        ids = {row[ROW_ID] for row in mine[split]}
         for record in writer.existing:
+            if record.row_id not in ids:
+                continue  # written under another dataset or shard count: not part of this shard now
             counters.rows_done += 1
             counters.rows_ok += record.status == "ok"
             counters.rows_rejected += record.status == "rejected"
@@ -313,7 +317,8 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
         for writer in writers.values():
             writer.start()
         reporter = asyncio.create_task(
-            report_periodically(progress_path(labels_dir, index), counters, progress_interval_s))
+            report_periodically(progress_path(labels_dir, index), counters, progress_interval_s,
+                                LiveProgress("labeling", index)))
         labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
         loop = asyncio.get_running_loop()
         # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly. Signals reach

@@ -47,7 +47,7 @@ class LiveProgress:
             async with KubeClient(Credentials.from_environment(), timeout=10) as client:
                 await client.merge_patch("ConfigMap", str(self.configmap), self.namespace, patch)
             return True
-        except (ApiError, OSError, asyncio.TimeoutError, KeyError, StopIteration) as e:
+        except (TimeoutError, ApiError, OSError, KeyError, StopIteration) as e:
             if not self._warned:
                 log.warning("live progress not reported (%s); the workload continues", e)
                 self._warned = True

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.workloads.live_progress import LiveProgress
+
 TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -67,11 +69,16 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
     return True
 
 
-async def report_periodically(path: Path, counters: Counters, interval_s: float) -> None:
-    """Rewrite the progress file every `interval_s` until cancelled, then once more with the final counts."""
+async def report_periodically(path: Path, counters: Counters, interval_s: float,
+                              live: LiveProgress | None = None) -> None:
+    """Rewrite the progress file every `interval_s` until cancelled, then once more with the final counts.
+
+    With `live`, the counts also go to the operator (which rate-limits itself)."""
     try:
         while True:
             await asyncio.to_thread(write_json_atomic, path, counters.as_dict())
+            if live is not None:
+                await live.publish(counters.as_dict())
             await asyncio.sleep(interval_s)
     finally:
         write_json_atomic(path, counters.as_dict())

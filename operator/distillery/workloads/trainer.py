@@ -36,6 +36,7 @@ import torch
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
 from distillery.api.spec import StudentSpec, TrainingMethod
+from distillery.workloads.live_progress import LiveProgress
 from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
 from distillery.workloads.serve import is_local_ref, resolve_model_ref
 
@@ -491,6 +492,7 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         return {"step": step, "total_steps": total_steps, "world_size": dist.world_size, "loss": history,
                 "tokens": tokens_total, "train_seconds": train_seconds + time.monotonic() - run_start}
 
+    live = LiveProgress("training", dist.rank)
     engine.train()
     while step < total_steps:
         step += 1
@@ -515,8 +517,9 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         emit(dist, "step", step=step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
              seconds=round(time.monotonic() - run_start, 4))
         if dist.is_main:
-            write_json_atomic(layout.train_dir / "progress.json",
-                              {"step": step, "total_steps": total_steps, "loss": mean_loss})
+            progress = {"step": step, "total_steps": total_steps, "loss": mean_loss}
+            write_json_atomic(layout.train_dir / "progress.json", progress)
+            live.publish_sync(progress)
         if step % student.checkpoint_steps == 0 or step == total_steps or stopping:
             path = checkpoints.save(engine, step, state_now())
             emit(dist, "checkpoint", step=step, path=str(path))
