@@ -1,24 +1,35 @@
 """`distillery demo`: the local control plane, the operator, and a sample Distillation to Succeeded.
 
-Stage pods run on kwok's simulated GPU nodes, so the demo shows the operator's
-whole lifecycle (scheduling on the region's GPU pools, stage order, teacher
-removal, status and events) in about a minute without a GPU.
+Pods are placed on kwok's simulated GPU nodes. With `--workloads local` (the
+default) the labeling, training and evaluation pods' programs really run on
+this machine through a local kubelet: the labeler prompts a local
+OpenAI-compatible teacher (it answers from the dataset's references, standing in
+for a vLLM-served model), DeepSpeed fine-tunes a tiny student with LoRA on CPU,
+and the evaluator's results land in the Distillation's status. With
+`--workloads simulated` kwok only pretends to run them, which shows the
+operator's lifecycle in seconds.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from distillery.api.crd import render
+from distillery import status_view
+from distillery.api import crd
+from distillery.api.spec import DistillationSpec
 from distillery.devcluster.cluster import DevCluster
-from distillery.status_view import render
+from distillery.devcluster.local_kubelet import LocalKubelet, LocalVolumes
+from distillery.kube import Credentials, KubeClient
 
 SAMPLE = {
     "apiVersion": "distillery.dev/v1alpha1",
@@ -43,38 +54,114 @@ SAMPLE = {
 }
 
 
+def local_sample(train_rows: int = 48, validation_rows: int = 12) -> dict[str, Any]:
+    """The sample, sized for CPU: a tiny student on a claim the local kubelet provides."""
+    from distillery.workloads.tiny import synthetic_nli_rows
+
+    manifest = json.loads(json.dumps(SAMPLE))
+    manifest["metadata"]["name"] = "nli-local-demo"
+    manifest["spec"]["dataset"] = {"train": {"rows": synthetic_nli_rows(train_rows)},
+                                   "validation": {"rows": synthetic_nli_rows(validation_rows, offset=train_rows)}}
+    manifest["spec"]["teacher"]["sampling"] = {"maxTokens": 256}
+    manifest["spec"]["student"] = {"model": "pvc://models/tiny-student", "gpuType": "H100", "gpusPerNode": 1,
+                                   "lora": {"rank": 8, "targetModules": ["q_proj", "v_proj"]}, "epochs": 3,
+                                   "batchSize": 4, "learningRate": 0.003, "maxSeqLength": 256}
+    return manifest
+
+
+class LocalWorkloads:
+    """A local teacher server and the local kubelet, on their own event loop in a thread."""
+
+    def __init__(self, manifest: dict[str, Any], kubeconfig: Path, root: Path) -> None:
+        self.manifest, self.kubeconfig, self.root = manifest, kubeconfig, root
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(120)
+
+    def stop(self) -> None:
+        for task in asyncio.all_tasks(self.loop):
+            self.loop.call_soon_threadsafe(task.cancel)
+        self.thread.join(10)
+
+    async def _run(self) -> None:
+        from distillery.workloads.tasks import get_task
+        from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
+        from distillery.workloads.tiny import save_tiny_model
+
+        spec = DistillationSpec.model_validate(self.manifest["spec"])
+        pvc_base = self.root / "pvc"
+        model_dir = pvc_base / "models" / "tiny-student"
+        if not (model_dir / "config.json").exists():
+            save_tiny_model(model_dir)
+        task = get_task(spec.task, spec.prompt, spec.dataset.columns)
+        rows = [*(spec.dataset.train.rows or []), *((spec.dataset.validation.rows or []) if spec.dataset.validation
+                                                   else [])]
+        log_dir = self.root / "pods"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        async with TeacherServer(TaskAwareResponder(lookup_from_rows(task, rows))) as teacher, \
+                KubeClient(Credentials.from_kubeconfig(self.kubeconfig)) as client:
+            kubelet = LocalKubelet(client, self.manifest["metadata"].get("namespace", "default"),
+                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir)
+            print(f"local teacher at {teacher.url}; stage pods run here, logs in {log_dir}")
+            self.ready.set()
+            await kubelet.run_forever()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distillery demo")
     parser.add_argument("--manifest", type=Path, help="a Distillation to apply instead of the built-in sample")
+    parser.add_argument("--workloads", choices=("local", "simulated"), default="local",
+                        help="run the stage programs here (local) or let kwok pretend (simulated)")
     parser.add_argument("--stage-seconds", default="3s", help="how long each simulated stage pod runs")
-    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--down", action="store_true", help="stop the control plane afterwards")
     args = parser.parse_args(argv)
 
     cluster = DevCluster("dev")
     kubeconfig = cluster.up()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as crd_file:
-        crd_file.write(render())
+        crd_file.write(crd.render())
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", crd_file.name)
     cluster.kubectl("wait", "--for=condition=Established", "crd/distillations.distillery.dev", "--timeout=60s")
 
-    manifest = yaml.safe_load(args.manifest.read_text()) if args.manifest else SAMPLE
+    local = args.workloads == "local"
+    if args.manifest:
+        manifest = yaml.safe_load(args.manifest.read_text())
+    else:
+        manifest = local_sample() if local else SAMPLE
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"].get("namespace", "default")
     config = Path(tempfile.mkdtemp()) / "operator.yaml"
-    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": args.stage_seconds}}))
+    # Locally run pods finish when their program does; kwok must not complete them first.
+    delay = {"pod-complete.stage.kwok.x-k8s.io/delay": "24h" if local else args.stage_seconds}
+    config.write_text(yaml.safe_dump({"pod_annotations": delay}))
     log_path = cluster.dir / "logs" / "operator.log"
     env = os.environ | {"KUBECONFIG": str(kubeconfig), "DISTILLERY_CONFIG": str(config)}
     with open(log_path, "ab") as log:
         operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "0",
                                      "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"operator running (pid {operator.pid}, log {log_path})")
+    workloads = LocalWorkloads(manifest, kubeconfig, cluster.dir / "local-workloads") if local else None
     try:
+        if workloads:
+            workloads.start()
         cluster.kubectl("delete", "distillation", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+        if local:
+            # The student's weights live on a claim of the user's, as pvc://models/... says.
+            claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": "models", "namespace": namespace},
+                     "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(claim))
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         print(f"applied Distillation {namespace}/{name}; watching its status\n")
         return _watch(cluster, name, namespace, args.timeout, operator)
     finally:
+        if workloads:
+            workloads.stop()
         operator.terminate()
         operator.wait(15)
         if args.down:
@@ -102,7 +189,7 @@ def _watch(cluster: DevCluster, name: str, namespace: str, timeout: float, opera
             if status.get("phase") in ("Succeeded", "Failed"):
                 print()
                 print(cluster.kubectl("get", "distillation", name, "-n", namespace).stdout)
-                print(render(obj))
+                print(status_view.render(obj))
                 return 0 if status["phase"] == "Succeeded" else 1
         time.sleep(1)
     print("timed out waiting for the Distillation", file=sys.stderr)

@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
 from distillery.kube import Credentials, KubeClient
@@ -156,7 +155,7 @@ def main() -> int:
         config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay":
                                                               args.stage_delay}}))
         env = os.environ | {"KUBECONFIG": str(kubeconfig), "DISTILLERY_CONFIG": str(config)}
-        log = open(Path(tmp) / "operator.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(Path(tmp) / "operator.log", "wb")
         operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "18089",
                                      "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
         time.sleep(3)

@@ -11,6 +11,8 @@ from distillery.api.spec import PromptSpec, Task
 from distillery.workloads.tasks import TaskDefinition, get_task
 from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 
+from tests.workloads import tinymodel as tm
+
 NLI_ROWS: list[dict[str, Any]] = [
     {"premise": "A man in a blue shirt is playing an acoustic guitar on a street corner.",
      "hypothesis": "A person is making music outdoors.", "label": 0},
@@ -81,3 +83,15 @@ def write_config(tmp_path: Path) -> ConfigWriter:
         return path
 
     return write
+
+
+# Tiny-model fixtures shared by the trainer and evaluator tests.
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tm.tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return tm.trained_workspace(tmp_path_factory.getbasetemp(), model_dir)

@@ -14,16 +14,6 @@ from tests.workloads import tinymodel as tm
 pytestmark = pytest.mark.workload
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tm.tiny_model(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    return tm.trained_workspace(tmp_path_factory.getbasetemp(), model_dir)
-
-
 def test_table_has_teacher_base_and_distilled_rows(trained: Path) -> None:
     result = tm.distillery(["evaluate", "--config", str(trained / "pipeline.json"), "--max-new-tokens", "8",
                             "--cot-max-new-tokens", "16"], trained / "eval-termination-log")

@@ -16,16 +16,6 @@ from tests.workloads import tinymodel as tm
 pytestmark = pytest.mark.workload
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tm.tiny_model(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    return tm.trained_workspace(tmp_path_factory.getbasetemp(), model_dir)
-
-
 def losses(metrics: dict) -> list[float]:
     return [entry["loss"] for entry in metrics["loss"]]
 

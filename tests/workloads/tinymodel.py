@@ -15,14 +15,11 @@ from typing import Any
 from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, WorkspaceLayout
 from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
 from distillery.workloads.tiny import save_tiny_model
+from distillery.workloads.tiny import synthetic_nli_rows as nli_rows
 
 OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 PYTHON = sys.executable
 
-SUBJECTS = ("a man", "a woman", "the child", "a dog", "the teacher", "a girl", "the farmer", "a boy")
-OBJECTS = ("guitar", "football", "chess", "piano", "cards", "tennis")
-# The label follows from the hypothesis' predicate, so a small model can learn it quickly.
-HYPOTHESES = (("plays {obj}", "entailment"), ("is asleep", "contradiction"), ("is famous", "neutral"))
 
 _models: dict[tuple[Any, ...], Path] = {}
 
@@ -34,16 +31,6 @@ def tiny_model(root: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> 
         _models[key] = save_tiny_model(root / f"tiny-{hidden}-{layers}-{seed}", hidden=hidden, layers=layers,
                                        seed=seed)
     return _models[key]
-
-
-def nli_rows(count: int, offset: int = 0) -> list[dict[str, str]]:
-    rows = []
-    for i in range(offset, offset + count):
-        subject, obj = SUBJECTS[i % len(SUBJECTS)], OBJECTS[(i // 3) % len(OBJECTS)]
-        hypothesis, label = HYPOTHESES[i % len(HYPOTHESES)]
-        rows.append({"premise": f"{subject} plays {obj} in the park.",
-                     "hypothesis": f"{subject} {hypothesis.format(obj=obj)}.", "label": label})
-    return rows
 
 
 def label_record(split: str, row_id: int, row: dict[str, Any], answer: str | None) -> dict[str, Any]:

@@ -146,3 +146,33 @@ def config_path() -> str:
 
 def workload_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, Any]:
+    """A ClusterIP Service in front of a server Deployment made by `server_deployment`."""
+    meta = metadata(owner, name, stage)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"selector": dict(meta["labels"]), "ports": [{"name": "http", "port": port, "targetPort": "http"}]},
+    }
+
+
+def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_meta: dict[str, Any],
+                      placement: dict[str, Any], container: dict[str, Any],
+                      volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Deployment whose selector is the stage's own labels (never the user's extra pod labels)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, name, stage),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels(owner, stage)},
+            "template": {
+                "metadata": pod_meta,
+                "spec": {**placement, "containers": [container], "volumes": volumes, "enableServiceLinks": False},
+            },
+        },
+    }

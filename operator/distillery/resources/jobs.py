@@ -47,6 +47,28 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
+def _container(name: str, image: str, command: list[str], args: list[str], env: list[dict[str, Any]],
+               resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "command": command,
+        "args": args,
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": workload_security_context(),
+        # The workloads leave a JSON summary here; a crash leaves the log's tail instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _pod(placement: dict[str, Any], container: dict[str, Any], volumes: list[dict[str, Any]],
+         **extra: Any) -> dict[str, Any]:
+    return {**placement, "restartPolicy": "Never", **extra, "containers": [container], "volumes": volumes,
+            "enableServiceLinks": False}
+
+
 def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict], list[dict]]:
     """Config, workspace, the dataset's claims, and the student model's claim for stages that load it."""
     names = Names(owner.name)
@@ -62,24 +84,10 @@ def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
     if spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
-    container = {
-        "name": "labeler",
-        "image": config.labeler_image,
-        "command": ["distillery", "label"],
-        "args": ["--config", config_path()],
-        "env": [*env, *workload_env(owner)],
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
-        "volumeMounts": mounts,
-        "securityContext": workload_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec = {
-        **gpu_placement(spec, config, None),
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "enableServiceLinks": False,
-    }
+    container = _container("labeler", config.labeler_image, ["distillery", "label"], ["--config", config_path()],
+                           [*env, *workload_env(owner)],
+                           {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}, mounts)
+    pod_spec = _pod(gpu_placement(spec, config, None), container, volumes)
     return _job(owner, Names(owner.name).label, LABELING, spec, config, pod_spec,
                 completions=label_shards(spec), backoff_limit=config.job_backoff_limit)
 
@@ -117,54 +125,24 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
     ]
     # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each.
-    container = {
-        "name": "trainer",
-        "image": s.image,
-        "command": ["torchrun"],
-        "args": [
-            "--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
-            "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
-            "-m", "distillery.cli", "train", "--config", config_path(),
-        ],
-        "env": [*env, *workload_env(owner)],
-        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
-        "resources": gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node),
-                                   memory=f"{64 * s.gpus_per_node}Gi"),
-        "volumeMounts": mounts,
-        "securityContext": workload_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec = {
-        **gpu_placement(spec, config, s.gpu_type),
-        "restartPolicy": "Never",
-        "subdomain": name,
-        "containers": [container],
-        "volumes": volumes,
-        "enableServiceLinks": False,
-    }
+    container = _container(
+        "trainer", s.image, ["torchrun"],
+        ["--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
+         "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
+         "-m", "distillery.cli", "train", "--config", config_path()],
+        [*env, *workload_env(owner)],
+        gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node), memory=f"{64 * s.gpus_per_node}Gi"),
+        mounts)
+    container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    pod_spec = _pod(gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name)
     return _job(owner, name, TRAINING, spec, config, pod_spec,
                 completions=s.nodes, backoff_limit=config.job_backoff_limit)
 
 
 def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     volumes, mounts = _volumes(owner, spec, model=True)
-    container = {
-        "name": "evaluator",
-        "image": spec.student.image,
-        "command": ["distillery", "evaluate"],
-        "args": ["--config", config_path()],
-        "env": workload_env(owner),
-        "resources": gpu_resources(config, 1, cpu="8", memory="64Gi"),
-        "volumeMounts": mounts,
-        "securityContext": workload_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec = {
-        **gpu_placement(spec, config, spec.student.gpu_type),
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "enableServiceLinks": False,
-    }
+    container = _container("evaluator", spec.student.image, ["distillery", "evaluate"], ["--config", config_path()],
+                           workload_env(owner), gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)
+    pod_spec = _pod(gpu_placement(spec, config, spec.student.gpu_type), container, volumes)
     return _job(owner, Names(owner.name).eval, EVALUATION, spec, config, pod_spec,
                 completions=1, backoff_limit=config.job_backoff_limit)

@@ -11,9 +11,10 @@ from distillery.resources.common import (
     Owner,
     gpu_placement,
     gpu_resources,
-    metadata,
+    http_service,
     pod_metadata,
     pvc_source_volumes,
+    server_deployment,
     workspace_volume,
 )
 from distillery.workloads.serve import student_vllm_args
@@ -57,32 +58,10 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
                          "failureThreshold": 90},
         "volumeMounts": [ws_mount, *src_mounts],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, names.student, STAGE),
-        "spec": {
-            "replicas": 0 if spec.suspend else sv.replicas,
-            "selector": {"matchLabels": {k: pod_meta["labels"][k] for k in metadata(owner, "", STAGE)["labels"]}},
-            "template": {
-                "metadata": pod_meta,
-                "spec": {
-                    **gpu_placement(spec, config, sv.gpu_type if sv.gpus else None),
-                    "containers": [container],
-                    "volumes": [ws_vol, *src_vols],
-                    "enableServiceLinks": False,
-                },
-            },
-        },
-    }
+    return server_deployment(owner, names.student, STAGE, 0 if spec.suspend else sv.replicas, pod_meta,
+                             gpu_placement(spec, config, sv.gpu_type if sv.gpus else None), container,
+                             [ws_vol, *src_vols])
 
 
 def student_service(owner: Owner) -> dict[str, Any]:
-    meta = metadata(owner, Names(owner.name).student, STAGE)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta,
-        "spec": {"selector": dict(meta["labels"]), "ports": [{"name": "http", "port": STUDENT_PORT,
-                                                               "targetPort": "http"}]},
-    }
+    return http_service(owner, Names(owner.name).student, STAGE, STUDENT_PORT)

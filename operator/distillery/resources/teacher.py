@@ -10,9 +10,10 @@ from distillery.resources.common import (
     Owner,
     gpu_placement,
     gpu_resources,
-    metadata,
+    http_service,
     pod_metadata,
     pvc_source_volumes,
+    server_deployment,
 )
 from distillery.workloads.serve import teacher_vllm_args
 
@@ -50,34 +51,9 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
                           "failureThreshold": 6},
         "volumeMounts": mounts,
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, Names(owner.name).teacher, STAGE),
-        "spec": {
-            "replicas": t.replicas,
-            "selector": {"matchLabels": {k: pod_meta["labels"][k] for k in metadata(owner, "", STAGE)["labels"]}},
-            "template": {
-                "metadata": pod_meta,
-                "spec": {
-                    **gpu_placement(spec, config, t.gpu_type),
-                    "containers": [container],
-                    "volumes": volumes,
-                    "enableServiceLinks": False,
-                },
-            },
-        },
-    }
+    return server_deployment(owner, Names(owner.name).teacher, STAGE, t.replicas, pod_meta,
+                             gpu_placement(spec, config, t.gpu_type), container, volumes)
 
 
 def teacher_service(owner: Owner) -> dict[str, Any]:
-    meta = metadata(owner, Names(owner.name).teacher, STAGE)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta,
-        "spec": {
-            "selector": {k: v for k, v in meta["labels"].items()},
-            "ports": [{"name": "http", "port": TEACHER_PORT, "targetPort": "http"}],
-        },
-    }
+    return http_service(owner, Names(owner.name).teacher, STAGE, TEACHER_PORT)

@@ -122,3 +122,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+SUBJECTS = ("a man", "a woman", "the child", "a dog", "the teacher", "a girl", "the farmer", "a boy")
+OBJECTS = ("guitar", "football", "chess", "piano", "cards", "tennis")
+# The label follows from the hypothesis' predicate, so a tiny model can learn it in a few steps.
+HYPOTHESES = (("plays {obj}", "entailment"), ("is asleep", "contradiction"), ("is famous", "neutral"))
+
+
+def synthetic_nli_rows(count: int, offset: int = 0) -> list[dict[str, str]]:
+    """Deterministic premise/hypothesis/label rows for tests and the local demo."""
+    rows = []
+    for i in range(offset, offset + count):
+        subject, obj = SUBJECTS[i % len(SUBJECTS)], OBJECTS[(i // 3) % len(OBJECTS)]
+        hypothesis, label = HYPOTHESES[i % len(HYPOTHESES)]
+        rows.append({"premise": f"{subject} plays {obj} in the park.",
+                     "hypothesis": f"{subject} {hypothesis.format(obj=obj)}.", "label": label})
+    return rows
