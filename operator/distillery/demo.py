@@ -54,7 +54,7 @@ SAMPLE = {
 }
 
 
-def local_sample(train_rows: int = 48, validation_rows: int = 12) -> dict[str, Any]:
+def local_sample(train_rows: int = 24, validation_rows: int = 12) -> dict[str, Any]:
     """The sample, sized for CPU: a tiny student on a claim the local kubelet provides."""
     from distillery.workloads.tiny import synthetic_nli_rows
 
@@ -63,9 +63,12 @@ def local_sample(train_rows: int = 48, validation_rows: int = 12) -> dict[str, A
     manifest["spec"]["dataset"] = {"train": {"rows": synthetic_nli_rows(train_rows)},
                                    "validation": {"rows": synthetic_nli_rows(validation_rows, offset=train_rows)}}
     manifest["spec"]["teacher"]["sampling"] = {"maxTokens": 256}
-    manifest["spec"]["student"] = {"model": "pvc://models/tiny-student", "gpuType": "H100", "gpusPerNode": 1,
-                                   "lora": {"rank": 8, "targetModules": ["q_proj", "v_proj"]}, "epochs": 3,
-                                   "batchSize": 4, "learningRate": 0.003, "maxSeqLength": 256}
+    # A tiny random-init student needs a high learning rate and several epochs to learn the labels.
+    manifest["spec"]["student"] = {
+        "model": "pvc://models/tiny-student", "gpuType": "H100", "gpusPerNode": 1, "epochs": 8, "batchSize": 4,
+        "learningRate": 0.01, "maxSeqLength": 128,
+        "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    }
     return manifest
 
 
@@ -76,7 +79,7 @@ class LocalWorkloads:
         self.manifest, self.kubeconfig, self.root = manifest, kubeconfig, root
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True)
+        self.thread = threading.Thread(target=self._main, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -86,6 +89,12 @@ class LocalWorkloads:
         for task in asyncio.all_tasks(self.loop):
             self.loop.call_soon_threadsafe(task.cancel)
         self.thread.join(10)
+
+    def _main(self) -> None:
+        try:
+            self.loop.run_until_complete(self._run())
+        except asyncio.CancelledError:
+            pass
 
     async def _run(self) -> None:
         from distillery.workloads.tasks import get_task

@@ -69,6 +69,8 @@ class LocalVolumes:
     root: Path
     pvc_base: Path
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)
+    claim_uids: dict[str, str] = field(default_factory=dict)
+    """A claim's uid picks its directory, so a new claim with an old name starts empty, as a new volume does."""
 
     def mounts(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -84,8 +86,11 @@ class LocalVolumes:
                 out[mount["mountPath"]] = target
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
-                base = self.pvc_base if mount["mountPath"].startswith("/mnt/pvc/") else self.root / "claims"
-                out[mount["mountPath"]] = base / claim
+                if mount["mountPath"].startswith("/mnt/pvc/"):
+                    out[mount["mountPath"]] = self.pvc_base / claim
+                else:
+                    uid = self.claim_uids.get(claim)
+                    out[mount["mountPath"]] = self.root / "claims" / (f"{claim}-{uid}" if uid else claim)
                 out[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
         return out
 
@@ -169,6 +174,11 @@ class LocalKubelet:
                 name = volume["configMap"]["name"]
                 cm = await self.client.get("ConfigMap", name, self.namespace)
                 self.volumes.configmaps[name] = dict((cm or {}).get("data") or {})
+            elif "persistentVolumeClaim" in volume:
+                name = volume["persistentVolumeClaim"]["claimName"]
+                claim = await self.client.get("PersistentVolumeClaim", name, self.namespace)
+                if claim:
+                    self.volumes.claim_uids[name] = claim["metadata"]["uid"]
         if self.teacher_url:
             reroute_teacher(self.volumes.configmaps, self.teacher_url)
         name = pod["metadata"]["name"]
