@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 import distillery
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import PromptSpec, Task

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
+
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
 from distillery.kube import Credentials, KubeClient

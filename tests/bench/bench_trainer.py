@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, WorkspaceLayout
 from distillery.api.spec import DatasetSpec, DataSource, StudentSpec, Task
 from distillery.workloads import trainer

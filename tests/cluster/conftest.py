@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from distillery.devcluster.cluster import DevCluster
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec, Task
 from distillery.workloads.tasks import get_task
-
 from tests.cluster.conftest import REPO, Kube
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -6,10 +6,10 @@ import typing
 from typing import Any
 
 import pytest
-from distillery.api.spec import DistillationSpec
-from distillery.status_view import main as status_main
 from pydantic import BaseModel
 
+from distillery.api.spec import DistillationSpec
+from distillery.status_view import main as status_main
 from tests.cluster.conftest import Kube
 from tests.cluster.test_operator import distillation
 

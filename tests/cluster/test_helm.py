@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from distillery.controller import metrics
 from distillery.controller.config import OperatorConfig
 from distillery.devcluster.binaries import Binaries
-
 from tests.cluster.conftest import REPO, Kube, OperatorProcess
 from tests.cluster.test_operator import condition, distillation
 from tests.unit.test_images import parse_dockerfile

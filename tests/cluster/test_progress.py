@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from distillery.kube import ApiError, Credentials, KubeClient
 from distillery.workloads.live_progress import LiveProgress
-
 from tests.cluster.conftest import Kube, OperatorProcess
 from tests.cluster.test_operator import children, distillation
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import yaml
+
 from distillery.api.crd import CRD_FILE, crd, render
 
 REPO = Path(__file__).resolve().parents[2]

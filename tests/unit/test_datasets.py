@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import DataSource
 from distillery.workloads import datasets

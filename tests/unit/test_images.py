@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from distillery.cli import COMMANDS
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from distillery.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

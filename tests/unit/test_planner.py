@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, Phase, StageState
 from distillery.controller.config import OperatorConfig

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from distillery.status_view import main, render, results_line
 
 

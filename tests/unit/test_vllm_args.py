@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from distillery.workloads.serve import pvc_claim, resolve_model_ref, student_vllm_args, teacher_vllm_args
 
 

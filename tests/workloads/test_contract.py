@@ -25,7 +25,6 @@ from distillery.resources.common import STAGE_LABEL, Owner
 from distillery.resources.workspace import pipeline_configmap
 from distillery.workloads.tasks import get_task
 from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
-
 from tests.workloads.tinymodel import OPERATOR_DIR, nli_rows, tiny_model
 
 OWNER = Owner("contract", "team-a", "uid-contract")

@@ -5,10 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from distillery.api.spec import PromptSpec, Task
 from distillery.workloads import evaluator
 from distillery.workloads.tasks import get_task
-
 from tests.workloads import tinymodel as tm
 
 pytestmark = pytest.mark.workload

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import distillery
 import pytest
+
+import distillery
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import Sampling
 from distillery.workloads import labeler

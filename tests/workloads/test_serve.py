@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from distillery.api.spec import PromptSpec, Task
 from distillery.workloads.tasks import get_task
 from distillery.workloads.tasks.nli import LABELS
-
 from tests.workloads import tinymodel as tm
 
 pytestmark = pytest.mark.workload

@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 import pytest
+
 from distillery.api.spec import PromptSpec, Task
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
 from distillery.workloads.tasks.metrics import lcs_length, rouge_l_f1, token_f1

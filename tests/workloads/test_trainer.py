@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from distillery.workloads import trainer
-from distillery.workloads.trainer import DataPlan, lr_factor
 from safetensors.torch import load_file
 
+from distillery.workloads import trainer
+from distillery.workloads.trainer import DataPlan, lr_factor
 from tests.workloads import tinymodel as tm
 
 pytestmark = pytest.mark.workload

@@ -1,0 +1,44 @@
+"""Operator and real workloads together: the stage pods' programs run through the local kubelet
+(DeepSpeed on CPU, a tiny student) and their results reach the Distillation's status."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillery.demo import LocalWorkloads, local_sample
+from tests.cluster.conftest import Kube, OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.workload]
+
+
+def test_real_workloads_take_a_distillation_to_succeeded_with_results(
+        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+    config = tmp_path / "operator.yaml"
+    # Pods finish when their program does; kwok must not complete them first.
+    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
+    operator = OperatorProcess(kube.kubeconfig, tmp_path, config)
+    operator.start()
+    manifest = local_sample()
+    manifest["metadata"]["namespace"] = namespace
+    workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
+    try:
+        workloads.start()
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+                 "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+        kube.apply(claim, manifest, namespace=namespace)
+        name = manifest["metadata"]["name"]
+        dist = kube.wait_for(lambda: (d := kube.get("distillation", name, namespace))["status"].get("phase")
+                             in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
+    finally:
+        workloads.stop()
+        operator.stop()
+    status = dist["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"]["rowsLabeled"] == 36
+    assert status["progress"]["trainStep"] == status["progress"]["trainSteps"] > 0
+    scores = {r["model"]: r["score"] for r in status["results"]}
+    assert set(scores) == {"teacher", "base-student", "distilled-student"}
+    assert scores["distilled-student"] > scores["base-student"]
+    pods = kube.get("pods", namespace=namespace, selector="distillery.dev/stage=training")["items"]
+    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
