@@ -175,3 +175,16 @@ def test_deleting_the_distillation_removes_its_children(
     kube.wait_for(lambda: "Deployment/gone-teacher" in children(kube, namespace, "gone"), 60, what="teacher")
     kube.run("delete", "distillation", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
     kube.wait_for(lambda: not children(kube, namespace, "gone"), 60, what="children garbage-collected")
+
+
+def test_a_missing_model_claim_is_reported_on_the_stage(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    manifest = distillation("noclaim", student={"model": "pvc://missing-models/student", "gpuType": "H100",
+                                                "gpusPerNode": 8})
+    kube.apply(manifest, namespace=namespace)
+    dist = kube.wait_for(lambda: (d := kube.get("distillation", "noclaim", namespace)) and
+                         (condition(d, "Trained") or {}).get("reason") == "Unschedulable" and d, 90,
+                         what="Trained=False Unschedulable")
+    assert "missing-models" in condition(dist, "Trained")["message"]
+    assert condition(dist, "Stalled")["status"] == "False"
+    assert "missing-models" in condition(dist, "Reconciling")["message"]

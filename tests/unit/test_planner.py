@@ -362,3 +362,25 @@ def test_stage_pods_get_the_narrow_workload_identity() -> None:
     assert pod["serviceAccountName"] == "demo-workload"
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["DISTILLERY_PROGRESS_CONFIGMAP"]["value"] == "demo-progress"
+
+
+def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None:
+    w = World(make_spec())
+    w.step()
+    w.pods.append({"metadata": {"name": "demo-teacher-abc", "labels": {STAGE_LABEL: "teacher"}},
+                   "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                              "message": 'persistentvolumeclaim "models" not found'}]}})
+    w.step()
+    assert w.reason("TeacherReady") == "Unschedulable"
+    assert 'persistentvolumeclaim "models" not found' in next(
+        c.message for c in w.status.conditions if c.type == "Reconciling")
+    assert w.cond("Failed") == "False"
+    w.pods.clear()
+    w.make_available("demo-teacher")
+    w.step()
+    w.pods.append({"metadata": {"name": "demo-label-0", "labels": {STAGE_LABEL: "labeling"}},
+                   "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                              "message": "0/20 nodes are available"}]}})
+    w.step()
+    assert w.reason("Labeled") == "Unschedulable"
+    assert w.status.stages["labeling"].state == StageState.RUNNING

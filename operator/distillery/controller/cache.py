@@ -51,15 +51,24 @@ def _relevant(projection: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pod_projection(body: Any) -> dict[str, Any]:
-    """Pods matter only for their stage label and termination messages."""
+    """Pods matter only for their stage label, termination messages and whether they can be scheduled."""
     meta = body.get("metadata") or {}
+    status = body.get("status") or {}
     statuses = []
-    for cs in (body.get("status") or {}).get("containerStatuses") or []:
+    for cs in status.get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated")
         if terminated and terminated.get("message"):
             statuses.append({"state": {"terminated": {"message": terminated["message"]}}})
+    conditions = [{"type": "PodScheduled", "reason": "Unschedulable", "message": c.get("message", "")}
+                  for c in status.get("conditions") or []
+                  if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"]
     return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
-            "status": {"containerStatuses": statuses}}
+            "status": {"containerStatuses": statuses, "conditions": conditions}}
+
+
+def _pod_matters(projection: dict[str, Any] | None) -> bool:
+    status = (projection or {}).get("status") or {}
+    return bool(status.get("containerStatuses") or status.get("conditions"))
 
 
 class ClusterCache:
@@ -100,18 +109,18 @@ class ClusterCache:
         return key if old is None or _relevant(old) != _relevant(new) else None
 
     def put_pod(self, body: Any, deleted: bool) -> Key | None:
-        """Pods matter only when a termination message appears, so most pod updates wake nothing."""
+        """Pods matter when a termination message appears or scheduling fails (or stops failing),
+        so most pod updates wake nothing."""
         key = self.parent_of(body)
         if key is None:
             return None
         name = (body.get("metadata") or {}).get("name")
         if deleted:
-            self._pods[key].pop(name, None)
-            return None
+            return key if _pod_matters(self._pods[key].pop(name, None)) else None
         new = _pod_projection(body)
         old = self._pods[key].get(name)
         self._pods[key][name] = new
-        return key if new != old and new["status"]["containerStatuses"] else None
+        return key if new != old and (_pod_matters(new) or _pod_matters(old)) else None
 
     def put_node(self, body: Any, deleted: bool, gpu_resource: str) -> None:
         name = (body.get("metadata") or {}).get("name")

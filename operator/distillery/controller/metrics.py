@@ -64,7 +64,7 @@ class DistillationCollector(Collector):
             phase = status.get("phase") or Phase.PENDING.value
             counts[phase] = counts.get(phase, 0) + 1
             for stage, record in (status.get("stages") or {}).items():
-                if record.get("gpuHours"):
+                if record.get("gpuHours") is not None:
                     gpu_hours.add_metric([namespace, name, stage], float(record["gpuHours"]))
                 seconds = _duration(record.get("startTime"), record.get("completionTime"))
                 if seconds is not None:

@@ -100,6 +100,8 @@ class Observed:
     """Live progress the stage pods wrote: one JSON value per pod key, e.g. labeling-00001."""
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
+    unschedulable: dict[str, str] = field(default_factory=dict)
+    """The scheduler's reason, by stage label, for a stage pod that cannot be placed (e.g. a missing claim)."""
     nodes: tuple[NodeView, ...] = ()
 
 
@@ -117,12 +119,19 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         return DeploymentView.of(obj) if obj else None
 
     messages: dict[str, list[str]] = {}
+    unschedulable: dict[str, str] = {}
     for pod in pods:
         stage = ((pod.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL)
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if not stage:
+            continue
+        status = pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
             message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
-            if stage and message:
+            if message:
                 messages.setdefault(stage, []).append(message)
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
+                unschedulable[stage] = str(c.get("message", ""))[:500]
     return Observed(
         pvc=("PersistentVolumeClaim", names.workspace) in by_key,
         configmap=("ConfigMap", names.pipeline) in by_key,
@@ -138,5 +147,6 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         student=deployment(names.student),
         student_service=("Service", names.student) in by_key,
         messages={k: sorted(v) for k, v in messages.items()},
+        unschedulable=unschedulable,
         nodes=tuple(nodes),
     )

@@ -24,7 +24,7 @@ from distillery.api.status import (
 )
 from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.config import OperatorConfig
-from distillery.controller.observe import JobView, NodeView, Observed
+from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
 from distillery.resources import jobs, progress, student, teacher, workspace
 from distillery.resources.common import Names, Owner
 
@@ -269,9 +269,18 @@ class _Pass:
             self.cond("TeacherReady", True, "Serving", f"{view.available_replicas} replica(s) serving {t.model}")
             return
         # A teacher that was ready and lost its pods goes back to starting; labeling waits and resumes.
-        self.start(Stage.TEACHER, StageState.RUNNING, "waiting for the teacher server to become ready")
-        reason = "ProgressDeadlineExceeded" if view is not None and view.deadline_exceeded else "Starting"
-        self.cond("TeacherReady", False, reason, f"teacher {t.model} is not serving yet")
+        reason, message = self.not_ready(Stage.TEACHER, view, f"teacher {t.model} is not serving yet")
+        self.start(Stage.TEACHER, StageState.RUNNING, message)
+        self.cond("TeacherReady", False, reason, message)
+
+    def not_ready(self, stage: Stage, view: DeploymentView | None, default: str) -> tuple[str, str]:
+        """Why a server stage is not serving: pods the scheduler cannot place, a stuck rollout, or starting."""
+        blocked = self.obs.unschedulable.get(stage.value)
+        if blocked:
+            return "Unschedulable", f"pods cannot be scheduled: {blocked}"
+        if view is not None and view.deadline_exceeded:
+            return "ProgressDeadlineExceeded", default
+        return "Starting", default
 
     def release_teacher(self) -> None:
         """Give the teacher's GPUs back once labeling is over (or failed), unless asked to keep it."""
@@ -313,8 +322,15 @@ class _Pass:
             self.finish(stage, StageState.FAILED, message, gpus=gpus)
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
         else:
-            self.start(stage, StageState.RUNNING)
-            self.cond(STAGE_CONDITION[stage], False, "Running", running)
+            blocked = self.obs.unschedulable.get(self.stage_label(stage))
+            if blocked:
+                # Waiting, not failing: the claim may be created or capacity may come.
+                message = f"pods cannot be scheduled: {blocked}"
+                self.start(stage, StageState.RUNNING, message)
+                self.cond(STAGE_CONDITION[stage], False, "Unschedulable", message)
+            else:
+                self.start(stage, StageState.RUNNING)
+                self.cond(STAGE_CONDITION[stage], False, "Running", running)
 
     @staticmethod
     def stage_label(stage: Stage) -> str:
@@ -441,10 +457,10 @@ class _Pass:
             self.cond("StudentReady", True, "Serving", f"{view.available_replicas} replica(s) at "
                       f"{self.status.student_endpoint}")
         else:
+            reason, message = self.not_ready(Stage.SERVING, view, "student server is not serving yet")
             if self.stage(Stage.SERVING).state != StageState.SUCCEEDED:
-                self.start(Stage.SERVING, StageState.RUNNING, "waiting for the student server to become ready")
-            reason = "ProgressDeadlineExceeded" if view is not None and view.deadline_exceeded else "Starting"
-            self.cond("StudentReady", False, reason, "student server is not serving yet")
+                self.start(Stage.SERVING, StageState.RUNNING, message)
+            self.cond("StudentReady", False, reason, message)
 
     def resume_jobs(self) -> None:
         for stage, view, name in self.jobs():

@@ -1,0 +1,46 @@
+"""The operator's Prometheus endpoint, scraped during a real pipeline run."""
+
+import re
+
+import pytest
+
+from tests.cluster.conftest import Kube, OperatorProcess
+from tests.cluster.test_operator import condition, distillation
+
+pytestmark = pytest.mark.cluster
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """label-string -> value for one metric family in Prometheus text format."""
+    out = {}
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+        if match:
+            out[match.group(1) or ""] = float(match.group(2))
+    return out
+
+
+def test_controller_runtime_and_distillery_metrics_follow_a_distillation(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(distillation("metered"), namespace=namespace)
+    kube.wait_for(lambda: (condition(kube.get("distillation", "metered", namespace), "Succeeded") or {})
+                  .get("status") == "True", 120, what="Succeeded")
+    text = operator.metrics()
+
+    totals = samples(text, "controller_runtime_reconcile_total")
+    assert totals['{controller="distillation",result="success"}'] > 0
+    assert '{controller="distillation",result="error"}' in totals
+    assert samples(text, "controller_runtime_reconcile_time_seconds_count")['{controller="distillation"}'] > 0
+    assert '{controller="distillation"}' in samples(text, "controller_runtime_reconcile_errors_total")
+    assert samples(text, "distillery_distillations")['{phase="Succeeded"}'] >= 1
+    def ours(labels: str) -> bool:
+        return f'namespace="{namespace}"' in labels and 'name="metered"' in labels
+
+    assert any(ours(k) for k in samples(text, "distillery_gpu_hours_total"))
+    assert any(ours(k) for k in samples(text, "distillery_stage_duration_seconds"))
+    created = samples(text, "distillery_api_requests_total")
+    assert created['{code="201",kind="Job",verb="create"}'] >= 3
+
+    kube.run("delete", "distillation", "metered", "-n", namespace, "--wait=true", "--timeout=60s")
+    kube.wait_for(lambda: not any(ours(line) for line in operator.metrics().splitlines()), 30,
+                  what="per-Distillation series removed")
