@@ -17,7 +17,8 @@ stamp=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$VENV/.stamp-$stamp" ]; then
   log "python environment at $VENV"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
+  # DeepSpeed builds without isolation below, so the venv itself needs current build tools.
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
   "$VENV/bin/pip" install -q torch==2.15.0
   # DeepSpeed's setup imports torch, so it builds against the torch installed above.
   DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --no-build-isolation deepspeed==0.19.8
