@@ -25,6 +25,8 @@ if [ ! -f "$VENV/.stamp-$stamp" ]; then
   "$VENV/bin/pip" install -q -e ".[operator,labeler,trainer,dev]"
   rm -f "$VENV"/.stamp-* && touch "$VENV/.stamp-$stamp"
 fi
+# The venv is shared between checkouts: point its editable install at this one.
+"$VENV/bin/pip" install -q --no-deps -e .
 log "python environment ready"
 
 "$VENV/bin/distillery" dev-cluster build

@@ -28,7 +28,7 @@ def test_real_workloads_take_a_distillation_to_succeeded_with_results(
                  "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
         kube.apply(claim, manifest, namespace=namespace)
         name = manifest["metadata"]["name"]
-        dist = kube.wait_for(lambda: (d := kube.get("distillation", name, namespace))["status"].get("phase")
+        dist = kube.wait_for(lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
                              in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
     finally:
         workloads.stop()

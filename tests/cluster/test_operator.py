@@ -145,7 +145,7 @@ def test_suspend_and_resume_keep_progress(kube: Kube, namespace: str, operator: 
     kube.run("patch", "distillation", "pause", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
     kube.wait_for(lambda: kube.get("job", "pause-label", namespace)["spec"].get("suspend") is True, 30,
                   what="job suspended")
-    dist = kube.wait_for(lambda: (d := kube.get("distillation", "pause", namespace))["status"].get("phase")
+    dist = kube.wait_for(lambda: ((d := kube.get("distillation", "pause", namespace)).get("status") or {}).get("phase")
                          == "Suspended" and d, 30, what="Suspended phase")
     assert condition(dist, "Suspended")["status"] == "True"
     kube.wait_for(lambda: "Deployment/pause-teacher" not in children(kube, namespace, "pause"), 30,

@@ -40,7 +40,7 @@ def test_stage_pod_identity_reports_live_progress_into_status(
     reporter = LiveProgress("labeling", 0)
     assert asyncio.run(reporter.publish({"rows_ok": 3, "rows_rejected": 1, "rows_total": 10, "tokens_in": 50,
                                          "tokens_out": 70}, force=True))
-    dist = kube.wait_for(lambda: (d := kube.get("distillation", "live", namespace))["status"]
+    dist = kube.wait_for(lambda: ((d := kube.get("distillation", "live", namespace)).get("status") or {})
                          .get("progressSummary") == "labeling 4/10" and d, 30, what="progress in status")
     assert dist["status"]["progress"]["rowsLabeled"] == 3
     assert dist["status"]["progress"]["teacherTokensOut"] == 70

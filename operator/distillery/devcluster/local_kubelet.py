@@ -111,6 +111,9 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     termination.unlink(missing_ok=True)
     child_env = {k: v for k, v in os.environ.items()
                  if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "KUBECONFIG")}
+    # The pod runs the code of the process that hosts this kubelet, wherever the venv points.
+    package_root = str(Path(__file__).resolve().parents[2])
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
     child_env |= env | extra_env | {
         "JOB_COMPLETION_INDEX": index,
         "TERMINATION_MESSAGE_PATH": str(termination),
