@@ -47,20 +47,23 @@ def test_apply_to_succeeded_with_children_in_order_on_the_regions_gpu_nodes(
     placements: dict[str, set[str]] = {}
     deadline = time.monotonic() + 120
     dist = None
-    while time.monotonic() < deadline:
+
+    def record() -> None:
         for key in children(kube, namespace, "nli"):
             first_seen.setdefault(key, time.monotonic())
         for pod in kube.get("pods", namespace=namespace)["items"]:
             stage = pod["metadata"]["labels"].get("distillery.dev/stage")
             if stage and pod["spec"].get("nodeName"):
                 placements.setdefault(stage, set()).add(pod["spec"]["nodeName"])
+
+    while time.monotonic() < deadline:
+        record()
         dist = kube.get("distillation", "nli", namespace)
         if (condition(dist, "Succeeded") or {}).get("status") == "True":
             break
         time.sleep(0.3)
     assert (condition(dist, "Succeeded") or {}).get("status") == "True", (dist or {}).get("status")
-    for key in children(kube, namespace, "nli"):  # made between the last poll and the status read
-        first_seen.setdefault(key, time.monotonic())
+    record()  # what was made between the last poll and the status read
     assert condition(dist, "Ready")["status"] == "True"
     status = dist["status"]
     assert status["phase"] == "Succeeded"
