@@ -367,10 +367,14 @@ def test_stage_pods_get_the_narrow_workload_identity() -> None:
 def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None:
     w = World(make_spec())
     w.step()
+    since = (w.now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     w.pods.append({"metadata": {"name": "demo-teacher-abc", "labels": {STAGE_LABEL: "teacher"}},
                    "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                              "message": 'persistentvolumeclaim "models" not found'}]}})
+                                              "message": 'persistentvolumeclaim "models" not found',
+                                              "lastTransitionTime": since}]}})
     w.step()
+    assert w.reason("TeacherReady") == "Starting", "a brief wait (a claim still binding) is not reported"
+    w.step(0.5)
     assert w.reason("TeacherReady") == "Unschedulable"
     assert 'persistentvolumeclaim "models" not found' in next(
         c.message for c in w.status.conditions if c.type == "Reconciling")
@@ -380,7 +384,8 @@ def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None
     w.step()
     w.pods.append({"metadata": {"name": "demo-label-0", "labels": {STAGE_LABEL: "labeling"}},
                    "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                              "message": "0/20 nodes are available"}]}})
+                                              "message": "0/20 nodes are available",
+                                              "lastTransitionTime": since}]}})
     w.step()
     assert w.reason("Labeled") == "Unschedulable"
     assert w.status.stages["labeling"].state == StageState.RUNNING

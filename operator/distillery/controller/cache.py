@@ -59,7 +59,8 @@ def _pod_projection(body: Any) -> dict[str, Any]:
         terminated = (cs.get("state") or {}).get("terminated")
         if terminated and terminated.get("message"):
             statuses.append({"state": {"terminated": {"message": terminated["message"]}}})
-    conditions = [{"type": "PodScheduled", "reason": "Unschedulable", "message": c.get("message", "")}
+    conditions = [{"type": "PodScheduled", "reason": "Unschedulable", "message": c.get("message", ""),
+                   "lastTransitionTime": c.get("lastTransitionTime")}
                   for c in status.get("conditions") or []
                   if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"]
     return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},

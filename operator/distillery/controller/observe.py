@@ -100,8 +100,8 @@ class Observed:
     """Live progress the stage pods wrote: one JSON value per pod key, e.g. labeling-00001."""
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
-    unschedulable: dict[str, str] = field(default_factory=dict)
-    """The scheduler's reason, by stage label, for a stage pod that cannot be placed (e.g. a missing claim)."""
+    unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
     nodes: tuple[NodeView, ...] = ()
 
 
@@ -119,7 +119,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         return DeploymentView.of(obj) if obj else None
 
     messages: dict[str, list[str]] = {}
-    unschedulable: dict[str, str] = {}
+    unschedulable: dict[str, tuple[str, str]] = {}
     for pod in pods:
         stage = ((pod.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL)
         if not stage:
@@ -131,7 +131,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
                 messages.setdefault(stage, []).append(message)
         for c in status.get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
-                unschedulable[stage] = str(c.get("message", ""))[:500]
+                unschedulable[stage] = (str(c.get("message", ""))[:500], str(c.get("lastTransitionTime") or ""))
     return Observed(
         pvc=("PersistentVolumeClaim", names.workspace) in by_key,
         configmap=("ConfigMap", names.pipeline) in by_key,

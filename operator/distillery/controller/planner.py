@@ -30,6 +30,7 @@ from distillery.resources.common import Names, Owner
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
+UNSCHEDULABLE_GRACE_SECONDS = 15
 PHASE_OF_STAGE = {
     Stage.TEACHER: Phase.TEACHER,
     Stage.LABELING: Phase.LABELING,
@@ -129,6 +130,7 @@ class _Pass:
         self.names = Names(owner.name)
         self.generation = generation
         self.now = timestamp(now)
+        self.now_dt = now
         self.status = status.model_copy(deep=True)
         self.status.observed_generation = generation
         for stage in ORDER:
@@ -273,9 +275,25 @@ class _Pass:
         self.start(Stage.TEACHER, StageState.RUNNING, message)
         self.cond("TeacherReady", False, reason, message)
 
+    def blocked(self, stage_label: str) -> str | None:
+        """The scheduler's reason once a stage pod has waited past the grace period.
+
+        Pods are briefly unschedulable in normal operation (a claim still binding); reporting
+        those would add two status writes per stage for nothing. The periodic resync brings
+        a longer wait into status."""
+        entry = self.obs.unschedulable.get(stage_label)
+        if entry is None:
+            return None
+        message, since = entry
+        try:
+            waited = (self.now_dt - datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC))
+        except ValueError:
+            return message
+        return message if waited.total_seconds() >= UNSCHEDULABLE_GRACE_SECONDS else None
+
     def not_ready(self, stage: Stage, view: DeploymentView | None, default: str) -> tuple[str, str]:
         """Why a server stage is not serving: pods the scheduler cannot place, a stuck rollout, or starting."""
-        blocked = self.obs.unschedulable.get(stage.value)
+        blocked = self.blocked(stage.value)
         if blocked:
             return "Unschedulable", f"pods cannot be scheduled: {blocked}"
         if view is not None and view.deadline_exceeded:
@@ -322,7 +340,7 @@ class _Pass:
             self.finish(stage, StageState.FAILED, message, gpus=gpus)
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
         else:
-            blocked = self.obs.unschedulable.get(self.stage_label(stage))
+            blocked = self.blocked(self.stage_label(stage))
             if blocked:
                 # Waiting, not failing: the claim may be created or capacity may come.
                 message = f"pods cannot be scheduled: {blocked}"
