@@ -72,6 +72,12 @@ def local_sample(train_rows: int = 24, validation_rows: int = 12) -> dict[str, A
     return manifest
 
 
+def models_claim(namespace: str) -> dict[str, Any]:
+    """The claim the local sample's student comes from (pvc://models/...), as a user would have one."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": namespace},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
 class LocalWorkloads:
     """A local teacher server and the local kubelet, on their own event loop in a thread."""
 
@@ -160,11 +166,7 @@ def main(argv: list[str]) -> int:
             workloads.start()
         cluster.kubectl("delete", "distillation", name, "-n", namespace, "--ignore-not-found", "--wait=true")
         if local:
-            # The student's weights live on a claim of the user's, as pvc://models/... says.
-            claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                     "metadata": {"name": "models", "namespace": namespace},
-                     "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
-            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(claim))
+            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(models_claim(namespace)))
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         print(f"applied Distillation {namespace}/{name}; watching its status\n")
         return _watch(cluster, name, namespace, args.timeout, operator)

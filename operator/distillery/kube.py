@@ -139,12 +139,16 @@ class KubeClient:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
-    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
-                      content_type: str = "application/json") -> Any:
+    def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         token = self.credentials.bearer()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
+                      content_type: str = "application/json") -> Any:
+        headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -170,14 +174,10 @@ class KubeClient:
             params["labelSelector"] = label_selector
         if resource_version:
             params["resourceVersion"] = resource_version
-        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
-        token = self.credentials.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         self.requests += 1
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
         async with self._http().get(self.credentials.server + resource_path(kind, namespace), params=params,
-                                    headers=headers, timeout=timeout) as resp:
+                                    headers=self._headers(), timeout=timeout) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, await resp.text())
             async for line in resp.content:

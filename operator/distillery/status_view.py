@@ -9,14 +9,13 @@ import argparse
 import asyncio
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from distillery.api.status import STAGE_CONDITION, Stage
+from distillery.api.status import STAGE_CONDITION, Stage, parse_time, seconds_between
 from distillery.kube import SA_DIR, ApiError, Credentials, KubeClient
 
 # Conditions that are good news when True; the others (Failed, Stalled, Reconciling, Suspended)
@@ -38,17 +37,11 @@ def _clip(text: str | None, width: int = MESSAGE_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _duration(start: str | None, end: str | None) -> str:
-    begin, finish = _parse_time(start), _parse_time(end)
-    if begin is None or finish is None:
+    elapsed = seconds_between(start, end)
+    if elapsed is None:
         return "-"
-    seconds = int((finish - begin).total_seconds())
+    seconds = int(elapsed)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -57,7 +50,7 @@ def _duration(start: str | None, end: str | None) -> str:
 
 
 def _time(value: str | None) -> str:
-    parsed = _parse_time(value)
+    parsed = parse_time(value)
     return parsed.strftime("%Y-%m-%d %H:%M:%S") if parsed else "-"
 
 

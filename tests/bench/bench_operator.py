@@ -74,7 +74,7 @@ def static_volumes(count: int) -> list[dict]:
 
 
 def apiserver_writes(cluster: DevCluster) -> Counter:
-    text = cluster._get("/metrics")
+    text = cluster.api_get("/metrics")
     counts: Counter = Counter()
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):

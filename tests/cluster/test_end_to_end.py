@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.demo import LocalWorkloads, local_sample
+from distillery.demo import LocalWorkloads, local_sample, models_claim
 from tests.cluster.conftest import Kube, OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
@@ -24,9 +24,7 @@ def test_real_workloads_take_a_distillation_to_succeeded_with_results(
     workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
     try:
         workloads.start()
-        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-                 "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
-        kube.apply(claim, manifest, namespace=namespace)
+        kube.apply(models_claim(namespace), manifest, namespace=namespace)
         name = manifest["metadata"]["name"]
         dist = kube.wait_for(lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
                              in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")

@@ -1,5 +1,6 @@
 """The `Distillation` status: what the operator observed. Written only by the operator."""
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import Field
@@ -11,6 +12,20 @@ class StatusModel(ApiModel):
     """Status is read back from the cluster: fields written by a newer operator are ignored, not fatal."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
+
+
+def format_time(moment: datetime) -> str:
+    """Kubernetes' RFC 3339 timestamps at second resolution, as status times are written."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    begin, finish = parse_time(start), parse_time(end)
+    return (finish - begin).total_seconds() if begin and finish else None
 
 
 class Stage(StrEnum):

@@ -5,13 +5,12 @@ time, so a deleted Distillation's series disappear with it.
 """
 
 from collections.abc import Iterator
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from distillery.api.status import Phase
+from distillery.api.status import Phase, seconds_between
 
 CONTROLLER = "distillation"
 REGISTRY = CollectorRegistry()
@@ -66,7 +65,7 @@ class DistillationCollector(Collector):
             for stage, record in (status.get("stages") or {}).items():
                 if record.get("gpuHours") is not None:
                     gpu_hours.add_metric([namespace, name, stage], float(record["gpuHours"]))
-                seconds = _duration(record.get("startTime"), record.get("completionTime"))
+                seconds = seconds_between(record.get("startTime"), record.get("completionTime"))
                 if seconds is not None:
                     durations.add_metric([namespace, name, stage], seconds)
             progress = status.get("progress") or {}
@@ -80,9 +79,3 @@ class DistillationCollector(Collector):
             by_phase.add_metric([phase], count)
         yield from (by_phase, gpu_hours, durations, rows, tokens)
 
-
-def _duration(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()

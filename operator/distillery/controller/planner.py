@@ -8,7 +8,7 @@ an operator restart (status says what finished; children say what exists).
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from distillery.api.spec import DistillationSpec
@@ -21,6 +21,8 @@ from distillery.api.status import (
     Stage,
     StageState,
     StageStatus,
+    format_time,
+    seconds_between,
 )
 from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.config import OperatorConfig
@@ -75,15 +77,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
 
 
-def timestamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _hours_between(start: str | None, end: str | None) -> float:
-    if not start or not end:
-        return 0.0
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return max(0.0, (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 3600)
+    return max(0.0, (seconds_between(start, end) or 0.0) / 3600)
 
 
 def gpu_pool_fits(nodes: tuple[NodeView, ...], config: OperatorConfig, region: str, gpu_type: str | None,
@@ -129,8 +124,7 @@ class _Pass:
         self.owner, self.spec, self.obs, self.config = owner, spec, observed, config
         self.names = Names(owner.name)
         self.generation = generation
-        self.now = timestamp(now)
-        self.now_dt = now
+        self.now = format_time(now)
         self.status = status.model_copy(deep=True)
         self.status.observed_generation = generation
         for stage in ORDER:
@@ -286,10 +280,10 @@ class _Pass:
             return None
         message, since = entry
         try:
-            waited = (self.now_dt - datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC))
+            waited = seconds_between(since, self.now)
         except ValueError:
             return message
-        return message if waited.total_seconds() >= UNSCHEDULABLE_GRACE_SECONDS else None
+        return message if waited is None or waited >= UNSCHEDULABLE_GRACE_SECONDS else None
 
     def not_ready(self, stage: Stage, view: DeploymentView | None, default: str) -> tuple[str, str]:
         """Why a server stage is not serving: pods the scheduler cannot place, a stuck rollout, or starting."""
@@ -328,7 +322,7 @@ class _Pass:
             self.start(stage, StageState.RUNNING)
             self.cond(STAGE_CONDITION[stage], False, "Running", running)
             return
-        messages = self.obs.messages.get(self.stage_label(stage), [])
+        messages = self.obs.messages.get(stage.value, [])
         if view.complete:
             summary = _summary(messages)
             summarise(summary)
@@ -340,7 +334,7 @@ class _Pass:
             self.finish(stage, StageState.FAILED, message, gpus=gpus)
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
         else:
-            blocked = self.blocked(self.stage_label(stage))
+            blocked = self.blocked(stage.value)
             if blocked:
                 # Waiting, not failing: the claim may be created or capacity may come.
                 message = f"pods cannot be scheduled: {blocked}"
@@ -349,11 +343,6 @@ class _Pass:
             else:
                 self.start(stage, StageState.RUNNING)
                 self.cond(STAGE_CONDITION[stage], False, "Running", running)
-
-    @staticmethod
-    def stage_label(stage: Stage) -> str:
-        return {Stage.LABELING: jobs.LABELING, Stage.TRAINING: jobs.TRAINING,
-                Stage.EVALUATION: jobs.EVALUATION}.get(stage, stage.value)
 
     def describe(self, stage: Stage, summary: dict[str, Any]) -> str:
         if stage == Stage.LABELING and "rows_ok" in summary:

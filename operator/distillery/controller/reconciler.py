@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec
-from distillery.api.status import DistillationStatus
+from distillery.api.status import DistillationStatus, format_time
 from distillery.controller import metrics
 from distillery.controller.cache import ClusterCache, Key
 from distillery.controller.conditions import set_condition
 from distillery.controller.config import OperatorConfig
 from distillery.controller.observe import observe
-from distillery.controller.planner import Create, Delete, Event, Patch, plan, timestamp
+from distillery.controller.planner import Create, Delete, Event, Patch, plan
 from distillery.kube import ApiError, KubeClient
 from distillery.resources.common import Owner
 
@@ -90,7 +90,7 @@ class Reconciler:
             # The CRD schema admits it but the models do not (an older CRD, say): say so, do not crash.
             metrics.TERMINAL_ERRORS.labels(metrics.CONTROLLER).inc()
             message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())[:1000]
-            now = timestamp(datetime.now(UTC))
+            now = format_time(datetime.now(UTC))
             for type_, value in (("Stalled", True), ("Ready", False), ("Reconciling", False)):
                 status.conditions = set_condition(status.conditions, type_, value, "InvalidSpec", message, now,
                                                   generation)
@@ -134,7 +134,7 @@ class Reconciler:
             return False
 
     async def _event(self, owner: Owner, event: Event) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = format_time(datetime.now(UTC))
         manifest = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -147,8 +147,8 @@ class Reconciler:
             "source": {"component": "distillery-operator"},
             "reportingComponent": "distillery.dev/operator",
             "reportingInstance": "distillery-operator",
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
         }
         try:

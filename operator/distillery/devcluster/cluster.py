@@ -3,6 +3,7 @@ as processes on loopback, with simulated GPU node pools."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -103,7 +104,7 @@ class DevCluster:
 
     def ready(self) -> bool:
         try:
-            return self._get("/readyz") == "ok"
+            return self.api_get("/readyz") == "ok"
         except OSError:
             return False
 
@@ -138,9 +139,9 @@ class DevCluster:
         ):
             state.pids[name] = self._spawn(name, args)
         state.save(self.state_file)
-        self._create_nodes(binaries)
-        self._wait(lambda: self._nodes_ready(binaries), timeout, "nodes Ready")
-        self._wait(lambda: self._default_service_account(binaries), timeout, "default ServiceAccount")
+        self._create_nodes()
+        self._wait(self._nodes_ready, timeout, "nodes Ready")
+        self._wait(self._default_service_account, timeout, "default ServiceAccount")
         _log(f"up in {time.monotonic() - started:.1f}s; kubeconfig: {self.kubeconfig}")
         return self.kubeconfig
 
@@ -155,8 +156,7 @@ class DevCluster:
                     if not quiet:
                         _log(f"stopped {name} (pid {pid})")
             self.state_file.unlink(missing_ok=True)
-        for leftover in ("etcd-data",):
-            subprocess.run(["rm", "-rf", str(self.dir / leftover)], check=False)
+        shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -205,7 +205,7 @@ class DevCluster:
             time.sleep(0.25)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}; see {self.logs}")
 
-    def _get(self, path: str) -> str:
+    def api_get(self, path: str) -> str:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
         req = urllib.request.Request(self.api_url() + path, headers={"Authorization": f"Bearer {self.pki.admin_token}"})
         with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
@@ -299,14 +299,15 @@ class DevCluster:
             *[f"--config={f}" for f in files],
         ]
 
-    def _create_nodes(self, b: Binaries) -> None:
+    def _create_nodes(self) -> None:
+        pools = NodePools.load(self.nodepools)
+        nodes = node_manifests(pools)
         # kwok's volume stages bind claims of this class, so workspaces bind like on a real cluster.
-        manifests = [STORAGE_CLASS, *node_manifests(NodePools.load(self.nodepools))]
-        doc = yaml.safe_dump_all(manifests)
+        doc = yaml.safe_dump_all([STORAGE_CLASS, *nodes])
         self.kubectl("apply", "--server-side", "--field-manager=distillery-dev-cluster", "-f", "-", input=doc)
-        _log(f"{len(manifests) - 1} nodes in {len(NodePools.load(self.nodepools).pools)} pools")
+        _log(f"{len(nodes)} nodes in {len(pools.pools)} pools")
 
-    def _nodes_ready(self, b: Binaries) -> bool:
+    def _nodes_ready(self) -> bool:
         out = self.kubectl(
             "get", "nodes", "-o",
             'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
@@ -314,6 +315,6 @@ class DevCluster:
         ).stdout.split()
         return bool(out) and all(s == "True" for s in out)
 
-    def _default_service_account(self, b: Binaries) -> bool:
+    def _default_service_account(self) -> bool:
         return self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
 

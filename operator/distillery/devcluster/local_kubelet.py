@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.api.pipeline import CONFIG_FILE, PipelineConfig
+from distillery.api.status import format_time
 from distillery.kube import ApiError, KubeClient
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL
 
@@ -189,7 +190,7 @@ class LocalKubelet:
         await self.finish(pod, code, message)
 
     async def finish(self, pod: dict[str, Any], code: int, message: str) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = format_time(datetime.now(UTC))
         container = pod["spec"]["containers"][0]
         status = {
             "phase": "Succeeded" if code == 0 else "Failed",

@@ -4,6 +4,7 @@ from typing import Any
 
 from distillery.api.pipeline import TEACHER_API_KEY_ENV
 from distillery.api.spec import DistillationSpec
+from distillery.api.status import Stage
 from distillery.controller.config import OperatorConfig
 from distillery.resources.common import (
     KUEUE_QUEUE_LABEL,
@@ -24,7 +25,8 @@ from distillery.resources.common import (
 from distillery.resources.progress import workload_env
 from distillery.resources.workspace import label_shards
 
-LABELING, TRAINING, EVALUATION = "labeling", "training", "evaluation"
+# Pod stage labels equal the status stage names, so pods and stages key the same maps.
+LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
 
 
 def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: OperatorConfig,
