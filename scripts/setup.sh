@@ -9,7 +9,6 @@ VENV=${DISTILLERY_VENV:-$CACHE/venv}
 PY=${PYTHON:-python3}
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-command -v openssl >/dev/null || { log "installing openssl"; apt-get update -qq && apt-get install -y -qq openssl; }
 command -v go >/dev/null || { log "Go 1.26 or newer is needed to build the control plane"; exit 1; }
 
 # The venv is rebuilt when the dependency list changes.
@@ -22,7 +21,7 @@ if [ ! -f "$VENV/.stamp-$stamp" ]; then
   "$VENV/bin/pip" install -q torch==2.15.0
   # DeepSpeed's setup imports torch, so it builds against the torch installed above.
   DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --no-build-isolation deepspeed==0.19.8
-  "$VENV/bin/pip" install -q -e ".[operator,labeler,trainer,dev]"
+  "$VENV/bin/pip" install -q -e ".[operator,trainer,dev]"
   rm -f "$VENV"/.stamp-* && touch "$VENV/.stamp-$stamp"
 fi
 # The venv is shared between checkouts: point its editable install at this one.

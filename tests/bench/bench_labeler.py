@@ -78,7 +78,7 @@ def make_rows(count: int) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def teacher_process(latency_ms: float) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "distillery.workloads.teacher_server", "--port", "0",
+        [sys.executable, "-m", "distillery.devcluster.teacher_server", "--port", "0",
          "--latency-ms", str(latency_ms)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": OPERATOR_DIR},
     )

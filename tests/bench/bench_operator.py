@@ -9,7 +9,6 @@ one watcher), and the operator's peak RSS.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -23,11 +22,11 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import kubernetes
 import yaml
 
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
-from distillery.kube import Credentials, KubeClient
 
 NODEPOOLS = Path(__file__).resolve().parents[2] / "operator/distillery/devcluster/nodepools-bench.yaml"
 # Writes only the operator makes: (verb, resource, subresource).
@@ -93,43 +92,47 @@ def rss_peak_mib(pid: int) -> float:
     return 0.0
 
 
-async def watch_delays(kubeconfig: Path, count: int, timeout: float) -> tuple[list[float], float]:
+def watch_delays(kubeconfig: Path, count: int, timeout: float) -> tuple[list[float], float]:
     """Local receive time of each Job completion vs of the status that records it."""
-    client = KubeClient(Credentials.from_kubeconfig(kubeconfig))
+    api = kubernetes.config.new_client_from_config(str(kubeconfig))
+    batch, custom = kubernetes.client.BatchV1Api(api), kubernetes.client.CustomObjectsApi(api)
     job_done: dict[tuple[str, str], float] = {}
     status_done: dict[tuple[str, str], float] = {}
     succeeded: set[str] = set()
     stage_of_job = {"label": "labeling", "train": "training", "eval": "evaluation"}
     started = time.monotonic()
+    deadline = started + timeout
 
-    async def jobs() -> None:
-        while len(succeeded) < count:
-            async for _, job in client.watch("Job", "bench", timeout_seconds=60):
-                name = job["metadata"]["name"]
-                parent, _, suffix = name.rpartition("-")
+    def jobs() -> None:
+        while len(succeeded) < count and time.monotonic() < deadline:
+            for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, "bench", timeout_seconds=30,
+                                                         _preload_content=False):
+                job = event["raw_object"]
+                parent, _, suffix = job["metadata"]["name"].rpartition("-")
                 conds = (job.get("status") or {}).get("conditions") or []
                 if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
                     job_done.setdefault((parent, stage_of_job[suffix]), time.monotonic())
 
-    async def distillations() -> None:
-        while len(succeeded) < count:
-            async for _, d in client.watch("Distillation", "bench", timeout_seconds=60):
-                name = d["metadata"]["name"]
+    def distillations() -> None:
+        while len(succeeded) < count and time.monotonic() < deadline:
+            for event in kubernetes.watch.Watch().stream(custom.list_namespaced_custom_object, "distillery.dev",
+                                                         "v1alpha1", "bench", "distillations", timeout_seconds=30):
+                d = event["raw_object"]
                 status = d.get("status") or {}
                 for stage, record in (status.get("stages") or {}).items():
                     if record.get("state") == "Succeeded":
-                        status_done.setdefault((name, stage), time.monotonic())
+                        status_done.setdefault((d["metadata"]["name"], stage), time.monotonic())
                 if status.get("phase") == "Succeeded":
-                    succeeded.add(name)
+                    succeeded.add(d["metadata"]["name"])
                 if len(succeeded) >= count:
                     return
 
-    tasks = [asyncio.create_task(jobs()), asyncio.create_task(distillations())]
-    try:
-        await asyncio.wait_for(tasks[1], timeout)
-    finally:
-        tasks[0].cancel()
-        await client.close()
+    watchers = [threading.Thread(target=jobs, daemon=True), threading.Thread(target=distillations, daemon=True)]
+    for thread in watchers:
+        thread.start()
+    watchers[1].join(timeout)
+    if len(succeeded) < count:
+        raise TimeoutError(f"{len(succeeded)}/{count} Distillations succeeded within {timeout:.0f} s")
     delays = [status_done[k] - t for k, t in job_done.items() if k in status_done]
     return delays, time.monotonic() - started
 
@@ -163,12 +166,10 @@ def main() -> int:
         before = apiserver_writes(cluster)
         docs = yaml.safe_dump_all([manifest(i) for i in range(args.count)])
         t0 = time.monotonic()
-        watcher = asyncio.new_event_loop()
         result: dict = {}
 
         def run_watch() -> None:
-            result["delays"], result["watched"] = watcher.run_until_complete(
-                watch_delays(kubeconfig, args.count, args.timeout))
+            result["delays"], result["watched"] = watch_delays(kubeconfig, args.count, args.timeout)
 
         thread = threading.Thread(target=run_watch)
         thread.start()

@@ -28,8 +28,8 @@ import torch
 
 from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, WorkspaceLayout
 from distillery.api.spec import DatasetSpec, DataSource, StudentSpec, Task
+from distillery.devcluster.tiny import build_model, build_tokenizer
 from distillery.workloads import trainer
-from distillery.workloads.tiny import build_model, build_tokenizer
 
 # Dense bf16 peak TFLOP/s by device name fragment (no sparsity).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10G": 70.0}

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from distillery.devcluster.cluster import DevCluster
+from distillery.workloads.environment import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,11 +94,6 @@ def crd(kube: Kube) -> None:
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kube.run("wait", "--for=condition=Established", "crd/distillations.distillery.dev", "--timeout=60s")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.demo import LocalWorkloads, local_sample, models_claim
+from distillery.devcluster.demo import LocalWorkloads, local_sample, models_claim
 from tests.cluster.conftest import Kube, OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]

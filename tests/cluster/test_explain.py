@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from distillery.api.spec import DistillationSpec
-from distillery.status_view import main as status_main
+from distillery.cli.status import main as status_main
 from tests.cluster.conftest import Kube
 from tests.cluster.test_operator import distillation
 

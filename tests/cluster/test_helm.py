@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from distillery.api.config import OperatorConfig
 from distillery.controller import metrics
-from distillery.controller.config import OperatorConfig
 from distillery.devcluster.binaries import Binaries
 from tests.cluster.conftest import REPO, Kube, OperatorProcess
 from tests.cluster.test_operator import condition, distillation

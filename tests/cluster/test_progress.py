@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.kube import ApiError, Credentials, KubeClient
-from distillery.workloads.live_progress import LiveProgress
+from distillery.controller.kube import ApiError, KubeClient, load_configuration
+from distillery.workloads.progress import LiveProgress
 from tests.cluster.conftest import Kube, OperatorProcess
 from tests.cluster.test_operator import children, distillation
 
@@ -37,16 +37,17 @@ def test_stage_pod_identity_reports_live_progress_into_status(
     monkeypatch.setenv("DISTILLERY_PROGRESS_CONFIGMAP", env["DISTILLERY_PROGRESS_CONFIGMAP"])
     monkeypatch.setenv("POD_NAMESPACE", namespace)
 
-    reporter = LiveProgress("labeling", 0)
-    assert asyncio.run(reporter.publish({"rows_ok": 3, "rows_rejected": 1, "rows_total": 10, "tokens_in": 50,
-                                         "tokens_out": 70}, force=True))
+    counts = {"rows_ok": 3, "rows_rejected": 1, "rows_total": 10, "tokens_in": 50, "tokens_out": 70}
+    reporter = LiveProgress("labeling", 0, lambda: counts)
+    assert reporter.publish()
+    assert not reporter.publish(), "an unchanged snapshot is not sent again"
     dist = kube.wait_for(lambda: ((d := kube.get("distillation", "live", namespace)).get("status") or {})
                          .get("progressSummary") == "labeling 4/10" and d, 30, what="progress in status")
     assert dist["status"]["progress"]["rowsLabeled"] == 3
     assert dist["status"]["progress"]["teacherTokensOut"] == 70
 
     async def patch_other() -> None:
-        async with KubeClient(Credentials.from_kubeconfig(kubeconfig)) as client:
+        async with KubeClient(load_configuration(str(kubeconfig))) as client:
             await client.merge_patch("ConfigMap", "live-pipeline", namespace, {"data": {"x": "y"}})
 
     with pytest.raises(ApiError) as denied:

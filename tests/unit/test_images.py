@@ -14,11 +14,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from distillery.cli import COMMANDS
+from distillery.cli.main import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-IMAGES = {"operator": ("operator", "operator"), "labeler": ("label", "labeler"), "trainer": ("train", "trainer")}
+IMAGES = {"operator": ("operator", "operator"), "labeler": ("label", "sources"), "trainer": ("train", "trainer")}
 TRAINER_PINS = {"torch": "2.15.0", "transformers": "5.23.0", "peft": "0.21.2", "deepspeed": "0.19.8"}
 
 
@@ -123,7 +123,7 @@ def test_entry_point_is_a_distillery_command_with_a_main(image: str) -> None:
     final = load(image)[-1]
     assert exec_form(final.last("ENTRYPOINT")) == ["distillery"]
     assert exec_form(final.last("CMD")) == [subcommand]
-    assert PYPROJECT["project"]["scripts"]["distillery"] == "distillery.cli:main"
+    assert PYPROJECT["project"]["scripts"]["distillery"] == "distillery.cli.main:main"
     assert subcommand in COMMANDS, f"`distillery {subcommand}` is not a command"
     # Found and parsed, not imported: the trainer's module needs torch, which unit tests do not.
     spec = importlib.util.find_spec(COMMANDS[subcommand][0])

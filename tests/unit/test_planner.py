@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, Phase, StageState
-from distillery.controller.config import OperatorConfig
 from distillery.controller.observe import NodeView, observe
 from distillery.controller.planner import Create, Delete, Patch, Plan, gpu_pool_fits, plan
 from distillery.resources.common import STAGE_LABEL, Owner
@@ -18,9 +18,9 @@ IDENTITY = ["ConfigMap/demo-progress", "ServiceAccount/demo-workload", "Role/dem
             "RoleBinding/demo-workload"]
 CONFIG = OperatorConfig()
 H100 = NodeView(labels={"topology.kubernetes.io/region": "westus3", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                allocatable_gpus=8, gpu_tainted=True)
+                allocatable_gpus=8)
 A100 = NodeView(labels={"topology.kubernetes.io/region": "eastus2", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
-                allocatable_gpus=8, gpu_tainted=True)
+                allocatable_gpus=8)
 
 
 def make_spec(**overrides: Any) -> DistillationSpec:
@@ -189,7 +189,7 @@ def test_waits_without_creating_pods_when_no_pool_in_the_region_fits() -> None:
     assert w.status.stages["teacher"].state == StageState.WAITING
     w.nodes = (*w.nodes, NodeView(labels={"topology.kubernetes.io/region": "eastus2",
                                           "nvidia.com/gpu.product": "NVIDIA-H100-NVL"},
-                                  allocatable_gpus=8, gpu_tainted=True))
+                                  allocatable_gpus=8))
     w.step()
     assert w.has("Deployment", "demo-teacher")
 

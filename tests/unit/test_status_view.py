@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from distillery.status_view import main, render, results_line
+from distillery.api.status import ModelScore, results_line
+from distillery.cli.status import main, render
 
 
 def cond(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
@@ -83,7 +84,7 @@ def with_status(**changes: Any) -> dict[str, Any]:
 
 
 def test_results_line_has_the_model_prompt_score_shape() -> None:
-    assert results_line(SUCCEEDED["status"]["results"]) == (
+    assert results_line([ModelScore.model_validate(r) for r in SUCCEEDED["status"]["results"]]) == (
         "teacher cot 69.98 / base-student cot 52.81 / distilled-student short 63.88")
 
 

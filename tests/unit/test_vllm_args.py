@@ -1,5 +1,6 @@
 """vLLM container arguments for the teacher and the student: pure functions the manifests call."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distillery.workloads.serve import pvc_claim, resolve_model_ref, student_vllm_args, teacher_vllm_args
+from distillery.api.modelref import pvc_claims, pvc_parts, resolve_model_ref
+from distillery.resources.vllm import student_vllm_args, teacher_vllm_args
 
 
 def flag(args: list[str], name: str) -> str:
@@ -27,7 +29,7 @@ def test_teacher_from_the_hub_with_tensor_parallelism_and_extra_args() -> None:
 
 
 def test_teacher_on_a_volume_is_read_offline() -> None:
-    spec = teacher_vllm_args(model="pvc://models/llama-70b", served_model_name="t", pvc_base="/mnt/pvc")
+    spec = teacher_vllm_args(model="pvc://models/llama-70b", served_model_name="t")
     assert flag(spec["args"], "--model") == "/mnt/pvc/models/llama-70b"
     assert spec["env"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
 
@@ -69,12 +71,27 @@ def test_model_refs() -> None:
     assert resolve_model_ref("pvc://models/qwen/1.5b") == "/mnt/pvc/models/qwen/1.5b"
     assert resolve_model_ref("hf://Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
     assert resolve_model_ref("/data/model") == "/data/model"
-    assert pvc_claim("pvc://models/qwen") == "models" and pvc_claim("Qwen/Qwen2.5") is None
+    assert resolve_model_ref("pvc://models/qwen", pvc_base="/tmp/pvc") == "/tmp/pvc/models/qwen"
+    assert pvc_parts("pvc://models/qwen/1.5b") == ("models", "qwen/1.5b") and pvc_parts("Qwen/Qwen2.5") is None
+    assert pvc_claims("pvc://a/x", None, "hf://o/n", "pvc://b/y", "pvc://a/z") == ["a", "b"]
 
 
-def test_importing_the_module_loads_no_ml_library() -> None:
-    code = ("import sys, distillery.workloads.serve; "
+def test_the_operator_loads_no_ml_library() -> None:
+    code = ("import sys, distillery.controller.main; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'deepspeed') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_operators_environment_does_not_change_its_manifests() -> None:
+    """Only pod programs may read DISTILLERY_PVC_BASE; the manifests mount claims at the contract's root."""
+    code = ("import json; from distillery.resources.vllm import teacher_vllm_args; "
+            "from distillery.resources.common import pvc_source_volumes; "
+            "print(json.dumps([teacher_vllm_args(model='pvc://m/x', served_model_name='t')['args'], "
+            "pvc_source_volumes('pvc://m/x')[1][0]['mountPath']]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator"),
+           "DISTILLERY_PVC_BASE": "/elsewhere", "DISTILLERY_WORKSPACE": "/elsewhere"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    args, mount = json.loads(out.stdout)
+    assert flag(args, "--model") == "/mnt/pvc/m/x" and mount == "/mnt/pvc/m"

@@ -9,8 +9,8 @@ import pytest_asyncio
 
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import PromptSpec, Task
+from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.workloads.tasks import TaskDefinition, get_task
-from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 from tests.workloads import tinymodel as tm
 
 NLI_ROWS: list[dict[str, Any]] = [

@@ -14,23 +14,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, StageState
-from distillery.controller.config import OperatorConfig
 from distillery.controller.observe import NodeView, observe
 from distillery.controller.planner import plan
 from distillery.devcluster.local_kubelet import LocalVolumes, resolve_env, run_container
+from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.resources import jobs
 from distillery.resources.common import STAGE_LABEL, Owner
 from distillery.resources.workspace import pipeline_configmap
 from distillery.workloads.tasks import get_task
-from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 from tests.workloads.tinymodel import OPERATOR_DIR, nli_rows, tiny_model
 
 OWNER = Owner("contract", "team-a", "uid-contract")
 CONFIG = OperatorConfig()
 H100 = NodeView(labels={"topology.kubernetes.io/region": "westus3", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                allocatable_gpus=8, gpu_tainted=True)
+                allocatable_gpus=8)
 
 
 def contract_spec(teacher_url: str, train: list[dict], validation: list[dict]) -> DistillationSpec:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from distillery.api.spec import PromptSpec, Task
+from distillery.devcluster.tiny import build_tokenizer
 from distillery.workloads.finetune_data import (
     IGNORE_INDEX,
     build_finetune_set,
@@ -15,7 +16,6 @@ from distillery.workloads.finetune_data import (
 )
 from distillery.workloads.labeler import LabelRecord
 from distillery.workloads.tasks import get_task
-from distillery.workloads.tiny import build_tokenizer
 from tests.workloads import tinymodel as tm
 
 

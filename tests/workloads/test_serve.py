@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from distillery.api.spec import PromptSpec, Task
+from distillery.workloads.environment import free_port
 from distillery.workloads.tasks import get_task
 from distillery.workloads.tasks.nli import LABELS
 from tests.workloads import tinymodel as tm
@@ -23,7 +24,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.getbasetemp()
     model_dir = tm.tiny_model(root)
     trained = tm.trained_workspace(root, model_dir)
-    port = tm.free_port()
+    port = free_port()
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
         [tm.PYTHON, "-m", "distillery.cli", "serve", "--model", str(model_dir), "--adapter",

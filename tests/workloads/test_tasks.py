@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 
 from distillery.api.spec import PromptSpec, Task
+from distillery.devcluster.teacher_server import ResponderContext, TaskAwareResponder, lookup_from_rows
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
-from distillery.workloads.tasks.metrics import lcs_length, rouge_l_f1, token_f1
-from distillery.workloads.teacher_server import ResponderContext, TaskAwareResponder, lookup_from_rows
+from distillery.workloads.tasks.metrics import rouge, token_f1
 
 
 def task(kind: Task, columns: dict[str, str] | None = None, **prompt: Any) -> TaskDefinition:
@@ -245,14 +245,31 @@ def test_summarization_rejects_malformed_output(prompt: dict[str, Any], text: st
     assert reason in malformed(task(Task.SUMMARIZATION, **prompt), text)
 
 
-def test_rouge_l() -> None:
-    assert lcs_length("a b c d e".split(), "a c e".split()) == 3
-    assert rouge_l_f1("The cat sat on the mat.", "the cat was on the mat") == pytest.approx(5 / 6)
-    assert rouge_l_f1("", "anything") == 0.0 and rouge_l_f1("x y", "z w") == 0.0
+def test_rouge_matches_the_reference_implementation_with_stemming_and_lsum() -> None:
+    from rouge_score import rouge_scorer
+
+    scores = rouge(["The cat sat on the mat."], ["the cat was on the mat"])
+    assert scores["rouge1"] == pytest.approx(100 * 5 / 6) and scores["rougeL"] == pytest.approx(100 * 5 / 6)
+    assert scores["rouge2"] == pytest.approx(100 * 3 / 5)
+    reference = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(
+        "the cat was on the mat", "The cat sat on the mat.")
+    assert {k: 100 * v.fmeasure for k, v in reference.items()} == pytest.approx(
+        {k: scores[k] for k in reference})
+    # Stemming: "running dogs" and "the dog runs" share two stems and no surface word.
+    assert rouge(["running dogs"], ["the dog runs"])["rouge1"] == pytest.approx(80.0)
+    # ROUGE-Lsum scores each reference sentence against all summary sentences; ROUGE-L sees one sequence.
+    swapped = rouge(["Bees buzz loudly. Ants march north."], ["Ants march north. Bees buzz loudly."])
+    assert swapped["rougeLsum"] == pytest.approx(100.0) and swapped["rougeL"] == pytest.approx(50.0)
+    assert rouge(["x y"], ["z w"])["rougeLsum"] == 0.0
+
+
+def test_summarization_reports_rouge_lsum_with_the_other_rouge_scores() -> None:
     summarize = task(Task.SUMMARIZATION)
     score = summarize.score(["the cat sat on the mat", "identical words here"],
                             ["the cat was on the mat", "identical words here"])
-    assert score.metric == "rouge_l" and score.value == pytest.approx((5 / 6 + 1) / 2 * 100)
+    assert score.metric == "rouge_lsum" and score.value == pytest.approx((5 / 6 + 1) / 2 * 100)
+    assert score.details["rouge2"] == pytest.approx((3 / 5 + 1) / 2 * 100)
+    assert set(score.details) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 
 
 # Conversation -----------------------------------------------------------------------------------
@@ -291,20 +308,12 @@ def test_conversation_parses_replies() -> None:
         chat.student_messages({"messages": [{"role": "assistant", "content": "Hi"}]})
 
 
-def test_conversation_scores_token_f1_and_judges() -> None:
+def test_conversation_scores_token_f1() -> None:
     chat = task(Task.CONVERSATION)
     precision, recall = 4 / 5, 4 / 6
     assert token_f1("cool it in cold water", "cool the egg in cold water") == pytest.approx(
         2 * precision * recall / (precision + recall))
     assert chat.score(["a b", ""], ["a b", "c"]).value == pytest.approx(50.0)
-    judge = chat.judge_messages(CHAT_ROW, "Ten minutes.")
-    assert "Ten minutes." in judge[1]["content"] and "Around ten to twelve" in judge[1]["content"]
-    assert chat.parse_judge("Accurate and concise.\nRating: 8") == 8.0
-    assert chat.parse_judge("Good answer. [[7]]") == 7.0
-    with pytest.raises(MalformedAnswer, match="outside 1-10"):
-        chat.parse_judge("Rating: 11")
-    with pytest.raises(MalformedAnswer, match="no 'Rating:'"):
-        chat.parse_judge("It is fine.")
 
 
 # Custom -----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from distillery.workloads import trainer
+from distillery.workloads.environment import free_port
 from distillery.workloads.trainer import DataPlan, lr_factor
 from tests.workloads import tinymodel as tm
 
@@ -28,8 +29,6 @@ def test_zero2_lora_training_lowers_the_loss(trained: Path) -> None:
     assert metrics["zero_stage"] == 2 and metrics["world_size"] == 1 and metrics["tokens_per_second"] > 0
     assert metrics["examples"] == tm.TRAIN_ROWS - 1 and metrics["rejected"] == 1
 
-    progress = json.loads((trained / "train" / "progress.json").read_text())
-    assert progress == {"step": tm.TOTAL_STEPS, "total_steps": tm.TOTAL_STEPS, "loss": curve[-1]}
     summary = json.loads((trained / "termination-log").read_text())
     assert summary["steps"] == tm.TOTAL_STEPS and summary["final_loss"] == curve[-1]
     assert json.loads((trained / "train.stdout").read_text().strip().splitlines()[-1]) == summary
@@ -135,7 +134,7 @@ def test_lr_warms_up_then_decays_to_a_tenth() -> None:
 def test_two_processes_share_the_work_over_gloo(tmp_path: Path, model_dir: Path) -> None:
     config = tm.labeled_workspace(tmp_path, model_dir, epochs=2, checkpoint_steps=4, merge_weights=False)
     command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
-    port = str(tm.free_port())
+    port = str(free_port())
     ranks = []
     for rank in (0, 1):
         env = tm.subprocess_env(tmp_path / f"termination-log-{rank}")

@@ -5,7 +5,6 @@ Everything is made here, offline and deterministic; nothing is downloaded.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,8 +13,8 @@ from typing import Any
 
 from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, WorkspaceLayout
 from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
-from distillery.workloads.tiny import save_tiny_model
-from distillery.workloads.tiny import synthetic_nli_rows as nli_rows
+from distillery.devcluster.tiny import save_tiny_model
+from distillery.devcluster.tiny import synthetic_nli_rows as nli_rows
 
 OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 PYTHON = sys.executable
@@ -75,11 +74,6 @@ def write_config(path: Path, cfg: PipelineConfig) -> Path:
     path.write_text(cfg.to_json())
     return path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def subprocess_env(termination_log: Path) -> dict[str, str]:

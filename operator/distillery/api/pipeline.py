@@ -23,7 +23,16 @@ from distillery.api.spec import (
 CONFIG_MOUNT_DIR = "/etc/distillery"
 CONFIG_FILE = "pipeline.json"
 WORKSPACE_DIR = "/workspace"
+# The environment a stage pod gets from its manifest (or from the local kubelet, which runs pods here).
 TEACHER_API_KEY_ENV = "TEACHER_API_KEY"
+PROGRESS_CONFIGMAP_ENV = "DISTILLERY_PROGRESS_CONFIGMAP"
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
+WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
+"""Overrides the workspace root (the local kubelet mounts volumes as directories)."""
+PVC_BASE_ENV = "DISTILLERY_PVC_BASE"
+"""Overrides where pod programs find `pvc://` claims (see `api.modelref`)."""
+JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
 
 
 class TeacherClientConfig(ApiModel):

@@ -4,18 +4,20 @@ reconciler (planner + actions) does the rest from worker tasks."""
 import argparse
 import asyncio
 import logging
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
+from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, PLURAL, VERSION
 from distillery.controller import metrics
 from distillery.controller.cache import ClusterCache
-from distillery.controller.config import OperatorConfig
+from distillery.controller.kube import CredentialsError, KubeClient, connection_info, load_configuration
 from distillery.controller.reconciler import RETRY_DELAY, Reconciler
 from distillery.controller.workqueue import WorkQueue
-from distillery.kube import Credentials, KubeClient
 from distillery.resources.common import PARENT_LABEL
 
 STORAGE_PREFIX = "distillery.dev"
@@ -27,7 +29,9 @@ class Runtime:
     """Process-wide state shared by the handlers (kopf handlers are module-level functions)."""
 
     def __init__(self) -> None:
-        self.config = OperatorConfig.load()
+        self.config = OperatorConfig()
+        self.kubeconfig: str | None = None
+        self.context: str | None = None
         self.cache = ClusterCache()
         self.queue = WorkQueue()
         self.client: KubeClient | None = None
@@ -37,6 +41,14 @@ class Runtime:
 
 runtime = Runtime()
 CHILD_FILTER = {PARENT_LABEL: kopf.PRESENT}
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the credentials the writes use; kopf calls this again after a 401, which
+    reloads them (an exec plugin then mints a fresh token)."""
+    configuration = await asyncio.to_thread(load_configuration, runtime.kubeconfig, runtime.context)
+    return connection_info(configuration)
 
 
 @kopf.on.startup()
@@ -54,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.batching.batch_window = 0.05
 
-    runtime.client = KubeClient(Credentials.from_environment())
+    runtime.client = KubeClient(await asyncio.to_thread(load_configuration, runtime.kubeconfig, runtime.context))
     runtime.reconciler = Reconciler(runtime.client, runtime.cache, runtime.config)
     metrics.MAX_CONCURRENT.labels(metrics.CONTROLLER).set(WORKERS)
     runtime.tasks = [asyncio.create_task(runtime.queue.worker(_work)) for _ in range(WORKERS)]
@@ -94,7 +106,7 @@ def _deleted(type_: str | None) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def distillation_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def distillation_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     key = runtime.cache.put_distillation(body, _deleted(type))
     if _deleted(type):
         if runtime.reconciler is not None:
@@ -103,8 +115,8 @@ def distillation_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     runtime.queue.add(key)
 
 
-def _child_event(kind: str):
-    def handler(type: str | None, body: kopf.Body, **_: Any) -> None:
+def _child_event(kind: str) -> Callable[..., Awaitable[None]]:
+    async def handler(type: str | None, body: kopf.Body, **_: Any) -> None:
         key = runtime.cache.put_child(kind, body, _deleted(type))
         if key is not None and key in runtime.cache.distillations:
             runtime.queue.add(key)
@@ -123,14 +135,14 @@ kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_FI
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_FILTER)
-def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     key = runtime.cache.put_pod(body, _deleted(type))
     if key is not None and key in runtime.cache.distillations:
         runtime.queue.add(key)
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     before = len(runtime.cache.nodes())
     runtime.cache.put_node(body, _deleted(type), runtime.config.gpu_resource)
     # New capacity can unblock Distillations waiting for a GPU node pool.
@@ -147,8 +159,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--metrics-port", type=int, default=8080)
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
                         help="kopf liveness endpoint URL")
+    parser.add_argument("--kubeconfig", help="default: in-cluster service account, else $KUBECONFIG")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        runtime.config = OperatorConfig.load()
+        # Fail here with one line rather than inside kopf's login retries.
+        load_configuration(args.kubeconfig, args.context)
+    except (CredentialsError, OSError, ValueError) as err:
+        print(f"distillery operator: {err}", file=sys.stderr)
+        return 2
+    runtime.kubeconfig, runtime.context = args.kubeconfig, args.context
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kopf").setLevel(logging.INFO if args.verbose else logging.WARNING)

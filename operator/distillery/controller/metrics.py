@@ -35,7 +35,8 @@ QUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name"], r
 API_REQUESTS = Counter("distillery_api_requests_total", "Requests the operator sent to the API server",
                        ["verb", "kind", "code"], registry=REGISTRY)
 
-for result in ("success", "error", "requeue", "requeue_after"):
+# Series that exist from the start read 0 rather than "no data" (rate() over them works at once).
+for result in ("success", "error"):
     RECONCILE_TOTAL.labels(CONTROLLER, result).inc(0)
 RECONCILE_ERRORS.labels(CONTROLLER).inc(0)
 TERMINAL_ERRORS.labels(CONTROLLER).inc(0)

@@ -10,7 +10,6 @@ from distillery.resources.common import STAGE_LABEL, Names
 @dataclass(frozen=True)
 class JobView:
     suspended: bool = False
-    active: int = 0
     complete: bool = False
     failed: bool = False
     reason: str = ""
@@ -23,7 +22,6 @@ class JobView:
         failed = conditions.get("Failed") or {}
         return cls(
             suspended=bool((job.get("spec") or {}).get("suspend")),
-            active=int(status.get("active") or 0),
             complete="Complete" in conditions,
             failed="Failed" in conditions,
             reason=str(failed.get("reason", "")),
@@ -62,12 +60,10 @@ class DeploymentView:
 class NodeView:
     labels: dict[str, str]
     allocatable_gpus: int
-    gpu_tainted: bool
 
     @classmethod
     def of(cls, node: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> "NodeView":
         alloc = ((node.get("status") or {}).get("allocatable") or {}).get(gpu_resource, "0")
-        taints = (node.get("spec") or {}).get("taints") or []
         try:
             gpus = int(str(alloc))
         except ValueError:
@@ -75,7 +71,6 @@ class NodeView:
         return cls(
             labels=dict((node.get("metadata") or {}).get("labels") or {}),
             allocatable_gpus=gpus,
-            gpu_tainted=any(t.get("key") == gpu_resource for t in taints),
         )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import (
     STAGE_CONDITION,
@@ -22,12 +23,12 @@ from distillery.api.status import (
     StageState,
     StageStatus,
     format_time,
+    results_line,
     seconds_between,
 )
 from distillery.controller.conditions import get_condition, set_condition
-from distillery.controller.config import OperatorConfig
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
-from distillery.resources import jobs, progress, student, teacher, workspace
+from distillery.resources import jobs, reporting, student, teacher, workspace
 from distillery.resources.common import Names, Owner
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
@@ -40,6 +41,9 @@ PHASE_OF_STAGE = {
     Stage.EVALUATION: Phase.EVALUATING,
     Stage.SERVING: Phase.SERVING,
 }
+
+PROGRESS_SUMMARY_WIDTH = 80
+"""`kubectl get` prints status.progressSummary as a column; keep it one screen wide."""
 
 
 @dataclass(frozen=True)
@@ -197,9 +201,9 @@ class _Pass:
         if not self.obs.configmap:
             self.create(workspace.pipeline_configmap(self.owner, self.spec))
         if not self.obs.progress_configmap:
-            self.create(progress.progress_configmap(self.owner))
+            self.create(reporting.progress_configmap(self.owner))
         if not self.obs.workload_identity:
-            for build in (progress.workload_service_account, progress.workload_role, progress.workload_role_binding):
+            for build in (reporting.workload_service_account, reporting.workload_role, reporting.workload_role_binding):
                 self.create(build(self.owner))
 
         failed = self.failed_stage()
@@ -369,13 +373,7 @@ class _Pass:
             if isinstance(data, dict):
                 shards.setdefault(key.rsplit("-", 1)[0], []).append(data)
         if shards.get(jobs.LABELING) and self.stage(Stage.LABELING).state == StageState.RUNNING:
-            p = self.progress()
-            reports = shards[jobs.LABELING]
-            p.rows_labeled = sum(int(r.get("rows_ok", 0)) for r in reports)
-            p.rows_rejected = sum(int(r.get("rows_rejected", 0)) for r in reports)
-            p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
-            p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
-            p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
+            self.labeling_progress(shards[jobs.LABELING])
         if shards.get(jobs.TRAINING) and self.stage(Stage.TRAINING).state == StageState.RUNNING:
             lead = max(shards[jobs.TRAINING], key=lambda r: int(r.get("step", 0)))
             p = self.progress()
@@ -394,14 +392,17 @@ class _Pass:
         return f"{stage.value}: {record.state.value.lower()}"
 
     def labeling_summary(self, summary: dict[str, Any]) -> None:
-        if not summary:
-            return
+        if summary:
+            self.labeling_progress([summary])
+
+    def labeling_progress(self, reports: list[dict[str, Any]]) -> None:
+        """The labeler's counters (live reports of every shard, or the final summary) in status terms."""
         p = self.progress()
-        p.rows_labeled = summary.get("rows_ok")
-        p.rows_rejected = summary.get("rows_rejected")
-        p.rows_total = summary.get("rows_total")
-        p.teacher_tokens_in = summary.get("tokens_in")
-        p.teacher_tokens_out = summary.get("tokens_out")
+        p.rows_labeled = sum(int(r.get("rows_ok", 0)) for r in reports)
+        p.rows_rejected = sum(int(r.get("rows_rejected", 0)) for r in reports)
+        p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
+        p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
+        p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
 
     def training_summary(self, summary: dict[str, Any]) -> None:
         if not summary:
@@ -536,7 +537,8 @@ class _Pass:
                           student_ready.message if student_ready else "")
             else:
                 self.cond("Ready", True, "Completed", "pipeline finished; serving is disabled")
-            self.status.progress_summary = self.results_line() or "done"
+            summary = results_line(self.status.results or [])
+            self.status.progress_summary = summary[:PROGRESS_SUMMARY_WIDTH] or "done"
         else:
             self.status.phase = PHASE_OF_STAGE[current]
             record = self.stage(current)
@@ -549,11 +551,6 @@ class _Pass:
         self.fill_unknown()
         self.total_gpu_hours()
         return self.plan()
-
-    def results_line(self) -> str:
-        if not self.status.results:
-            return ""
-        return " ".join(f"{r.model}={r.score:.1f}" for r in self.status.results)[:80]
 
     def fill_unknown(self) -> None:
         present = {c.type for c in self.status.conditions}

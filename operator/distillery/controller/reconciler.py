@@ -8,16 +8,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, format_time
 from distillery.controller import metrics
 from distillery.controller.cache import ClusterCache, Key
 from distillery.controller.conditions import set_condition
-from distillery.controller.config import OperatorConfig
+from distillery.controller.kube import ApiError, KubeClient
 from distillery.controller.observe import observe
 from distillery.controller.planner import Create, Delete, Event, Patch, plan
-from distillery.kube import ApiError, KubeClient
 from distillery.resources.common import Owner
 
 log = logging.getLogger("distillery.reconciler")

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import yaml
 from distillery.devcluster.binaries import CLUSTER_TARGETS, Binaries, cache_dir, ensure_built
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, NodePools, node_manifests
 from distillery.devcluster.pki import Pki
+from distillery.workloads.environment import free_port
 
 STAGES_DIR = Path(__file__).with_name("stages")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -33,11 +33,6 @@ STORAGE_CLASS = {
     "volumeBindingMode": "Immediate",
 }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -121,7 +116,7 @@ class DevCluster:
         if not self.pki.exists():
             self.pki.create()
         ports = {
-            name: _free_port()
+            name: free_port()
             for name in ("apiserver", "etcd", "etcd_peer", "kcm", "scheduler")
         }
         state = State(ports=ports, pids={})

@@ -11,17 +11,26 @@ termination message, which is what the operator reads.
 import asyncio
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from distillery.api.pipeline import CONFIG_FILE, PipelineConfig
+from distillery.api.modelref import PVC_MOUNT_ROOT
+from distillery.api.pipeline import (
+    CONFIG_FILE,
+    JOB_COMPLETION_INDEX_ENV,
+    PVC_BASE_ENV,
+    TERMINATION_MESSAGE_ENV,
+    WORKSPACE_DIR,
+    WORKSPACE_ENV,
+    PipelineConfig,
+)
 from distillery.api.status import format_time
-from distillery.kube import ApiError, KubeClient
+from distillery.controller.kube import ApiError, KubeClient
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL
+from distillery.workloads.environment import free_port
 
 EXECUTABLES = {
     "distillery": [sys.executable, "-m", "distillery.cli"],
@@ -87,7 +96,7 @@ class LocalVolumes:
                 out[mount["mountPath"]] = target
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
-                if mount["mountPath"].startswith("/mnt/pvc/"):
+                if mount["mountPath"].startswith(PVC_MOUNT_ROOT + "/"):
                     out[mount["mountPath"]] = self.pvc_base / claim
                 else:
                     uid = self.claim_uids.get(claim)
@@ -105,9 +114,9 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     env = resolve_env(container, meta.get("namespace", "default"), index)
     if "MASTER_ADDR" in env:
         # Pod 0's name behind the headless Service is this machine in a one-node run; its port may be taken here.
-        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(_free_port())
+        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
     mounts = volumes.mounts(spec, container)
-    workspace = next((p for m, p in mounts.items() if m == "/workspace"), None)
+    workspace = next((p for m, p in mounts.items() if m == WORKSPACE_DIR), None)
     termination = log_path.with_suffix(".termination")
     termination.unlink(missing_ok=True)
     child_env = {k: v for k, v in os.environ.items()
@@ -116,13 +125,13 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     package_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
     child_env |= env | extra_env | {
-        "JOB_COMPLETION_INDEX": index,
-        "TERMINATION_MESSAGE_PATH": str(termination),
-        "DISTILLERY_PVC_BASE": str(volumes.pvc_base),
+        JOB_COMPLETION_INDEX_ENV: index,
+        TERMINATION_MESSAGE_ENV: str(termination),
+        PVC_BASE_ENV: str(volumes.pvc_base),
         "DS_ACCELERATOR": "cpu",
     }
     if workspace is not None:
-        child_env["DISTILLERY_WORKSPACE"] = str(workspace)
+        child_env[WORKSPACE_ENV] = str(workspace)
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(*local_argv(container, env, mounts), env=child_env, cwd=cwd,
                                                     stdout=log, stderr=asyncio.subprocess.STDOUT)
@@ -207,8 +216,3 @@ class LocalKubelet:
         except ApiError as e:
             print(f"local kubelet: could not report {pod['metadata']['name']}: {e}", file=sys.stderr)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -3,16 +3,15 @@
 from dataclasses import dataclass
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
+from distillery.api.modelref import PVC_MOUNT_ROOT, pvc_claims
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
 from distillery.api.spec import DistillationSpec
-from distillery.controller.config import OperatorConfig
 
 PARENT_LABEL = "distillery.dev/distillation"
 STAGE_LABEL = "distillery.dev/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-TEACHER_PORT = 8000
-STUDENT_PORT = 8000
 RENDEZVOUS_PORT = 29500
 
 
@@ -123,16 +122,12 @@ def workspace_volume(names: Names) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def pvc_source_volumes(*uris: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read-only mounts at /mnt/pvc/<claim> for the pvc:// sources a pod reads (dataset or model)."""
-    claims: list[str] = []
-    for uri in uris:
-        if uri and uri.startswith("pvc://"):
-            claim = uri.removeprefix("pvc://").split("/", 1)[0]
-            if claim not in claims:
-                claims.append(claim)
+    """Read-only mounts at PVC_MOUNT_ROOT/<claim> for the pvc:// sources a pod reads (dataset or model)."""
+    claims = pvc_claims(*uris)
     volumes = [{"name": f"src-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
                for i, c in enumerate(claims)]
-    mounts = [{"name": f"src-{i}", "mountPath": f"/mnt/pvc/{c}", "readOnly": True} for i, c in enumerate(claims)]
+    mounts = [{"name": f"src-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{c}", "readOnly": True}
+              for i, c in enumerate(claims)]
     return volumes, mounts
 
 

@@ -2,13 +2,15 @@
 
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import TEACHER_API_KEY_ENV
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
-from distillery.controller.config import OperatorConfig
 from distillery.resources.common import (
     KUEUE_QUEUE_LABEL,
+    PARENT_LABEL,
     RENDEZVOUS_PORT,
+    STAGE_LABEL,
     Names,
     Owner,
     config_path,
@@ -22,7 +24,7 @@ from distillery.resources.common import (
     workload_security_context,
     workspace_volume,
 )
-from distillery.resources.progress import workload_env
+from distillery.resources.reporting import workload_env
 from distillery.resources.workspace import label_shards
 
 # Pod stage labels equal the status stage names, so pods and stages key the same maps.
@@ -105,7 +107,7 @@ def training_service(owner: Owner) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {"distillery.dev/distillation": owner.name, "distillery.dev/stage": TRAINING},
+            "selector": {PARENT_LABEL: owner.name, STAGE_LABEL: TRAINING},
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
         },
     }

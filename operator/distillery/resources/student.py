@@ -2,11 +2,10 @@
 
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import WorkspaceLayout
 from distillery.api.spec import DistillationSpec, TrainingMethod
-from distillery.controller.config import OperatorConfig
 from distillery.resources.common import (
-    STUDENT_PORT,
     Names,
     Owner,
     gpu_placement,
@@ -17,14 +16,14 @@ from distillery.resources.common import (
     server_deployment,
     workspace_volume,
 )
-from distillery.workloads.serve import student_vllm_args
+from distillery.resources.vllm import VLLM_PORT, student_vllm_args
 
 STAGE = "serving"
 SERVED_NAME = "student"
 
 
 def student_endpoint(owner: Owner) -> str:
-    return f"http://{Names(owner.name).student}.{owner.namespace}.svc:{STUDENT_PORT}/v1"
+    return f"http://{Names(owner.name).student}.{owner.namespace}.svc:{VLLM_PORT}/v1"
 
 
 def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -34,14 +33,14 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     # A full fine-tune writes the whole model where a LoRA run writes its adapter.
     if st.method == TrainingMethod.FULL:
         served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
-                                   merged_path=str(layout.adapter_dir), gpus=sv.gpus, port=STUDENT_PORT)
+                                   merged_path=str(layout.adapter_dir), gpus=sv.gpus, port=VLLM_PORT)
     elif st.merge_weights:
         served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
-                                   merged_path=str(layout.merged_dir), gpus=sv.gpus, port=STUDENT_PORT)
+                                   merged_path=str(layout.merged_dir), gpus=sv.gpus, port=VLLM_PORT)
     else:
         served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
                                    adapter_path=str(layout.adapter_dir), lora_rank=st.lora.rank, gpus=sv.gpus,
-                                   port=STUDENT_PORT)
+                                   port=VLLM_PORT)
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
     src_vols, src_mounts = pvc_source_volumes(st.model)
@@ -51,7 +50,7 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         "image": sv.image,
         "args": served["args"],
         "env": served["env"],
-        "ports": [{"name": "http", "containerPort": STUDENT_PORT}],
+        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "resources": gpu_resources(config, sv.gpus, cpu=str(max(2, 4 * sv.gpus)), memory=f"{max(8, 32 * sv.gpus)}Gi"),
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
         "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
@@ -64,4 +63,4 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
 
 
 def student_service(owner: Owner) -> dict[str, Any]:
-    return http_service(owner, Names(owner.name).student, STAGE, STUDENT_PORT)
+    return http_service(owner, Names(owner.name).student, STAGE, VLLM_PORT)

@@ -2,10 +2,9 @@
 
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
-from distillery.controller.config import OperatorConfig
 from distillery.resources.common import (
-    TEACHER_PORT,
     Names,
     Owner,
     gpu_placement,
@@ -15,7 +14,7 @@ from distillery.resources.common import (
     pvc_source_volumes,
     server_deployment,
 )
-from distillery.workloads.serve import teacher_vllm_args
+from distillery.resources.vllm import VLLM_PORT, teacher_vllm_args
 
 STAGE = "teacher"
 SERVED_NAME = "teacher"
@@ -26,7 +25,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     t = spec.teacher
     assert t.model is not None, "an endpoint teacher has no Deployment"
     served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
-                               tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=TEACHER_PORT)
+                               tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT)
     env: list[dict[str, Any]] = list(served["env"])
     if t.hub_token_secret_ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": t.hub_token_secret_ref.to_wire()}})
@@ -40,7 +39,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         "image": t.image,
         "args": served["args"],
         "env": env,
-        "ports": [{"name": "http", "containerPort": TEACHER_PORT}],
+        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "resources": gpu_resources(config, t.gpus, cpu=str(4 * t.gpus), memory=f"{32 * t.gpus}Gi"),
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
                            "failureThreshold": 3},
@@ -56,4 +55,4 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
 
 
 def teacher_service(owner: Owner) -> dict[str, Any]:
-    return http_service(owner, Names(owner.name).teacher, STAGE, TEACHER_PORT)
+    return http_service(owner, Names(owner.name).teacher, STAGE, VLLM_PORT)

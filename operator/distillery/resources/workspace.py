@@ -2,10 +2,11 @@
 
 from typing import Any
 
+from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import CONFIG_FILE, PipelineConfig, TeacherClientConfig
 from distillery.api.spec import DistillationSpec
-from distillery.controller.config import OperatorConfig
-from distillery.resources.common import TEACHER_PORT, Names, Owner, metadata
+from distillery.resources.common import Names, Owner, metadata
+from distillery.resources.vllm import VLLM_PORT
 
 
 def workspace_pvc(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
         base_url, model = t.endpoint.url.rstrip("/"), t.endpoint.model
     else:
         host = f"{Names(owner.name).teacher}.{owner.namespace}.svc"
-        base_url, model = f"http://{host}:{TEACHER_PORT}/v1", "teacher"
+        base_url, model = f"http://{host}:{VLLM_PORT}/v1", "teacher"
     return TeacherClientConfig(
         base_url=base_url,
         model=model,

@@ -8,17 +8,16 @@ the same rows with the same `row_id`, which is what labels and resume key on.
 import csv
 import io
 import json
-import os
 import random
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from distillery.api.modelref import pvc_parts
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import DataSource
+from distillery.workloads.environment import pvc_base
 
-DEFAULT_PVC_BASE = os.environ.get("DISTILLERY_PVC_BASE", "/mnt/pvc")
-"""Where pvc://claim/path sources are mounted; the operator mounts claims here, local runs may point elsewhere."""
 SUFFIXES = (".jsonl", ".json", ".csv")
 ROW_ID = "row_id"
 
@@ -68,7 +67,7 @@ def _read_files(files: Iterable[tuple[str, bytes]]) -> list[Row]:
 
 
 def _load_pvc(uri: str, base_dir: str) -> list[Row]:
-    claim, _, rel = uri.removeprefix("pvc://").partition("/")
+    claim, rel = pvc_parts(uri) or ("", "")
     root = Path(base_dir, claim)
     path = root / rel
     if not path.resolve().is_relative_to(root.resolve()):
@@ -123,14 +122,14 @@ def _load_s3(uri: str) -> list[Row]:
     return _read_files((name, fs.cat_file(name)) for name in names)
 
 
-def load_rows(source: DataSource, split: str, base_dir_for_pvc: str = DEFAULT_PVC_BASE) -> list[Row]:
+def load_rows(source: DataSource, split: str, base_dir_for_pvc: str | None = None) -> list[Row]:
     """The rows of a source, in file order. `split` names the hf:// split unless source.split does."""
     if source.rows is not None:
         return [dict(row) for row in source.rows]
     uri = source.uri or ""
     scheme = uri.partition("://")[0]
     if scheme == "pvc":
-        return _load_pvc(uri, base_dir_for_pvc)
+        return _load_pvc(uri, base_dir_for_pvc or pvc_base())
     if scheme == "hf":
         return _load_hf(uri, source.split or split)
     if scheme == "s3":
@@ -142,7 +141,7 @@ def _numbered(rows: list[Row]) -> list[Row]:
     return [{**row, ROW_ID: i} for i, row in enumerate(rows)]
 
 
-def split_rows(cfg: PipelineConfig, base_dir_for_pvc: str = DEFAULT_PVC_BASE) -> tuple[list[Row], list[Row]]:
+def split_rows(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> tuple[list[Row], list[Row]]:
     """(train, validation), each row carrying its `row_id`: its index in that split.
 
     dataset.limit caps the training source before any hold-out, so a small run over a large

@@ -23,11 +23,13 @@ import torch
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig
 from distillery.api.spec import Baseline, TrainingMethod
 from distillery.workloads.datasets import ROW_ID, split_rows
+from distillery.workloads.environment import workspace_layout
 from distillery.workloads.finetune_data import prompt_ids
 from distillery.workloads.labeler import read_labels
+from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer
 from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.report import text_table
 from distillery.workloads.tasks import MissingColumn, Row, TaskDefinition, get_task
-from distillery.workloads.trainer import ModelLoadError, load_model, load_tokenizer, workspace_layout
 
 SHORT_MAX_NEW_TOKENS = 256
 COT_MAX_NEW_TOKENS = 1024
@@ -88,15 +90,16 @@ def score_entry(task: TaskDefinition, model: str, prompt: str, predictions: Sequ
                 references: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(metric name, result entry)."""
     score = task.score(predictions, references)
-    return score.metric, {"model": model, "prompt": prompt, "score": round(score.value, 2), "rows": len(references)}
+    entry: dict[str, Any] = {"model": model, "prompt": prompt, "score": round(score.value, 2), "rows": len(references)}
+    if score.details:
+        entry["details"] = {name: round(value, 2) for name, value in score.details.items()}
+    return score.metric, entry
 
 
 def format_table(results: Sequence[dict[str, Any]], metric: str) -> str:
-    lines = [f"{'model':<20} {'prompt':<7} {metric:>12} {'rows':>7}"]
-    for entry in results:
-        score = "n/a" if entry["score"] is None else f"{entry['score']:.2f}"
-        lines.append(f"{entry['model']:<20} {entry['prompt']:<7} {score:>12} {entry['rows']:>7}")
-    return "\n".join(lines)
+    rows = [[e["model"], e["prompt"], "n/a" if e["score"] is None else f"{e['score']:.2f}", e["rows"]]
+            for e in results]
+    return "\n".join(text_table(["MODEL", "PROMPT", metric.upper(), "ROWS"], rows, indent=""))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

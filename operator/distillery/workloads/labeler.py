@@ -31,12 +31,12 @@ from pydantic import BaseModel, ValidationError
 from distillery.api.pipeline import (
     CONFIG_FILE,
     CONFIG_MOUNT_DIR,
+    JOB_COMPLETION_INDEX_ENV,
     PipelineConfig,
     TeacherClientConfig,
-    WorkspaceLayout,
 )
-from distillery.workloads.datasets import DEFAULT_PVC_BASE, ROW_ID, split_rows
-from distillery.workloads.live_progress import LiveProgress
+from distillery.workloads.datasets import ROW_ID, split_rows
+from distillery.workloads.environment import workspace_layout
 from distillery.workloads.openai_client import (
     ChatResult,
     OpenAIChatClient,
@@ -45,8 +45,8 @@ from distillery.workloads.openai_client import (
 )
 from distillery.workloads.progress import (
     Counters,
+    LiveProgress,
     compact_json,
-    report_periodically,
     write_termination_message,
 )
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
@@ -54,8 +54,6 @@ from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, T
 log = logging.getLogger("distillery.labeler")
 
 SPLITS = ("train", "validation")
-WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
-SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_LOW_SUCCESS = 3
@@ -84,10 +82,6 @@ class LabelRecord(BaseModel):
 
 def shard_path(labels_dir: Path, split: str, index: int) -> Path:
     return labels_dir / f"{split}-shard-{index:05d}.jsonl"
-
-
-def progress_path(labels_dir: Path, index: int) -> Path:
-    return labels_dir / f"progress-{index:05d}.json"
 
 
 def read_records(path: Path) -> tuple[list[LabelRecord], int]:
@@ -316,9 +310,8 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     async with client:
         for writer in writers.values():
             writer.start()
-        reporter = asyncio.create_task(
-            report_periodically(progress_path(labels_dir, index), counters, progress_interval_s,
-                                LiveProgress("labeling", index)))
+        reporter = LiveProgress("labeling", index, counters.as_dict, progress_interval_s)
+        reporter.start()
         labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
         loop = asyncio.get_running_loop()
         # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly. Signals reach
@@ -337,9 +330,7 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
                 loop.remove_signal_handler(signal.SIGTERM)
             for writer in writers.values():
                 await writer.close()
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            await asyncio.to_thread(reporter.stop)
 
     wall = time.monotonic() - started
     decided = counters.rows_ok + counters.rows_rejected
@@ -368,11 +359,11 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distillery label", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json path")
-    parser.add_argument("--shard-index", type=int, default=int(os.environ.get(SHARD_INDEX_ENV) or 0),
-                        help=f"this pod's shard (default: ${SHARD_INDEX_ENV} or 0)")
+    parser.add_argument("--shard-index", type=int, default=int(os.environ.get(JOB_COMPLETION_INDEX_ENV) or 0),
+                        help=f"this pod's shard (default: ${JOB_COMPLETION_INDEX_ENV} or 0)")
     parser.add_argument("--progress-interval", type=float, default=5.0,
-                        help="seconds between progress writes")
-    parser.add_argument("--pvc-base", default=DEFAULT_PVC_BASE, help="where pvc:// claims are mounted")
+                        help="seconds between live progress reports")
+    parser.add_argument("--pvc-base", help="where pvc:// claims are mounted (default: the pod's mount root)")
     return parser.parse_args(argv)
 
 
@@ -390,8 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = PipelineConfig.load(args.config)
-        if os.environ.get(WORKSPACE_ENV):
-            cfg = cfg.model_copy(update={"workspace": WorkspaceLayout(root=os.environ[WORKSPACE_ENV])})
+        cfg = cfg.model_copy(update={"workspace": workspace_layout(cfg)})
         if not 0 <= args.shard_index < cfg.label_shards:
             return _fail(f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)

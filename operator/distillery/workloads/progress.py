@@ -1,24 +1,41 @@
-"""Progress files and the termination message: how a stage pod tells the operator where it stands.
+"""How a stage pod tells the operator where it stands: live progress while it runs, a termination message
+when it ends.
 
-The operator reads `progress-*.json` from the workspace while the stage runs and
-the pod's termination message (Kubernetes keeps the first 4096 bytes of
-TERMINATION_MESSAGE_PATH) when it ends, so both stay small and compact JSON.
+Live progress: each pod patches one key (`<stage>-<index>`) of the Distillation's progress ConfigMap with
+a small JSON object, from a background thread at most every `interval` seconds, so neither the labeler's
+event loop nor the trainer's step loop ever waits on the API server. Reporting is best effort: a pod
+outside a cluster, or an API hiccup, never fails the workload.
+
+The termination message (Kubernetes keeps the first 4096 bytes of TERMINATION_MESSAGE_PATH) carries the
+final summary, so it stays small and compact JSON.
 """
 
-import asyncio
 import contextlib
 import json
+import logging
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from distillery.workloads.live_progress import LiveProgress
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
+from urllib3.exceptions import HTTPError
 
-TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
+from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV, TERMINATION_MESSAGE_ENV
+
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
+PROGRESS_REQUEST_TIMEOUT_S = 10
+
+log = logging.getLogger("distillery.progress")
+
+Snapshot = Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -69,16 +86,83 @@ def write_termination_message(summary: dict[str, Any], path: str | None = None) 
     return True
 
 
-async def report_periodically(path: Path, counters: Counters, interval_s: float,
-                              live: LiveProgress | None = None) -> None:
-    """Rewrite the progress file every `interval_s` until cancelled, then once more with the final counts.
-
-    With `live`, the counts also go to the operator (which rate-limits itself)."""
+def _core_api() -> client.CoreV1Api:
+    """A CoreV1Api on the pod's service account, or on $KUBECONFIG when run outside a cluster."""
+    configuration = client.Configuration()
     try:
-        while True:
-            await asyncio.to_thread(write_json_atomic, path, counters.as_dict())
-            if live is not None:
-                await live.publish(counters.as_dict())
-            await asyncio.sleep(interval_s)
-    finally:
-        write_json_atomic(path, counters.as_dict())
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return client.CoreV1Api(client.ApiClient(configuration))
+
+
+class LiveProgress:
+    """Publishes `snapshot()` under this pod's key from a daemon thread while the workload runs.
+
+    `start` starts the thread; `stop` ends it and publishes the final snapshot (both also as a context
+    manager). Without the progress environment (outside a cluster) it does nothing.
+    """
+
+    def __init__(self, stage: str, index: int, snapshot: Snapshot, interval: float = 10.0) -> None:
+        self.key = f"{stage}-{index:05d}"
+        self.snapshot = snapshot
+        self.interval = interval
+        self.configmap = os.environ.get(PROGRESS_CONFIGMAP_ENV)
+        self.namespace = os.environ.get(POD_NAMESPACE_ENV)
+        self._api: client.CoreV1Api | None = None
+        self._sent: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.configmap and self.namespace)
+
+    def start(self) -> None:
+        if self.enabled and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"progress-{self.key}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Blocks for at most one request (call it off an event loop)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.publish()
+
+    def __enter__(self) -> "LiveProgress":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.publish()
+            self._stop.wait(self.interval)
+
+    def publish(self) -> bool:
+        """Patch this pod's key with the current snapshot if it changed; returns whether it was sent."""
+        if not self.enabled:
+            return False
+        data = self.snapshot()
+        if data == self._sent:
+            return False
+        try:
+            if self._api is None:
+                self._api = _core_api()
+            self._api.patch_namespaced_config_map(
+                str(self.configmap), str(self.namespace), {"data": {self.key: json.dumps(data, sort_keys=True)}},
+                _request_timeout=PROGRESS_REQUEST_TIMEOUT_S)
+        except (ApiException, ConfigException, HTTPError, OSError) as err:
+            if not self._warned:
+                log.warning("live progress not reported (%s); the workload continues", err)
+                self._warned = True
+            return False
+        self._sent = data
+        return True

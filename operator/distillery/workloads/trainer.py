@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,11 +35,10 @@ import torch
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
 from distillery.api.spec import StudentSpec, TrainingMethod
-from distillery.workloads.live_progress import LiveProgress
-from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
-from distillery.workloads.serve import is_local_ref, resolve_model_ref
+from distillery.workloads.environment import free_port, workspace_layout
+from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer, prepare_model
+from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic, write_termination_message
 
-WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -52,81 +50,8 @@ EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA, EXIT_TERMINATED = 0, 2, 3, 143
 log = logging.getLogger("distillery.trainer")
 
 
-class ModelLoadError(RuntimeError):
-    """The student model (or adapter) cannot be loaded; the message says what to fix."""
-
-
 class ResumeError(RuntimeError):
     """The newest checkpoint cannot be resumed by this run."""
-
-
-# Models -----------------------------------------------------------------------------------------
-
-def _model_location(ref: str) -> str:
-    location = resolve_model_ref(ref)
-    if is_local_ref(ref) and not Path(location).exists():
-        raise ModelLoadError(f"model {ref!r}: {location} does not exist (is its volume mounted?)")
-    return location
-
-
-def _hub_hint(ref: str, err: Exception) -> ModelLoadError:
-    if is_local_ref(ref):
-        return ModelLoadError(f"model {ref!r} cannot be loaded from {resolve_model_ref(ref)}: {err}")
-    return ModelLoadError(f"model {ref!r} cannot be loaded from the hub (offline, gated or not found?); copy it "
-                          f"to a volume and use pvc://claim/path, or set HF_TOKEN for a gated model. Cause: {err}")
-
-
-def load_tokenizer(ref: str) -> Any:
-    """The model's tokenizer, with a pad token (the eos token when it has none) for batching."""
-    from transformers import AutoTokenizer
-
-    location = _model_location(ref)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-    except (OSError, ValueError) as err:
-        raise _hub_hint(ref, err) from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(ref: str, *, dtype: torch.dtype = torch.float32, adapter: str | Path | None = None,
-               merge: bool = False) -> Any:
-    """A causal LM from a model reference (local path, pvc://, hf:// or hub id), optionally with a
-    LoRA adapter directory on top (merged into the weights when `merge`)."""
-    from transformers import AutoModelForCausalLM
-
-    location = _model_location(ref)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise _hub_hint(ref, err) from err
-    if adapter is None:
-        return model
-    from peft import PeftModel
-
-    if not Path(adapter, "adapter_config.json").exists():
-        raise ModelLoadError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
-    model = PeftModel.from_pretrained(model, str(adapter))
-    return model.merge_and_unload() if merge else model
-
-
-def prepare_model(model: Any, student: StudentSpec) -> Any:
-    """LoRA adapters on the target modules (only they train), or every weight for full fine-tuning."""
-    if student.method == TrainingMethod.FULL:
-        model.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = student.lora
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name})
-        raise ModelLoadError(f"student.lora.targetModules {lora.target_modules} do not match the model: "
-                             f"{err}; its module names include {names[:40]}") from err
 
 
 # Distributed setup ------------------------------------------------------------------------------
@@ -152,11 +77,6 @@ class DistEnv:
         return cls(rank, local_rank, int(environ.get("WORLD_SIZE", "1")))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def init_distributed(cuda: bool) -> DistEnv:
     """Join the process group (gloo on CPU, nccl on GPU), making up a one-process world when alone."""
@@ -164,7 +84,7 @@ def init_distributed(cuda: bool) -> DistEnv:
         for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(name, value)
         if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ["MASTER_PORT"] = str(free_port())
     dist = DistEnv.from_env(dict(os.environ))
     os.environ.setdefault("RANK", str(dist.rank))
     os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
@@ -413,11 +333,6 @@ def emit(dist: DistEnv, event: str, **fields: Any) -> None:
         print(compact_json({"event": event, **fields}), flush=True)
 
 
-def workspace_layout(cfg: PipelineConfig) -> WorkspaceLayout:
-    root = os.environ.get(WORKSPACE_ENV)
-    return cfg.workspace.model_copy(update={"root": root}) if root else cfg.workspace
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distillery train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json")
@@ -492,40 +407,45 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         return {"step": step, "total_steps": total_steps, "world_size": dist.world_size, "loss": history,
                 "tokens": tokens_total, "train_seconds": train_seconds + time.monotonic() - run_start}
 
-    live = LiveProgress("training", dist.rank)
+    # Rank 0 reports for the group, from a thread: the step loop never waits on the API server.
+    progress: dict[str, Any] = {"step": step, "total_steps": total_steps,
+                                "loss": history[-1]["loss"] if history else None}
+    live = LiveProgress("training", dist.rank, lambda: dict(progress))
+    if dist.is_main:
+        live.start()
     engine.train()
-    while step < total_steps:
-        step += 1
-        lr = engine.get_lr()[0]
-        # Loss, token count and any rank's stop request, summed over ranks in one all-reduce;
-        # kept on the device so the step has a single host sync.
-        stats = torch.zeros(3, dtype=torch.float32, device=engine.device)
-        for indices in plan.step_micro_batches(step):
-            batch = collate([data.examples[i] for i in indices], pad_id)
-            stats[1] += batch["attention_mask"].sum()
-            loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
-            engine.backward(loss)
-            engine.step()
-            stats[0] += loss.detach().float() / plan.accumulation
-        stats[2] = float(stop.requested)
-        torch.distributed.all_reduce(stats)
-        mean_loss, step_tokens, stopping = stats.tolist()
-        mean_loss = round(mean_loss / dist.world_size, 6)
-        run_tokens += int(step_tokens)
-        tokens_total += int(step_tokens)
-        history.append({"step": step, "loss": mean_loss, "lr": lr})
-        emit(dist, "step", step=step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
-             seconds=round(time.monotonic() - run_start, 4))
-        if dist.is_main:
-            progress = {"step": step, "total_steps": total_steps, "loss": mean_loss}
-            write_json_atomic(layout.train_dir / "progress.json", progress)
-            live.publish_sync(progress)
-        if step % student.checkpoint_steps == 0 or step == total_steps or stopping:
-            path = checkpoints.save(engine, step, state_now())
-            emit(dist, "checkpoint", step=step, path=str(path))
-        if stopping:
-            emit(dist, "terminated", step=step)
-            return EXIT_TERMINATED, {"terminated": True, "step": step, "total_steps": total_steps}
+    try:
+        while step < total_steps:
+            step += 1
+            lr = engine.get_lr()[0]
+            # Loss, token count and any rank's stop request, summed over ranks in one all-reduce;
+            # kept on the device so the step has a single host sync.
+            stats = torch.zeros(3, dtype=torch.float32, device=engine.device)
+            for indices in plan.step_micro_batches(step):
+                batch = collate([data.examples[i] for i in indices], pad_id)
+                stats[1] += batch["attention_mask"].sum()
+                loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
+                engine.backward(loss)
+                engine.step()
+                stats[0] += loss.detach().float() / plan.accumulation
+            stats[2] = float(stop.requested)
+            torch.distributed.all_reduce(stats)
+            mean_loss, step_tokens, stopping = stats.tolist()
+            mean_loss = round(mean_loss / dist.world_size, 6)
+            run_tokens += int(step_tokens)
+            tokens_total += int(step_tokens)
+            history.append({"step": step, "loss": mean_loss, "lr": lr})
+            emit(dist, "step", step=step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
+                 seconds=round(time.monotonic() - run_start, 4))
+            progress["step"], progress["loss"] = step, mean_loss
+            if step % student.checkpoint_steps == 0 or step == total_steps or stopping:
+                path = checkpoints.save(engine, step, state_now())
+                emit(dist, "checkpoint", step=step, path=str(path))
+            if stopping:
+                emit(dist, "terminated", step=step)
+                return EXIT_TERMINATED, {"terminated": True, "step": step, "total_steps": total_steps}
+    finally:
+        live.stop()
 
     run_seconds = time.monotonic() - run_start
     train_seconds += run_seconds

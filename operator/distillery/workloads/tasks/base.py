@@ -10,7 +10,7 @@ final "Answer: X" line and, failing that, a text that is itself a valid answer.
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.api.spec import PromptSpec
@@ -20,7 +20,6 @@ Row = Mapping[str, Any]
 
 ANSWER_MARKER = "Answer"
 
-_JUDGE_RATING = re.compile(r"(?:rating\s*[:=]\s*|\[\[)\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*(?:\]\])?", re.I)
 
 
 class MalformedAnswer(ValueError):
@@ -42,6 +41,8 @@ class Score:
     metric: str
     value: float
     """Percentage, 0..100."""
+    details: dict[str, float] = field(default_factory=dict)
+    """Related metrics next to the headline one (ROUGE-1/2/L beside ROUGE-Lsum), 0..100."""
 
 
 class MissingColumn(KeyError):
@@ -180,30 +181,6 @@ class TaskDefinition(ABC):
     @abstractmethod
     def score(self, predictions: Sequence[str], references: Sequence[str]) -> Score:
         """Predictions are normalised answers (see `prediction`), references come from `reference`."""
-
-    def judge_messages(self, row: Row, reply: str) -> list[Message]:
-        """A teacher-as-judge prompt rating `reply` to the student prompt on a 1-10 scale."""
-        question = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.student_messages(row))
-        reference = self.reference(row)
-        gold = f"\n\n[Reference answer]\n{reference}" if reference else ""
-        return [
-            {"role": "system", "content": "You are an impartial judge of AI assistant answers."},
-            {"role": "user", "content": (
-                f"[Conversation]\n{question}{gold}\n\n[Answer to rate]\n{reply}\n\n"
-                "Rate the answer's helpfulness, correctness and clarity from 1 (useless) to 10 (perfect). "
-                "Explain briefly, then end with a line 'Rating: N'."
-            )},
-        ]
-
-    @staticmethod
-    def parse_judge(text: str) -> float:
-        matches = _JUDGE_RATING.findall(text)
-        if not matches:
-            raise MalformedAnswer("no 'Rating:' in the judge's output")
-        rating = float(matches[-1])
-        if not 1 <= rating <= 10:
-            raise MalformedAnswer(f"rating {rating:g} is outside 1-10")
-        return rating
 
 
 def check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""Multi-turn chat: the teacher writes the next assistant reply; scored by token F1 or a teacher judge."""
+"""Multi-turn chat: the teacher writes the next assistant reply; scored by token F1 against the reference reply."""
 
 from collections.abc import Sequence
 from typing import Any

@@ -14,7 +14,7 @@ from distillery.workloads.tasks.base import (
     check_lengths,
     split_on_last_marker,
 )
-from distillery.workloads.tasks.metrics import mean_percent, rouge_l_f1
+from distillery.workloads.tasks.metrics import rouge
 
 SUMMARY_MARKER = "Summary"
 COD_KEY = "denser_summary"
@@ -114,5 +114,5 @@ class SummarizationTask(SingleTurnTask):
 
     def score(self, predictions: Sequence[str], references: Sequence[str]) -> Score:
         check_lengths(predictions, references)
-        return Score("rouge_l", mean_percent(
-            [rouge_l_f1(p, r) for p, r in zip(predictions, references, strict=True)]))
+        scores = rouge(predictions, references)
+        return Score("rouge_lsum", scores["rougeLsum"], details=scores)

@@ -24,12 +24,12 @@ from typing import Any
 
 import yaml
 
-from distillery import status_view
 from distillery.api import crd
 from distillery.api.spec import DistillationSpec
+from distillery.cli import status as status_view
+from distillery.controller.kube import KubeClient, load_configuration
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.local_kubelet import LocalKubelet, LocalVolumes
-from distillery.kube import Credentials, KubeClient
 
 SAMPLE = {
     "apiVersion": "distillery.dev/v1alpha1",
@@ -56,7 +56,7 @@ SAMPLE = {
 
 def local_sample(train_rows: int = 24, validation_rows: int = 12) -> dict[str, Any]:
     """The sample, sized for CPU: a tiny student on a claim the local kubelet provides."""
-    from distillery.workloads.tiny import synthetic_nli_rows
+    from distillery.devcluster.tiny import synthetic_nli_rows
 
     manifest = json.loads(json.dumps(SAMPLE))
     manifest["metadata"]["name"] = "nli-local-demo"
@@ -103,9 +103,9 @@ class LocalWorkloads:
             pass
 
     async def _run(self) -> None:
+        from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
+        from distillery.devcluster.tiny import save_tiny_model
         from distillery.workloads.tasks import get_task
-        from distillery.workloads.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
-        from distillery.workloads.tiny import save_tiny_model
 
         spec = DistillationSpec.model_validate(self.manifest["spec"])
         pvc_base = self.root / "pvc"
@@ -118,7 +118,7 @@ class LocalWorkloads:
         log_dir = self.root / "pods"
         log_dir.mkdir(parents=True, exist_ok=True)
         async with TeacherServer(TaskAwareResponder(lookup_from_rows(task, rows))) as teacher, \
-                KubeClient(Credentials.from_kubeconfig(self.kubeconfig)) as client:
+                KubeClient(load_configuration(str(self.kubeconfig))) as client:
             kubelet = LocalKubelet(client, self.manifest["metadata"].get("namespace", "default"),
                                    LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir)
             print(f"local teacher at {teacher.url}; stage pods run here, logs in {log_dir}")

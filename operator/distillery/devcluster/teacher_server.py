@@ -11,7 +11,7 @@ retry of the same prompt can succeed where the first request failed.
     async with TeacherServer(faults=FaultConfig(rate_limit=0.2)) as server:
         client = OpenAIChatClient(server.url, "teacher")
 
-    python -m distillery.workloads.teacher_server --port 8000 --latency-ms 50
+    python -m distillery.devcluster.teacher_server --port 8000 --latency-ms 50
 """
 
 import argparse
@@ -318,7 +318,7 @@ def _error(status: int, kind: str, message: str, headers: Mapping[str, str] | No
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m distillery.workloads.teacher_server",
+    parser = argparse.ArgumentParser(prog="python -m distillery.devcluster.teacher_server",
                                      description="A local OpenAI-compatible teacher for tests and demos.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")

@@ -11,12 +11,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("distillery.controller.main", "Run the operator (kopf)."),
     "crd": ("distillery.api.crd", "Write the CRD generated from the API models."),
     "dev-cluster": ("distillery.devcluster.cli", "Local control plane: up | down | status | kubeconfig."),
-    "status": ("distillery.status_view", "Print a readable summary of a Distillation."),
+    "status": ("distillery.cli.status", "Print a readable summary of a Distillation."),
     "label": ("distillery.workloads.labeler", "Labeling workload: prompt the teacher over the dataset."),
     "train": ("distillery.workloads.trainer", "Training workload: fine-tune the student with DeepSpeed."),
     "evaluate": ("distillery.workloads.evaluator", "Evaluation workload: teacher vs base vs distilled student."),
     "serve": ("distillery.workloads.serve", "Serve a model behind an OpenAI-compatible API (CPU path)."),
-    "demo": ("distillery.demo", "Bring up the local cluster, the operator and a sample Distillation."),
+    "demo": ("distillery.devcluster.demo", "Bring up the local cluster, the operator and a sample Distillation."),
 }
 
 
@@ -38,6 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`distillery status NAME [-n NAMESPACE] [--kubeconfig PATH]`: one Distillation, readable.
+"""`distillery status NAME [-n NAMESPACE] [--kubeconfig PATH] [--context NAME]`: one Distillation, readable.
 
 `kubectl get` shows a line and `kubectl describe` shows raw conditions; this puts the stages,
 progress, results and whatever needs attention on one screen. `render` is pure (object in,
@@ -7,16 +7,19 @@ text out) so the layout is tested without a cluster.
 
 import argparse
 import asyncio
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import yaml
-
-from distillery.api.status import STAGE_CONDITION, Stage, parse_time, seconds_between
-from distillery.kube import SA_DIR, ApiError, Credentials, KubeClient
+from distillery.api.status import STAGE_CONDITION, ModelScore, Stage, parse_time, results_line, seconds_between
+from distillery.controller.kube import (
+    TRANSPORT_ERRORS,
+    ApiError,
+    CredentialsError,
+    KubeClient,
+    default_namespace,
+    load_configuration,
+)
+from distillery.workloads.report import text_table
 
 # Conditions that are good news when True; the others (Failed, Stalled, Reconciling, Suspended)
 # are good news when False.
@@ -24,12 +27,6 @@ POSITIVE = {"Ready", "Succeeded", *STAGE_CONDITION.values()}
 SETTLED_STAGE_STATES = {"Succeeded", "Removed", "Skipped"}
 STAGE_OF_CONDITION = {condition: stage.value for stage, condition in STAGE_CONDITION.items()}
 MESSAGE_WIDTH = 80
-
-
-def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return [indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in [headers, *rows]]
 
 
 def _clip(text: str | None, width: int = MESSAGE_WIDTH) -> str:
@@ -74,7 +71,7 @@ def _stages(status: dict[str, Any]) -> list[str]:
         rows.append([stage, record.get("state", "Pending"), _time(record.get("startTime")),
                      _duration(record.get("startTime"), record.get("completionTime")),
                      _hours(record.get("gpuHours")), _clip(record.get("message"))])
-    return ["Stages:", *_table(["STAGE", "STATE", "STARTED", "TOOK", "GPU-H", "MESSAGE"], rows)]
+    return ["Stages:", *text_table(["STAGE", "STATE", "STARTED", "TOOK", "GPU-H", "MESSAGE"], rows)]
 
 
 def _progress(progress: dict[str, Any] | None) -> list[str]:
@@ -97,17 +94,13 @@ def _progress(progress: dict[str, Any] | None) -> list[str]:
     return ["Progress:", *lines] if lines else []
 
 
-def results_line(results: list[dict[str, Any]]) -> str:
-    """'teacher cot 69.98 / base-student cot 52.81 / distilled-student short 63.88'."""
-    return " / ".join(f"{r['model']} {r['prompt']} {r['score']:.2f}" for r in results)
-
-
 def _results(results: list[dict[str, Any]] | None) -> list[str]:
     if not results:
         return []
     rows = [[r["model"], r.get("prompt", ""), r.get("metric", ""), f"{r['score']:.2f}", _count(r.get("rows"))]
             for r in results]
-    return ["Results:", *_table(["MODEL", "PROMPT", "METRIC", "SCORE", "ROWS"], rows), "  " + results_line(results)]
+    line = results_line([ModelScore.model_validate(r) for r in results])
+    return ["Results:", *text_table(["MODEL", "PROMPT", "METRIC", "SCORE", "ROWS"], rows), "  " + line]
 
 
 def _needs_attention(condition: dict[str, Any], stages: dict[str, Any]) -> bool:
@@ -173,24 +166,8 @@ def render(obj: dict[str, Any]) -> str:
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 
-def _default_namespace(credentials: Credentials, kubeconfig: Path | None) -> str:
-    """Like kubectl: the pod's own namespace in-cluster, else the current context's, else 'default'."""
-    if credentials.token_file and Path(credentials.token_file).parent == SA_DIR:
-        return (SA_DIR / "namespace").read_text().strip()
-    if kubeconfig is None:
-        env = os.environ.get("KUBECONFIG")
-        kubeconfig = Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
-    try:
-        config = yaml.safe_load(kubeconfig.read_text()) or {}
-    except OSError:
-        return "default"
-    context = next((c.get("context") or {} for c in config.get("contexts") or []
-                    if c.get("name") == config.get("current-context")), {})
-    return context.get("namespace") or "default"
-
-
-async def _fetch(credentials: Credentials, name: str, namespace: str) -> dict[str, Any] | None:
-    async with KubeClient(credentials, user_agent="distillery-status") as client:
+async def _fetch(client: KubeClient, name: str, namespace: str) -> dict[str, Any] | None:
+    async with client:
         return await client.get("Distillation", name, namespace)
 
 
@@ -198,13 +175,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="distillery status", description="Print a readable Distillation summary.")
     parser.add_argument("name")
     parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace, else 'default'")
-    parser.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, then ~/.kube/config")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, then ~/.kube/config")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     args = parser.parse_args(argv)
-    credentials = Credentials.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Credentials.from_environment()
-    namespace = args.namespace or _default_namespace(credentials, args.kubeconfig)
     try:
-        obj = asyncio.run(_fetch(credentials, args.name, namespace))
-    except (ApiError, aiohttp.ClientError, OSError) as e:
+        configuration = load_configuration(args.kubeconfig, args.context)
+        namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
+        client = KubeClient(configuration, user_agent="distillery-status")
+        obj = asyncio.run(_fetch(client, args.name, namespace))
+    except (CredentialsError, ApiError, *TRANSPORT_ERRORS) as e:
         print(f"distillery status: {e}", file=sys.stderr)
         return 1
     if obj is None:

@@ -6,11 +6,10 @@ Workloads never write the Distillation; they patch one key per pod in
 
 from typing import Any
 
+from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV
 from distillery.resources.common import Names, Owner, metadata
 
 STAGE = "progress"
-PROGRESS_CONFIGMAP_ENV = "DISTILLERY_PROGRESS_CONFIGMAP"
-POD_NAMESPACE_ENV = "POD_NAMESPACE"
 
 
 def progress_configmap(owner: Owner) -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""What a stage pod reads from its environment beyond pipeline.json (where its volumes are), and a free
+local port for a one-process torch.distributed group.
+
+In a cluster the manifest mounts the workspace at `WORKSPACE_DIR` and each `pvc://` claim under
+`PVC_MOUNT_ROOT`; the local kubelet, which runs pods as processes on one machine, points both elsewhere.
+Read at call time, never at import time.
+"""
+
+import os
+import socket
+
+from distillery.api.modelref import PVC_MOUNT_ROOT
+from distillery.api.pipeline import PVC_BASE_ENV, WORKSPACE_ENV, PipelineConfig, WorkspaceLayout
+
+
+def pvc_base() -> str:
+    """Where this pod finds `pvc://` claims."""
+    return os.environ.get(PVC_BASE_ENV) or PVC_MOUNT_ROOT
+
+
+def workspace_layout(cfg: PipelineConfig) -> WorkspaceLayout:
+    """The pipeline's workspace, rooted where this pod has it mounted."""
+    root = os.environ.get(WORKSPACE_ENV)
+    return cfg.workspace.model_copy(update={"root": root}) if root else cfg.workspace
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,85 @@
+"""The one-way layout, checked on every import in the package (lazy ones inside functions too).
+
+api at the bottom; resources and workloads beside each other on api; controller on resources; devcluster
+and the CLI on top, and nothing in the product imports devcluster. No module imports itself back.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "distillery"
+# layer -> the layers it may import (itself included)
+ALLOWED: dict[str, set[str]] = {
+    "api": {"api"},
+    "resources": {"api", "resources"},
+    "workloads": {"api", "workloads"},
+    "controller": {"api", "resources", "controller"},
+    "devcluster": {"api", "resources", "workloads", "controller", "devcluster", "cli"},
+    "cli": {"api", "resources", "workloads", "controller", "cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every distillery module this file imports, at any depth of the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("distillery")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("distillery"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                # `from distillery.resources import jobs` imports a module; `from x.y import name` a name.
+                is_module = (PACKAGE.parent / Path(*candidate.split("."))).with_suffix(".py").exists()
+                found.add(candidate if is_module else node.module)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_every_module_is_in_a_layer() -> None:
+    strays = sorted(m for m in graph() if m != "distillery" and layer(m) not in ALLOWED)
+    assert not strays, f"modules outside api/resources/workloads/controller/devcluster/cli: {strays}"
+
+
+def test_imports_follow_the_one_way_layout() -> None:
+    broken = [f"{m} imports {target}" for m, targets in graph().items() for target in sorted(targets)
+              if layer(m) in ALLOWED and layer(target) not in ALLOWED[layer(m)]]
+    assert not broken, "\n".join(broken)
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str], on_path: set[str], done: set[str]) -> None:
+        for target in sorted(edges.get(node, ())):
+            if target in on_path:
+                cycles.append([*path[path.index(target):], target])
+            elif target not in done:
+                visit(target, [*path, target], on_path | {target}, done)
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(edges):
+        if start not in done:
+            visit(start, [start], {start}, done)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself: an upward import in a file is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from distillery.controller.kube import KubeClient\n")
+    assert "distillery.controller.kube" in imports(bad)
+    assert "controller" not in ALLOWED["workloads"]
