@@ -7,4 +7,5 @@ bash scripts/setup.sh
 VENV=${DISTILLERY_VENV:-${DISTILLERY_CACHE:-$HOME/.cache/distillery}/venv}
 export DS_ACCELERATOR=cpu
 "$VENV/bin/ruff" check operator tests
+"$VENV/bin/mypy" --cache-dir "${DISTILLERY_CACHE:-$HOME/.cache/distillery}/mypy"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

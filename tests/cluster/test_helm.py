@@ -266,6 +266,26 @@ class ChartIdentity:
             "current-context": "chart",
         }))
         self.kubeconfig.chmod(0o600)
+        # RBAC reaches the authorizer through an informer: the bindings just applied may not be in force yet.
+        # Start nothing as this identity until every rule it was given answers yes.
+        grants = self.granted()
+        self.kube.wait_for(lambda: all(self.can(*g) for g in grants), 30, what=f"RBAC in force for {self.account}")
+
+    def granted(self) -> list[tuple[str, ...]]:
+        """`kubectl auth can-i` arguments for each verb and resource the chart's roles grant."""
+        checks: list[tuple[str, ...]] = []
+        for doc in self.rbac:
+            if doc["kind"] not in ("Role", "ClusterRole"):
+                continue
+            scope = ("-n", doc["metadata"].get("namespace") or self.namespace)
+            for rule in doc.get("rules") or []:
+                for group in rule.get("apiGroups") or [""]:
+                    for resource in rule.get("resources") or []:
+                        name, _, sub = resource.partition("/")
+                        target = f"{name}.{group}" if group else name
+                        extra = (f"--subresource={sub}",) if sub else ()
+                        checks += [(verb, target, *extra, *scope) for verb in rule.get("verbs") or []]
+        return checks
 
     def delete(self) -> None:
         for doc in self.rbac:

@@ -22,17 +22,32 @@ def samples(text: str, name: str) -> dict[str, float]:
 
 def test_controller_runtime_and_distillery_metrics_follow_a_distillation(
         kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    errors_key = '{controller="distillation"}'
+    errors_before = samples(operator.metrics(), "controller_runtime_reconcile_errors_total")[errors_key]
+    # A quota that admits no claim: the workspace create is refused (403), which is a reconcile error.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-claims"},
+             "spec": {"hard": {"persistentvolumeclaims": "0"}}}
+    kube.apply(quota, namespace=namespace)
+    kube.wait_for(lambda: (kube.get("resourcequota", "no-claims", namespace).get("status") or {}).get("hard"), 30,
+                  what="quota status computed")
     kube.apply(distillation("metered"), namespace=namespace)
+    kube.wait_for(lambda: samples(operator.metrics(), "controller_runtime_reconcile_errors_total")[errors_key]
+                  > errors_before, 60, what="a reconcile error counted")
+    refused = samples(operator.metrics(), "distillery_api_requests_total")
+    assert refused.get('{code="403",kind="PersistentVolumeClaim",verb="create"}', 0) >= 1
+    kube.run("delete", "resourcequota", "no-claims", "-n", namespace)
+
     kube.wait_for(lambda: (condition(kube.get("distillation", "metered", namespace), "Succeeded") or {})
                   .get("status") == "True", 120, what="Succeeded")
     text = operator.metrics()
-
     totals = samples(text, "controller_runtime_reconcile_total")
     assert totals['{controller="distillation",result="success"}'] > 0
-    assert '{controller="distillation",result="error"}' in totals
+    assert totals['{controller="distillation",result="error"}'] >= 1
     assert samples(text, "controller_runtime_reconcile_time_seconds_count")['{controller="distillation"}'] > 0
-    assert '{controller="distillation"}' in samples(text, "controller_runtime_reconcile_errors_total")
+    assert samples(text, "process_resident_memory_bytes")[""] > 0
+    assert any('implementation="CPython"' in k for k in samples(text, "python_info"))
     assert samples(text, "distillery_distillations")['{phase="Succeeded"}'] >= 1
+
     def ours(labels: str) -> bool:
         return f'namespace="{namespace}"' in labels and 'name="metered"' in labels
 

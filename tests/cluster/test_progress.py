@@ -39,7 +39,8 @@ def test_stage_pod_identity_reports_live_progress_into_status(
 
     counts = {"rows_ok": 3, "rows_rejected": 1, "rows_total": 10, "tokens_in": 50, "tokens_out": 70}
     reporter = LiveProgress("labeling", 0, lambda: counts)
-    assert reporter.publish()
+    # The operator made the RoleBinding moments ago; the authorizer may not have it yet.
+    kube.wait_for(reporter.publish, 30, what="progress patched as the stage pods' identity")
     assert not reporter.publish(), "an unchanged snapshot is not sent again"
     dist = kube.wait_for(lambda: ((d := kube.get("distillation", "live", namespace)).get("status") or {})
                          .get("progressSummary") == "labeling 4/10" and d, 30, what="progress in status")

@@ -55,7 +55,7 @@ def _field_defaults(model: type[BaseModel]) -> dict[str, Any]:
     for name, field in model.model_fields.items():
         alias = field.alias or name
         if field.default_factory is not None:
-            value = field.default_factory()
+            value = field.get_default(call_default_factory=True, validated_data={})
             # An object default of {} lets the API server apply the nested defaults itself.
             defaults[alias] = {} if isinstance(value, BaseModel) else _jsonable(value)
         elif field.default is not None and not field.is_required():
@@ -126,9 +126,9 @@ class _Structural:
                 if node.get("required"):
                     out["required"] = list(node["required"])
             else:
-                extra = node.get("additionalProperties")
-                if isinstance(extra, dict) and extra:
-                    out["additionalProperties"] = self._node(extra)
+                additional = node.get("additionalProperties")
+                if isinstance(additional, dict) and additional:
+                    out["additionalProperties"] = self._node(additional)
                 else:
                     out["x-kubernetes-preserve-unknown-fields"] = True
         if node_type == "array":

@@ -8,7 +8,7 @@ CEL rules (see `x-kubernetes-validations`), so a wrong manifest is rejected by
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from distillery.api.base import ApiModel, cel
 
@@ -117,8 +117,8 @@ class TeacherSpec(ApiModel):
     keep_after_labeling: bool = False
     """Keep the teacher running after labeling (it serves as a baseline during evaluation)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 cel("has(self.model) != has(self.endpoint)",
                     "exactly one of teacher.model and teacher.endpoint must be set"),
@@ -126,7 +126,7 @@ class TeacherSpec(ApiModel):
                     "teacher.gpus must be a multiple of teacher.tensorParallelSize", ".gpus"),
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherSpec":
@@ -145,13 +145,13 @@ class DataSource(ApiModel):
     split: str | None = Field(None, max_length=64)
     """Split name for hf:// sources (default: train or validation)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 cel("has(self.uri) != has(self.rows)", "exactly one of uri and rows must be set"),
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DataSource":
@@ -281,8 +281,8 @@ class DistillationSpec(ApiModel):
     suspend: bool = False
     """Pause: running stage pods are removed, progress in the workspace is kept, and resume continues."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 cel("self.task == 'summarization' || !self.prompt.chainOfDensity",
                     "prompt.chainOfDensity is only valid for task summarization", ".prompt.chainOfDensity"),
@@ -290,7 +290,7 @@ class DistillationSpec(ApiModel):
                     "task custom needs prompt.userTemplate", ".prompt.userTemplate"),
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationSpec":

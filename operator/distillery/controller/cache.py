@@ -82,11 +82,11 @@ class ClusterCache:
     def parent_of(self, body: Any) -> Key | None:
         meta = body.get("metadata") or {}
         parent = (meta.get("labels") or {}).get(PARENT_LABEL)
-        return (meta.get("namespace"), parent) if parent else None
+        return (str(meta.get("namespace") or ""), str(parent)) if parent else None
 
     def put_distillation(self, body: Any, deleted: bool) -> Key:
         meta = body.get("metadata") or {}
-        key = (meta.get("namespace"), meta.get("name"))
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         if deleted:
             self.distillations.pop(key, None)
             self._children.pop(key, None)
@@ -100,7 +100,7 @@ class ClusterCache:
         key = self.parent_of(body)
         if key is None:
             return None
-        name = (body.get("metadata") or {}).get("name")
+        name = str((body.get("metadata") or {}).get("name") or "")
         children = self._children[key]
         if deleted:
             return key if children.pop((kind, name), None) is not None else None
@@ -115,7 +115,7 @@ class ClusterCache:
         key = self.parent_of(body)
         if key is None:
             return None
-        name = (body.get("metadata") or {}).get("name")
+        name = str((body.get("metadata") or {}).get("name") or "")
         if deleted:
             return key if _pod_matters(self._pods[key].pop(name, None)) else None
         new = _pod_projection(body)
@@ -124,7 +124,7 @@ class ClusterCache:
         return key if new != old and (_pod_matters(new) or _pod_matters(old)) else None
 
     def put_node(self, body: Any, deleted: bool, gpu_resource: str) -> None:
-        name = (body.get("metadata") or {}).get("name")
+        name = str((body.get("metadata") or {}).get("name") or "")
         if deleted:
             self._nodes.pop(name, None)
         else:

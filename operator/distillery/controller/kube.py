@@ -171,7 +171,8 @@ class KubeClient:
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", resource_path(kind, namespace, name))
+            found: dict[str, Any] = await self.request("GET", resource_path(kind, namespace, name))
+            return found
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -180,13 +181,16 @@ class KubeClient:
     async def list(self, kind: str, namespace: str | None = None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
-        return (await self.request("GET", resource_path(kind, namespace), params=params)).get("items", [])
+        items: list[dict[str, Any]] = (await self.request("GET", resource_path(kind, namespace), params=params)
+                                       ).get("items", [])
+        return items
 
     async def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create; an existing object is success. Returns (object, created)."""
         ns = manifest["metadata"].get("namespace")
         try:
-            return await self.request("POST", resource_path(manifest["kind"], ns), body=manifest), True
+            created: dict[str, Any] = await self.request("POST", resource_path(manifest["kind"], ns), body=manifest)
+            return created, True
         except ApiError as e:
             if e.status == 409 and e.reason == "AlreadyExists":
                 return manifest, False
@@ -194,8 +198,9 @@ class KubeClient:
 
     async def merge_patch(self, kind: str, name: str, namespace: str | None, patch: dict[str, Any],
                           subresource: str | None = None) -> dict[str, Any]:
-        return await self.request("PATCH", resource_path(kind, namespace, name, subresource), body=patch,
-                                  content_type="application/merge-patch+json")
+        patched: dict[str, Any] = await self.request("PATCH", resource_path(kind, namespace, name, subresource),
+                                                     body=patch, content_type="application/merge-patch+json")
+        return patched
 
     async def delete(self, kind: str, name: str, namespace: str | None = None,
                      propagation: str = "Background") -> bool:

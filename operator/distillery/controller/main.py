@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, PLURAL, VERSION
 from distillery.controller import metrics
-from distillery.controller.cache import ClusterCache
+from distillery.controller.cache import ClusterCache, Key
 from distillery.controller.kube import CredentialsError, KubeClient, connection_info, load_configuration
 from distillery.controller.reconciler import RETRY_DELAY, Reconciler
 from distillery.controller.workqueue import WorkQueue
@@ -33,10 +33,10 @@ class Runtime:
         self.kubeconfig: str | None = None
         self.context: str | None = None
         self.cache = ClusterCache()
-        self.queue = WorkQueue()
+        self.queue: WorkQueue[Key] = WorkQueue(metrics.QUEUE_DEPTH.labels(metrics.CONTROLLER).set)
         self.client: KubeClient | None = None
         self.reconciler: Reconciler | None = None
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
 
 runtime = Runtime()
@@ -90,7 +90,6 @@ async def _work(key: tuple[str, str]) -> None:
             runtime.queue.add_after(key, RETRY_DELAY)
     finally:
         metrics.ACTIVE_WORKERS.labels(metrics.CONTROLLER).dec()
-        metrics.QUEUE_DEPTH.labels(metrics.CONTROLLER).set(len(runtime.queue))
 
 
 async def _resync() -> None:

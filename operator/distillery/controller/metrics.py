@@ -5,15 +5,27 @@ time, so a deleted Distillation's series disappear with it.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from distillery.api.status import Phase, seconds_between
 
 CONTROLLER = "distillation"
 REGISTRY = CollectorRegistry()
+# process_* (memory, CPU, open files) and python_* (GC, version), as the default registry would have them.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 RECONCILE_TOTAL = Counter("controller_runtime_reconcile_total", "Total number of reconciliations per controller",
                           ["controller", "result"], registry=REGISTRY)
@@ -45,10 +57,10 @@ TERMINAL_ERRORS.labels(CONTROLLER).inc(0)
 class DistillationCollector(Collector):
     """Distillations by phase, stage durations, GPU-hours, rows labelled and teacher tokens, from the cache."""
 
-    def __init__(self, distillations: dict) -> None:
+    def __init__(self, distillations: dict[tuple[str, str], dict[str, Any]]) -> None:
         self._distillations = distillations
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         by_phase = GaugeMetricFamily("distillery_distillations", "Distillations by phase", labels=["phase"])
         gpu_hours = CounterMetricFamily("distillery_gpu_hours", "GPU-hours used per Distillation and stage",
                                         labels=["namespace", "name", "stage"])

@@ -7,6 +7,7 @@ an operator restart (status says what finished; children say what exists).
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,7 @@ PHASE_OF_STAGE = {
     Stage.SERVING: Phase.SERVING,
 }
 
+JobBuilder = Callable[[Owner, DistillationSpec, OperatorConfig], dict[str, Any]]
 PROGRESS_SUMMARY_WIDTH = 80
 """`kubectl get` prints status.progressSummary as a column; keep it one screen wide."""
 
@@ -215,7 +217,7 @@ class _Pass:
         self.teacher()
         self.resume_jobs()
         if self.obs.label_job is not None or self.ready_for(Stage.LABELING):
-            self.stage_job(Stage.LABELING, self.obs.label_job, [jobs.labeling_job], self.labeling_summary)
+            self.stage_job(Stage.LABELING, self.obs.label_job, jobs.labeling_job, self.labeling_summary)
         if self.done(Stage.LABELING):
             self.release_teacher()
         if self.ready_for(Stage.TRAINING):
@@ -224,7 +226,7 @@ class _Pass:
             if not self.spec.evaluation.enabled:
                 self.finish(Stage.EVALUATION, StageState.SKIPPED, "evaluation disabled")
             elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1):
-                self.stage_job(Stage.EVALUATION, self.obs.eval_job, [jobs.evaluation_job], self.evaluation_summary,
+                self.stage_job(Stage.EVALUATION, self.obs.eval_job, jobs.evaluation_job, self.evaluation_summary,
                                gpus=1)
         if self.ready_for(Stage.SERVING):
             self.serving()
@@ -315,14 +317,14 @@ class _Pass:
             record.message = "teacher removed after labeling to free its GPUs"
             self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
 
-    def stage_job(self, stage: Stage, view: JobView | None, builders: list, summarise, gpus: int = 0) -> None:
+    def stage_job(self, stage: Stage, view: JobView | None, build: JobBuilder,
+                  summarise: Callable[[dict[str, Any]], None], gpus: int = 0) -> None:
         if self.done(stage):
             return
         # One message from creation to completion: pod counts would turn every pod event into a status write.
         running = f"{stage.value} job running"
         if view is None:
-            for build in builders:
-                self.create(build(self.owner, self.spec, self.config))
+            self.create(build(self.owner, self.spec, self.config))
             self.start(stage, StageState.RUNNING)
             self.cond(STAGE_CONDITION[stage], False, "Running", running)
             return
@@ -433,7 +435,7 @@ class _Pass:
             return
         if not self.obs.train_service:
             self.create(jobs.training_service(self.owner))
-        self.stage_job(Stage.TRAINING, self.obs.train_job, [jobs.training_job], self.training_summary,
+        self.stage_job(Stage.TRAINING, self.obs.train_job, jobs.training_job, self.training_summary,
                        gpus=s.nodes * s.gpus_per_node)
 
     def serving(self) -> None:

@@ -3,32 +3,41 @@ and a key marked while it is being reconciled runs again afterwards, never concu
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class WorkQueue:
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._queued: set[Hashable] = set()
-        self._active: set[Hashable] = set()
-        self._dirty: set[Hashable] = set()
+class WorkQueue(Generic[K]):
+    def __init__(self, on_depth: Callable[[int], None] = lambda depth: None) -> None:
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._active: set[K] = set()
+        self._dirty: set[K] = set()
+        # Told the depth whenever it changes, so a gauge is current even while every worker is busy.
+        self._on_depth = on_depth
 
-    def add(self, key: Hashable) -> None:
+    @property
+    def depth(self) -> int:
+        """Keys waiting for a worker; like controller-runtime's workqueue_depth, in-flight keys do not count."""
+        return len(self._queued)
+
+    def add(self, key: K) -> None:
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
+            self._on_depth(self.depth)
 
-    def add_after(self, key: Hashable, delay: float) -> None:
+    def add_after(self, key: K, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self.add, key)
 
-    def __len__(self) -> int:
-        return len(self._queued) + len(self._active)
-
-    async def worker(self, handle: Callable[[Hashable], Awaitable[None]]) -> None:
+    async def worker(self, handle: Callable[[K], Awaitable[None]]) -> None:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
+            self._on_depth(self.depth)
             self._active.add(key)
             try:
                 await handle(key)

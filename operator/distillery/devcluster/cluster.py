@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,7 @@ class DevCluster:
             self.state_file.unlink(missing_ok=True)
         shutil.rmtree(self.dir / "etcd-data", ignore_errors=True)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(Binaries.locate().kubectl), f"--kubeconfig={self.kubeconfig}", *args],
             input=input, capture_output=True, text=True, check=check,
@@ -189,7 +190,7 @@ class DevCluster:
         except ChildProcessError:
             pass
 
-    def _wait(self, check, timeout: float, what: str) -> None:
+    def _wait(self, check: Callable[[], object], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if check():
@@ -204,7 +205,7 @@ class DevCluster:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
         req = urllib.request.Request(self.api_url() + path, headers={"Authorization": f"Bearer {self.pki.admin_token}"})
         with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
-            return resp.read().decode()
+            return str(resp.read().decode())
 
     def _write_kubeconfig(self, port: int) -> None:
         config = {

@@ -58,7 +58,7 @@ def local_sample(train_rows: int = 24, validation_rows: int = 12) -> dict[str, A
     """The sample, sized for CPU: a tiny student on a claim the local kubelet provides."""
     from distillery.devcluster.tiny import synthetic_nli_rows
 
-    manifest = json.loads(json.dumps(SAMPLE))
+    manifest: dict[str, Any] = json.loads(json.dumps(SAMPLE))
     manifest["metadata"]["name"] = "nli-local-demo"
     manifest["spec"]["dataset"] = {"train": {"rows": synthetic_nli_rows(train_rows)},
                                    "validation": {"rows": synthetic_nli_rows(validation_rows, offset=train_rows)}}
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
                   "(stop it with `distillery dev-cluster down`)")
 
 
-def _watch(cluster: DevCluster, name: str, namespace: str, timeout: float, operator: subprocess.Popen) -> int:
+def _watch(cluster: DevCluster, name: str, namespace: str, timeout: float, operator: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -235,8 +235,9 @@ class TeacherServer:
             return "ok"
         if index < len(faults.sequence):
             return faults.sequence[index]
-        for outcome, share in (("429", faults.rate_limit), ("500", faults.server_error),
-                               ("slow", faults.slow), ("malformed", faults.malformed)):
+        shares: tuple[tuple[Outcome, float], ...] = (("429", faults.rate_limit), ("500", faults.server_error),
+                                                     ("slow", faults.slow), ("malformed", faults.malformed))
+        for outcome, share in shares:
             if share and _unit(key, index, outcome) < share:
                 return outcome
         return "ok"

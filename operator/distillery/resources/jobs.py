@@ -73,7 +73,7 @@ def _pod(placement: dict[str, Any], container: dict[str, Any], volumes: list[dic
             "enableServiceLinks": False}
 
 
-def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict], list[dict]]:
+def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Config, workspace, the dataset's claims, and the student model's claim for stages that load it."""
     names = Names(owner.name)
     cfg_vol, cfg_mount = config_volume(names)
@@ -119,7 +119,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
     volumes, mounts = _volumes(owner, spec, model=True)
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{owner.namespace}.svc"},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         {"name": "NNODES", "value": str(s.nodes)},

@@ -46,9 +46,10 @@ def parse_records(name: str, data: bytes) -> list[Row]:
         except json.JSONDecodeError as err:
             raise DatasetError(f"{name}: invalid JSON: {err.msg} at line {err.lineno}") from None
         # Hugging Face exports and many hand-made files wrap the list in an object.
-        rows = value.get("data", value.get("rows")) if isinstance(value, dict) else value
-        if not isinstance(rows, list):
+        found = value.get("data", value.get("rows")) if isinstance(value, dict) else value
+        if not isinstance(found, list):
             raise DatasetError(f"{name}: expected a JSON list of objects (or {{\"data\": [...]}})")
+        rows = found
     elif suffix == ".csv":
         rows = list(csv.DictReader(io.StringIO(text)))
     else:

@@ -45,7 +45,8 @@ def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     """Token ids of `messages` rendered with the chat template, ending with the assistant header."""
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     # The template already spells out any BOS, so the tokenizer must not add another one.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def encode_example(tokenizer: Any, messages: Sequence[dict[str, str]], target: str,

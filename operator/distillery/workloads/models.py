@@ -63,8 +63,8 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, adapter: str | P
 
     if not Path(adapter, "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
-    model = PeftModel.from_pretrained(model, str(adapter))
-    return model.merge_and_unload() if merge else model
+    adapted = PeftModel.from_pretrained(model, str(adapter))
+    return adapted.merge_and_unload() if merge else adapted
 
 
 def prepare_model(model: Any, student: StudentSpec) -> Any:

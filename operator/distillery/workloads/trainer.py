@@ -259,7 +259,7 @@ class Checkpoints:
         return final
 
     def load(self, engine: Any, path: Path) -> dict[str, Any]:
-        state = json.loads((path / STATE_FILE).read_text())
+        state: dict[str, Any] = json.loads((path / STATE_FILE).read_text())
         if state["world_size"] != self.dist.world_size:
             raise ResumeError(f"checkpoint {path} was written by {state['world_size']} processes, this run "
                                f"has {self.dist.world_size}; the data order and optimizer shards differ")

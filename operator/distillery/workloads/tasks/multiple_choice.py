@@ -26,13 +26,15 @@ _STANDALONE_LETTER = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")
 def parse_choices(value: object) -> tuple[list[str], list[str] | None]:
     """(choice texts, dataset labels) from a list, a JSON list, or a {"text": [...], "label": [...]} dict."""
     if isinstance(value, str):
+        text = value
         try:
-            value = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            raise MissingColumn(f"choices column is a string but not a JSON list: {value[:60]!r}") from None
+            raise MissingColumn(f"choices column is a string but not a JSON list: {text[:60]!r}") from None
     if isinstance(value, dict) and "text" in value:
+        texts: list[object] = value["text"]
         labels = value.get("label")
-        return [str(t) for t in value["text"]], [str(label) for label in labels] if labels else None
+        return [str(t) for t in texts], [str(label) for label in labels] if labels else None
     if isinstance(value, list | tuple):
         return [str(t) for t in value], None
     raise MissingColumn(f"choices must be a list or a {{text, label}} mapping, not {type(value).__name__}")
