@@ -58,8 +58,9 @@ class World:
                                                                   self.nodes), self.now, CONFIG)
         for action in result.actions:
             if isinstance(action, Create):
-                m = action.manifest
-                self.children.setdefault((m["kind"], m["metadata"]["name"]), json.loads(json.dumps(m)))
+                m = json.loads(json.dumps(action.manifest))
+                m["metadata"]["uid"] = f"uid-{m['kind']}-{m['metadata']['name']}"
+                self.children.setdefault((m["kind"], m["metadata"]["name"]), m)
             elif isinstance(action, Delete):
                 self.children.pop((action.kind, action.name), None)
             elif isinstance(action, Patch):
@@ -76,8 +77,14 @@ class World:
     def complete_job(self, name: str, message: str | None = None, stage: str | None = None) -> None:
         self.children[("Job", name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
         if message is not None:
-            self.pods.append({"metadata": {"name": f"{name}-0", "labels": {STAGE_LABEL: stage}},
-                              "status": {"containerStatuses": [{"state": {"terminated": {"message": message}}}]}})
+            self.pods.append(self.job_pod(name, str(stage), {
+                "containerStatuses": [{"state": {"terminated": {"message": message}}}]}))
+
+    def job_pod(self, job: str, stage: str, status: dict[str, Any]) -> dict[str, Any]:
+        """A pod of one of this Distillation's Jobs, as the pod index projects it."""
+        owner = self.children[("Job", job)]["metadata"]["uid"]
+        return {"metadata": {"name": f"{job}-0", "labels": {STAGE_LABEL: stage}, "owners": [owner]},
+                "status": status}
 
     def fail_job(self, name: str) -> None:
         self.children[("Job", name)]["status"] = {"conditions": [{
@@ -382,10 +389,14 @@ def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None
     w.pods.clear()
     w.make_available("demo-teacher")
     w.step()
-    w.pods.append({"metadata": {"name": "demo-label-0", "labels": {STAGE_LABEL: "labeling"}},
-                   "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                              "message": "0/20 nodes are available",
-                                              "lastTransitionTime": since}]}})
+    unplaced = {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                "message": "0/20 nodes are available", "lastTransitionTime": since}]}
+    # A pod of a predecessor's Job with the same name (another owner) says nothing about this one.
+    w.pods.append({"metadata": {"name": "demo-label-0", "labels": {STAGE_LABEL: "labeling"},
+                                "owners": ["uid-of-an-old-job"]}, "status": unplaced})
+    w.step()
+    assert w.reason("Labeled") == "Running"
+    w.pods.append(w.job_pod("demo-label", "labeling", unplaced))
     w.step()
     assert w.reason("Labeled") == "Unschedulable"
     assert w.status.stages["labeling"].state == StageState.RUNNING

@@ -25,6 +25,7 @@ from kubernetes import client, config
 from kubernetes.config import ConfigException
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_KUBECONFIG = "~/.kube/config"
 REQUEST_THREADS = 32
 """Concurrent API calls; more than the operator's workers so status writes never queue behind creates."""
 
@@ -72,8 +73,9 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
         config.load_incluster_config(client_configuration=configuration)
         return configuration
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
-                                persist_config=False)
+        # The library reads $KUBECONFIG when it is imported; read it now.
+        config.load_kube_config(config_file=_kubeconfig_path(kubeconfig), context=context,
+                                client_configuration=configuration, persist_config=False)
     # The loader reports a broken file through many types; each becomes one line for the user.
     except (ConfigException, OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
@@ -82,12 +84,17 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     return configuration
 
 
+def _kubeconfig_path(kubeconfig: str | None) -> str:
+    """kubectl's order: the flag, then $KUBECONFIG (a list of files, merged), then ~/.kube/config."""
+    return kubeconfig or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+
+
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
     """Like kubectl: the pod's own namespace in a cluster, else the context's, else 'default'."""
     if kubeconfig is None and context is None and in_cluster():
         return (SA_DIR / "namespace").read_text().strip()
     try:
-        contexts, current = config.list_kube_config_contexts(kubeconfig)
+        contexts, current = config.list_kube_config_contexts(_kubeconfig_path(kubeconfig))
     except (ConfigException, OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise CredentialsError(f"cannot read the kubeconfig: {err}") from None
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else current

@@ -1,28 +1,33 @@
-"""`distillery operator`: kopf wiring. Handlers only feed the cache and mark work; the
-reconciler (planner + actions) does the rest from worker tasks."""
+"""`distillery operator`: kopf wiring.
+
+Index handlers hold what the planner reads (kopf fills them before it runs any other handler: the sync
+barrier); event handlers only decide which Distillation an event concerns and mark it; worker tasks run
+the reconciler (observe, plan, apply) for marked Distillations, never two passes of one at once.
+"""
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import kopf
 from prometheus_client import start_http_server
 
 from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, PLURAL, VERSION
-from distillery.controller import metrics
-from distillery.controller.cache import ClusterCache, Key
+from distillery.controller import cache, metrics
+from distillery.controller.cache import CHILD_KINDS, DISTILLATIONS, NODES, PODS, ClusterCache, Key
 from distillery.controller.kube import CredentialsError, KubeClient, connection_info, load_configuration
-from distillery.controller.reconciler import RETRY_DELAY, Reconciler
-from distillery.controller.workqueue import WorkQueue
+from distillery.controller.reconciler import Reconciler
+from distillery.controller.workqueue import Backoff, WorkQueue
 from distillery.resources.common import PARENT_LABEL
 
-STORAGE_PREFIX = "distillery.dev"
-FINALIZER = "distillery.dev/finalizer"
 WORKERS = 16
+SCRAPE_TIMEOUT_S = 10
+T = TypeVar("T")
 
 
 class Runtime:
@@ -34,8 +39,10 @@ class Runtime:
         self.context: str | None = None
         self.cache = ClusterCache()
         self.queue: WorkQueue[Key] = WorkQueue(metrics.QUEUE_DEPTH.labels(metrics.CONTROLLER).set)
+        self.backoff: Backoff[Key] = Backoff()
         self.client: KubeClient | None = None
         self.reconciler: Reconciler | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[None]] = []
 
 
@@ -53,11 +60,6 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Set once, never change: changing storage makes kopf re-handle every object.
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX, v1=False)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=STORAGE_PREFIX, key="last-handled-configuration")
     # We post our own bounded Events; kopf's log-to-Event posting would add writes per handler call.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
@@ -66,6 +68,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
     settings.batching.batch_window = 0.05
 
+    runtime.loop = asyncio.get_running_loop()
     runtime.client = KubeClient(await asyncio.to_thread(load_configuration, runtime.kubeconfig, runtime.context))
     runtime.reconciler = Reconciler(runtime.client, runtime.cache, runtime.config)
     metrics.MAX_CONCURRENT.labels(metrics.CONTROLLER).set(WORKERS)
@@ -82,12 +85,14 @@ async def cleanup(**_: Any) -> None:
         await runtime.client.close()
 
 
-async def _work(key: tuple[str, str]) -> None:
+async def _work(key: Key) -> None:
     assert runtime.reconciler is not None
     metrics.ACTIVE_WORKERS.labels(metrics.CONTROLLER).inc()
     try:
-        if not await runtime.reconciler.reconcile(key):
-            runtime.queue.add_after(key, RETRY_DELAY)
+        if await runtime.reconciler.reconcile(key):
+            runtime.backoff.succeeded(key)
+        else:
+            runtime.queue.add_after(key, runtime.backoff.failed(key))
     finally:
         metrics.ACTIVE_WORKERS.labels(metrics.CONTROLLER).dec()
 
@@ -96,59 +101,100 @@ async def _resync() -> None:
     """Level-triggered safety net: re-plan every Distillation now and then, events or not."""
     while True:
         await asyncio.sleep(runtime.config.resync_seconds)
-        for key in list(runtime.cache.distillations):
+        for key in runtime.cache.keys():
             runtime.queue.add(key)
 
+
+# Indexes: filled from each watch's initial list before any handler below runs. -----------------------------
+
+@kopf.index(GROUP, VERSION, PLURAL, id=DISTILLATIONS)
+async def index_distillation(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return cache.distillation_entry(body)
+
+
+async def index_child(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    return cache.child_entry(body)
+
+
+@kopf.index("", "v1", "pods", labels=CHILD_FILTER, id=PODS)
+async def index_pod(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
+    return cache.pod_entry(body)
+
+
+@kopf.index("", "v1", "nodes", id=NODES)
+async def index_node(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return cache.node_entry(body, runtime.config.gpu_resource)
+
+
+# Events: which Distillation to wake. kopf passes every index to every handler. -----------------------------
 
 def _deleted(type_: str | None) -> bool:
     return type_ == "DELETED"
 
 
+def _wake(key: Key | None) -> None:
+    if key is not None and runtime.cache.distillation(key) is not None:
+        runtime.queue.add(key)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def distillation_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    key = runtime.cache.put_distillation(body, _deleted(type))
+async def distillation_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    runtime.cache.attach(kwargs)
+    key = cache.key_of(body)
     if _deleted(type):
         if runtime.reconciler is not None:
             runtime.reconciler.forget(key)
+        runtime.backoff.succeeded(key)
         return
     runtime.queue.add(key)
 
 
-def _child_event(kind: str) -> Callable[..., Awaitable[None]]:
-    async def handler(type: str | None, body: kopf.Body, **_: Any) -> None:
-        key = runtime.cache.put_child(kind, body, _deleted(type))
-        if key is not None and key in runtime.cache.distillations:
-            runtime.queue.add(key)
-    handler.__name__ = f"{kind.lower()}_event"
-    return handler
-
-
-kopf.on.event("batch", "v1", "jobs", labels=CHILD_FILTER)(_child_event("Job"))
-kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)(_child_event("Deployment"))
-kopf.on.event("", "v1", "services", labels=CHILD_FILTER)(_child_event("Service"))
-kopf.on.event("", "v1", "configmaps", labels=CHILD_FILTER)(_child_event("ConfigMap"))
-kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_FILTER)(_child_event("PersistentVolumeClaim"))
-kopf.on.event("", "v1", "serviceaccounts", labels=CHILD_FILTER)(_child_event("ServiceAccount"))
-kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=CHILD_FILTER)(_child_event("Role"))
-kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_FILTER)(_child_event("RoleBinding"))
+async def child_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    runtime.cache.attach(kwargs)
+    _wake(runtime.cache.child_changed(body, _deleted(type)))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_FILTER)
-async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    key = runtime.cache.put_pod(body, _deleted(type))
-    if key is not None and key in runtime.cache.distillations:
-        runtime.queue.add(key)
+async def pod_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    runtime.cache.attach(kwargs)
+    _wake(runtime.cache.pod_changed(body, _deleted(type)))
 
 
 @kopf.on.event("", "v1", "nodes")
-async def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    before = len(runtime.cache.nodes())
-    runtime.cache.put_node(body, _deleted(type), runtime.config.gpu_resource)
-    # New capacity can unblock Distillations waiting for a GPU node pool.
-    if len(runtime.cache.nodes()) != before:
-        for key, dist in runtime.cache.distillations.items():
+async def node_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    runtime.cache.attach(kwargs)
+    # New or changed GPU capacity can unblock Distillations waiting for a node pool.
+    if runtime.cache.node_changed(body, _deleted(type), runtime.config.gpu_resource):
+        for dist in runtime.cache.distillations():
             if (dist.get("status") or {}).get("phase") != "Succeeded":
-                runtime.queue.add(key)
+                runtime.queue.add(cache.key_of(dist))
+
+
+for _kind, (_group, _version, _plural) in CHILD_KINDS.items():
+    kopf.index(_group, _version, _plural, labels=CHILD_FILTER, id=_plural)(index_child)
+    kopf.on.event(_group, _version, _plural, labels=CHILD_FILTER, id=f"{_plural}-event")(child_event)
+
+
+def _on_loop(read: Callable[[], T]) -> T:
+    """Run `read` on the operator's event loop and wait for it: the metrics endpoint serves from its own
+    thread, and the indexes change only on the loop."""
+    loop = runtime.loop
+    if loop is None:
+        raise RuntimeError("the operator's event loop has not started")
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(read())
+        except Exception as err:  # handed to the waiting thread, which raises it
+            future.set_exception(err)
+
+    loop.call_soon_threadsafe(run)
+    return future.result(timeout=SCRAPE_TIMEOUT_S)
+
+
+def _distillations_for_metrics() -> list[dict[str, Any]]:
+    return _on_loop(runtime.cache.distillations) if runtime.cache.synced else []
 
 
 def main(argv: list[str]) -> int:
@@ -173,7 +219,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kopf").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    metrics.REGISTRY.register(metrics.DistillationCollector(runtime.cache.distillations))
+    metrics.REGISTRY.register(metrics.DistillationCollector(_distillations_for_metrics))
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=metrics.REGISTRY)
     namespaces = args.namespace or runtime.config.namespaces

@@ -4,7 +4,7 @@ Per-Distillation series are produced by a collector from the cache at scrape
 time, so a deleted Distillation's series disappear with it.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -57,7 +57,7 @@ TERMINAL_ERRORS.labels(CONTROLLER).inc(0)
 class DistillationCollector(Collector):
     """Distillations by phase, stage durations, GPU-hours, rows labelled and teacher tokens, from the cache."""
 
-    def __init__(self, distillations: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def __init__(self, distillations: Callable[[], list[dict[str, Any]]]) -> None:
         self._distillations = distillations
 
     def collect(self) -> Iterator[Metric]:
@@ -71,7 +71,9 @@ class DistillationCollector(Collector):
         tokens = CounterMetricFamily("distillery_teacher_tokens", "Teacher tokens used for labelling",
                                      labels=["namespace", "name", "direction"])
         counts = {p.value: 0 for p in Phase}
-        for (namespace, name), body in list(self._distillations.items()):
+        for body in self._distillations():
+            meta = body.get("metadata") or {}
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
             status = body.get("status") or {}
             phase = status.get("phase") or Phase.PENDING.value
             counts[phase] = counts.get(phase, 0) + 1

@@ -4,7 +4,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distillery.api.status import Stage
 from distillery.resources.common import STAGE_LABEL, Names
+
+JOB_STAGES = {Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Observed:
 def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
             nodes: Iterable[NodeView]) -> Observed:
     names = Names(parent)
+    children = list(children)
     by_key = {(c.get("kind"), (c.get("metadata") or {}).get("name")): c for c in children}
 
     def job(name: str) -> JobView | None:
@@ -113,11 +117,15 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         obj = by_key.get(("Deployment", name))
         return DeploymentView.of(obj) if obj else None
 
+    # Pods carry the parent's name, not its UID: a Job pod counts only if it belongs to one of this
+    # Distillation's own Jobs (a predecessor of the same name may still be terminating).
+    job_uids = {(c.get("metadata") or {}).get("uid") for c in children if c.get("kind") == "Job"}
     messages: dict[str, list[str]] = {}
     unschedulable: dict[str, tuple[str, str]] = {}
     for pod in pods:
-        stage = ((pod.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL)
-        if not stage:
+        meta = pod.get("metadata") or {}
+        stage = (meta.get("labels") or {}).get(STAGE_LABEL)
+        if not stage or (stage in JOB_STAGES and not job_uids & set(meta.get("owners") or ())):
             continue
         status = pod.get("status") or {}
         for cs in status.get("containerStatuses") or []:

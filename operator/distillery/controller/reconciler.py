@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,21 +23,20 @@ from distillery.resources.common import Owner
 
 log = logging.getLogger("distillery.reconciler")
 
-# Transient API trouble: try again soon rather than wait for the periodic resync.
-RETRY_DELAY = 5.0
-
-
 def _action_event(action: Create | Delete | Patch) -> Event:
     if isinstance(action, Create):
         return Event("Normal", "Created", f"Created {action.manifest['kind']} {action.manifest['metadata']['name']}")
     return Event("Normal", "Deleted", f"Deleted {action.kind} {action.name}")
 
 
-def _rv(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
+@dataclass(frozen=True)
+class Written:
+    """Our last status write: the resourceVersion it gave the object, and the versions the object had
+    before it (back to the first of our writes the cache has not shown yet)."""
+
+    after: str
+    stale: frozenset[str]
+    status: dict[str, Any]
 
 
 class Reconciler:
@@ -44,16 +44,17 @@ class Reconciler:
         self.client = client
         self.cache = cache
         self.config = config
-        # Our own last status write per Distillation: a child event can arrive before the
-        # watch delivers that write back, and planning from the stale copy would write twice.
-        self._written: dict[Key, tuple[int, dict[str, Any]]] = {}
+        # Our own last status write per Distillation: a child event can arrive before the watch delivers
+        # that write back, and planning from the stale copy would write twice. resourceVersions are opaque
+        # (equality only, no order), so the cache is stale exactly while it still shows the version we wrote over.
+        self._written: dict[Key, Written] = {}
 
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)
 
     async def reconcile(self, key: Key) -> bool:
         """Returns False when the pass hit an error and should be retried."""
-        body = self.cache.distillations.get(key)
+        body = self.cache.distillation(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(key)
             return True
@@ -80,9 +81,14 @@ class Reconciler:
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         generation = int(meta.get("generation") or 0)
         status_raw = body.get("status") or {}
+        version = str(meta.get("resourceVersion") or "")
         written = self._written.get(key)
-        if written and written[0] > _rv(meta.get("resourceVersion")):
-            status_raw = written[1]
+        if written and version in written.stale:
+            status_raw = written.status
+        elif written:
+            written = None
+            del self._written[key]
+        stale = frozenset({version}) | (written.stale | {written.after} if written else frozenset())
         status = DistillationStatus.model_validate(status_raw)
         try:
             spec = DistillationSpec.model_validate(body.get("spec") or {})
@@ -95,9 +101,9 @@ class Reconciler:
                 status.conditions = set_condition(status.conditions, type_, value, "InvalidSpec", message, now,
                                                   generation)
             status.observed_generation = generation
-            await self._write_status(key, status_raw, status.to_wire())
+            await self._write_status(key, status_raw, status.to_wire(), stale)
             return
-        observed = observe(name, self.cache.children(key), self.cache.pods(key), self.cache.nodes())
+        observed = observe(name, self.cache.children(owner.uid), self.cache.pods(key), self.cache.nodes())
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).
@@ -105,7 +111,7 @@ class Reconciler:
         # Events name what this pass changed, so an object another pass already made is not announced twice.
         events += [_action_event(a) for a, c in zip(result.actions, changed, strict=True) if c]
         # Status first: it is what users and the next pass wait for; Events are best-effort commentary.
-        await self._write_status(key, status_raw, result.status.to_wire())
+        await self._write_status(key, status_raw, result.status.to_wire(), stale)
         await asyncio.gather(*(self._event(owner, e) for e in events))
 
     async def _apply(self, namespace: str, action: Create | Delete | Patch) -> bool:
@@ -159,7 +165,7 @@ class Reconciler:
             self._count("create", "Event", e.status)
             log.info("event for %s/%s not recorded: %s", owner.namespace, owner.name, e)
 
-    async def _write_status(self, key: Key, old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def _write_status(self, key: Key, old: dict[str, Any], new: dict[str, Any], stale: frozenset[str]) -> None:
         if DistillationStatus.model_validate(old).to_wire() == new:
             return
         patch = {k: None for k in old if k not in new} | new
@@ -167,7 +173,8 @@ class Reconciler:
         response = await self.client.merge_patch("Distillation", name, namespace, {"status": patch},
                                                  subresource="status")
         self._count("patch", "Distillation/status", 200)
-        self._written[key] = (_rv(response["metadata"].get("resourceVersion")), response.get("status") or {})
+        self._written[key] = Written(str(response["metadata"].get("resourceVersion") or ""), stale,
+                                     response.get("status") or {})
 
     @staticmethod
     def _count(verb: str, kind: str, code: int) -> None:

@@ -46,3 +46,21 @@ class WorkQueue(Generic[K]):
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+
+
+class Backoff(Generic[K]):
+    """Per-key exponential delay for retrying failed passes: `base` doubling up to `cap`, forgotten on
+    success. A key that keeps failing is retried ever more rarely instead of every few seconds."""
+
+    def __init__(self, base: float = 1.0, cap: float = 300.0) -> None:
+        self.base, self.cap = base, cap
+        self._failures: dict[K, int] = {}
+
+    def failed(self, key: K) -> float:
+        """Count a failure; returns how long to wait before the next try."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        return float(min(self.cap, self.base * 2 ** min(failures, 30)))
+
+    def succeeded(self, key: K) -> None:
+        self._failures.pop(key, None)

@@ -32,6 +32,7 @@ from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV, T
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 PROGRESS_REQUEST_TIMEOUT_S = 10
+DEFAULT_KUBECONFIG = "~/.kube/config"
 
 log = logging.getLogger("distillery.progress")
 
@@ -92,7 +93,9 @@ def _core_api() -> client.CoreV1Api:
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
+        # The library reads $KUBECONFIG when it is imported; read it now.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG,
+                                client_configuration=configuration)
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
