@@ -7,6 +7,9 @@ tokenizer and synthetic NLI label files of about --seq-len tokens per example, t
 `distillery.workloads.trainer.main` (DeepSpeed, the ZeRO stage and method given; bf16 on
 a GPU that supports it, fp32 on CPU) for --steps optimizer steps and prints one JSON
 object. Steady-state numbers skip the first --warmup steps (allocation, kernel selection).
+Micro-batches hold --tokens-per-device tokens (default --micro-batch x --seq-len), examples packed several
+to a row; tokens/s counts real tokens, no padding. Peak memory: torch's peak GPU allocation, or on CPU the
+process's peak resident set.
 
 Model FLOPs per token: 6N (full) or 4N (LoRA: no weight gradients for frozen matrices),
 N = parameters in matmuls (embedding lookup excluded, lm_head included), plus attention
@@ -18,6 +21,7 @@ import contextlib
 import io
 import json
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -45,7 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--vocab-size", type=int, default=32000, help="model vocabulary (lm_head width)")
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=8,
+                        help="sets the token budget to micro-batch x seq-len when --tokens-per-device is not given")
+    parser.add_argument("--tokens-per-device", type=int, default=None, help="student.tokensPerDevice")
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the steady-state numbers")
@@ -90,6 +96,13 @@ def peak_tflops(override: float | None) -> tuple[str, float | None]:
     return name, next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated by torch, or on CPU the process's peak resident set."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device, peak = peak_tflops(args.peak_tflops)
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=DatasetSpec(train=DataSource(rows=[{}])),
             student=StudentSpec(model=str(root / "model"), method=args.method, zero_stage=args.zero_stage,
                                 batch_size=args.micro_batch, gradient_accumulation_steps=args.accumulation,
+                                tokens_per_device=args.tokens_per_device or args.micro_batch * args.seq_len,
                                 max_seq_length=args.seq_len, checkpoint_steps=1_000_000,
                                 lora={"rank": args.lora_rank, "alpha": 2 * args.lora_rank, "dropout": 0.0}),
             workspace=WorkspaceLayout(root=str(root / "workspace")),
@@ -120,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(captured):
             code = trainer.main(["--config", str(root / "pipeline.json"), "--max-steps", str(args.steps)])
         wall = time.monotonic() - started
+        peak_memory = peak_memory_gib()
         if code != 0:
             print(captured.getvalue()[-4000:], file=sys.stderr)
             return code
@@ -140,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         "device": device, "method": args.method, "zero_stage": args.zero_stage, "hidden": args.hidden,
         "layers": args.layers, "vocab_size": args.vocab_size, "matmul_parameters": n_matmul,
         "seq_len": args.seq_len, "micro_batch": args.micro_batch, "accumulation": args.accumulation,
+        "tokens_per_device": metrics["tokens_per_device"], "gradient_checkpointing": metrics["gradient_checkpointing"],
         "steps": len(steps), "world_size": metrics["world_size"],
         "tokens_per_second": round(tokens_per_second, 1) if tokens_per_second else None,
         "tokens_per_second_all_steps": metrics["tokens_per_second"],
-        "flops_per_token": flops_per_token, "peak_tflops": peak, "mfu": mfu,
+        "flops_per_token": flops_per_token, "peak_tflops": peak, "mfu": mfu, "peak_memory_gib": peak_memory,
         "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"], "wall_seconds": round(wall, 1),
     }))
     return 0

@@ -8,10 +8,11 @@ from distillery.api.spec import PromptSpec, Task
 from distillery.devcluster.tiny import build_tokenizer
 from distillery.workloads.finetune_data import (
     IGNORE_INDEX,
+    PAD_MULTIPLE,
     build_finetune_set,
-    collate,
     encode_example,
     load_finetune_set,
+    pack,
     prompt_ids,
 )
 from distillery.workloads.labeler import LabelRecord
@@ -75,13 +76,32 @@ def test_bad_rows_are_counted_not_trained(tokenizer, task) -> None:
     assert (len(data.examples), data.bad_rows) == (0, 1)
 
 
-def test_collate_pads_right_and_masks_padding(tokenizer, task) -> None:
-    rows = tm.nli_rows(2)
-    examples = [encode_example(tokenizer, task.student_messages(r), t, 256)[0]
-                for r, t in zip(rows, ["entailment", "a much longer answer than the other one"], strict=True)]
-    batch = collate(examples, tokenizer.pad_token_id)
-    short = len(examples[0].input_ids)
-    assert batch["input_ids"].shape == batch["labels"].shape == (2, max(len(e.input_ids) for e in examples))
-    assert batch["attention_mask"][0, :short].all() and not batch["attention_mask"][0, short:].any()
-    assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
-    assert (batch["input_ids"][0, short:] == tokenizer.pad_token_id).all()
+def test_pack_lays_examples_end_to_end_and_takes_the_loss_inside_each(tokenizer, task) -> None:
+    rows = tm.nli_rows(3)
+    answers = ["entailment", "a much longer answer than the others", "neutral"]
+    short, middle, long = sorted((encode_example(tokenizer, task.student_messages(r), t, 256)[0]
+                                  for r, t in zip(rows, answers, strict=True)), key=lambda e: len(e.input_ids))
+    examples = [middle, long, short]
+    lengths = [len(e.input_ids) for e in examples]
+    capacity = lengths[1] + lengths[0]  # the two longest share a row, the shortest gets the second
+    assert lengths[0] < lengths[1]
+    batch = pack(examples, tokenizer.pad_token_id, capacity)
+    width = batch["input_ids"].shape[1]
+    assert batch["input_ids"].shape == batch["position_ids"].shape == (2, width)
+    assert width % PAD_MULTIPLE == 0 and width - PAD_MULTIPLE < capacity <= width
+    first = batch["input_ids"][0].tolist()
+    assert first[:lengths[1] + lengths[0]] == examples[1].input_ids + examples[0].input_ids
+    assert batch["position_ids"][0].tolist() == (list(range(lengths[1])) + list(range(lengths[0]))
+                                                 + list(range(width - capacity)))
+    assert batch["input_ids"][1, :lengths[2]].tolist() == examples[2].input_ids
+    assert (batch["input_ids"][1, lengths[2]:] == tokenizer.pad_token_id).all()
+    assert batch["position_ids"][1, lengths[2]:].tolist() == list(range(width - lengths[2]))
+
+    # Every answer token is predicted once, from the position before it in the same example.
+    flat = batch["input_ids"].flatten()
+    targets = batch["loss_targets"].tolist()
+    assert targets == flat[batch["loss_positions"] + 1].tolist()
+    expected = [t for e in (examples[1], examples[0], examples[2]) for t in supervised(e)]
+    assert targets == expected
+    starts = {0, lengths[1], width}  # each example's first token is never a target
+    assert not starts & {p + 1 for p in batch["loss_positions"].tolist()}

@@ -2,6 +2,7 @@
 run as `python -m distillery.cli train` exactly as the training pod runs it."""
 
 import json
+import random
 import signal
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from distillery.workloads import trainer
 from distillery.workloads.environment import free_port
+from distillery.workloads.finetune_data import FinetuneSet
 from distillery.workloads.trainer import DataPlan, lr_factor
 from tests.workloads import tinymodel as tm
 
@@ -21,17 +23,45 @@ def losses(metrics: dict) -> list[float]:
     return [entry["loss"] for entry in metrics["loss"]]
 
 
-def test_zero2_lora_training_lowers_the_loss(trained: Path) -> None:
+@pytest.fixture(scope="module")
+def plan(trained: Path) -> tuple[DataPlan, FinetuneSet]:
+    return tm.training_plan(trained / "pipeline.json")
+
+
+def test_zero2_lora_training_lowers_the_loss(trained: Path, plan: tuple[DataPlan, FinetuneSet]) -> None:
+    total_steps = plan[0].steps_for_epochs(tm.STUDENT["epochs"])
     metrics = json.loads((trained / "train" / "metrics.json").read_text())
     curve = losses(metrics)
-    assert [entry["step"] for entry in metrics["loss"]] == list(range(1, tm.TOTAL_STEPS + 1))
+    assert [entry["step"] for entry in metrics["loss"]] == list(range(1, total_steps + 1))
     assert sum(curve[-4:]) / 4 < 0.5 * sum(curve[:4]) / 4, curve
     assert metrics["zero_stage"] == 2 and metrics["world_size"] == 1 and metrics["tokens_per_second"] > 0
     assert metrics["examples"] == tm.TRAIN_ROWS - 1 and metrics["rejected"] == 1
 
     summary = json.loads((trained / "termination-log").read_text())
-    assert summary["steps"] == tm.TOTAL_STEPS and summary["final_loss"] == curve[-1]
+    assert summary["steps"] == total_steps and summary["final_loss"] == curve[-1]
     assert json.loads((trained / "train.stdout").read_text().strip().splitlines()[-1]) == summary
+
+
+def test_micro_batches_are_packed_to_the_token_budget(trained: Path, plan: tuple[DataPlan, FinetuneSet]) -> None:
+    data_plan, data = plan
+    budget = tm.STUDENT["max_seq_length"] * tm.STUDENT["batch_size"]
+    metrics = json.loads((trained / "train" / "metrics.json").read_text())
+    assert metrics["tokens_per_device"] == data_plan.token_budget == budget
+    epoch = data_plan.epoch_micro_batches(0)
+    assert sorted(i for batch in epoch for i in batch) == list(range(len(data.examples)))
+    assert all(sum(data_plan.lengths[i] for i in batch) <= budget for batch in epoch)
+    # More examples per micro-batch than batchSize: the rows hold several each.
+    assert len(epoch) < len(data.examples) / tm.STUDENT["batch_size"]
+
+
+def test_the_token_count_is_the_real_tokens_trained_on(trained: Path, plan: tuple[DataPlan, FinetuneSet]) -> None:
+    # One process: each epoch trains every example exactly once, and the run is a whole number of epochs.
+    real_tokens = sum(len(e.input_ids) for e in plan[1].examples)
+    metrics = json.loads((trained / "train" / "metrics.json").read_text())
+    assert metrics["tokens"] == tm.STUDENT["epochs"] * real_tokens
+    steps = [e for e in tm.json_lines((trained / "train.stdout").read_text()) if e.get("event") == "step"]
+    assert sum(e["tokens"] for e in steps) == metrics["tokens"]
+    assert metrics["tokens_per_second"] == pytest.approx(metrics["tokens"] / metrics["train_seconds"], rel=1e-3)
 
 
 def test_outputs_are_an_adapter_and_merged_weights(trained: Path, model_dir: Path) -> None:
@@ -51,13 +81,17 @@ def test_outputs_are_an_adapter_and_merged_weights(trained: Path, model_dir: Pat
     assert (trained / "train" / "merged" / "tokenizer.json").exists()
 
 
-def test_checkpoints_keep_the_newest_two(trained: Path) -> None:
+def test_checkpoints_keep_the_newest_two(trained: Path, plan: tuple[DataPlan, FinetuneSet]) -> None:
+    total_steps = plan[0].steps_for_epochs(tm.STUDENT["epochs"])
+    every = tm.STUDENT["checkpoint_steps"]
     names = sorted(p.name for p in (trained / "train" / "checkpoints").iterdir())
-    assert names == ["step-00000040", "step-00000048"]
+    newest = [(total_steps - 1) // every * every, total_steps]
+    assert names == [f"step-{step:08d}" for step in newest]
 
 
 def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path, trained: Path) -> None:
     config = tm.labeled_workspace(tmp_path, model_dir)
+    total_steps = tm.training_plan(config)[0].steps_for_epochs(tm.STUDENT["epochs"])
     termination = tmp_path / "termination-log"
     command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
     with open(tmp_path / "run1.stderr", "w") as stderr:
@@ -74,7 +108,7 @@ def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path
         assert first.wait(timeout=60) == -signal.SIGKILL
     run1 = tm.json_lines("\n".join(lines))
     saved = [e["step"] for e in run1 if e.get("event") == "checkpoint"]
-    assert saved and saved[-1] < tm.TOTAL_STEPS
+    assert saved and saved[-1] < total_steps
     assert not (tmp_path / "train" / "metrics.json").exists()
 
     second = tm.distillery(["train", "--config", str(config)], termination)
@@ -83,19 +117,20 @@ def test_kill_and_resume_redoes_no_finished_step(tmp_path: Path, model_dir: Path
     resume = next(e for e in run2 if e.get("event") == "resume")
     assert resume["step"] == saved[-1]
     redone = [e["step"] for e in run2 if e.get("event") == "step"]
-    assert redone == list(range(saved[-1] + 1, tm.TOTAL_STEPS + 1))
+    assert redone == list(range(saved[-1] + 1, total_steps + 1))
 
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == saved[-1]
-    assert [e["step"] for e in metrics["loss"]] == list(range(1, tm.TOTAL_STEPS + 1))
+    assert [e["step"] for e in metrics["loss"]] == list(range(1, total_steps + 1))
     # Optimizer, scheduler, data position and RNG all came back: the curve is the uninterrupted one.
     reference = losses(json.loads((trained / "train" / "metrics.json").read_text()))
     assert losses(metrics) == pytest.approx(reference, rel=1e-4, abs=1e-5)
-    assert json.loads(termination.read_text())["steps"] == tm.TOTAL_STEPS
+    assert json.loads(termination.read_text())["steps"] == total_steps
 
 
 def test_sigterm_checkpoints_at_the_next_step_and_exits(tmp_path: Path, model_dir: Path) -> None:
     config = tm.labeled_workspace(tmp_path, model_dir, checkpoint_steps=1000, merge_weights=False)
+    total_steps = tm.training_plan(config)[0].steps_for_epochs(tm.STUDENT["epochs"])
     command = [tm.PYTHON, "-m", "distillery.cli", "train", "--config", str(config)]
     with open(tmp_path / "stderr", "w") as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
@@ -109,13 +144,15 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits(tmp_path: Path, model_di
         assert proc.wait(timeout=60) == 143
     events = tm.json_lines(out)
     stopped = next(e for e in events if e.get("event") == "terminated")["step"]
-    assert stopped < tm.TOTAL_STEPS
+    assert stopped < total_steps
     assert (tmp_path / "train" / "checkpoints" / f"step-{stopped:08d}").is_dir()
 
 
 def test_data_plan_covers_every_example_once_an_epoch_across_ranks() -> None:
-    ranks = [DataPlan(examples=10, micro_batch=2, accumulation=1, world_size=2, rank=r, seed=3) for r in (0, 1)]
-    per_epoch = ranks[0].micro_batches_per_epoch
+    # Ten examples of 100 tokens, 200 tokens a micro-batch: 5 global micro-batches, one repeated for rank 1.
+    ranks = [DataPlan(lengths=(100,) * 10, token_budget=200, accumulation=1, world_size=2, rank=r, seed=3)
+             for r in (0, 1)]
+    per_epoch = ranks[0].micro_batches_in_epoch(0)
     assert per_epoch == 3
     epoch0 = [i for plan in ranks for k in range(per_epoch) for i in plan.micro_batch_indices(k)]
     assert set(epoch0) == set(range(10)) and len(epoch0) == 12  # 2 wrap around to fill the last batch
@@ -123,6 +160,22 @@ def test_data_plan_covers_every_example_once_an_epoch_across_ranks() -> None:
     assert epoch1 != epoch0[: len(epoch1)]
     assert ranks[0].step_micro_batches(2) == [ranks[0].micro_batch_indices(1)]
     assert ranks[0].steps_for_epochs(2) == 6
+
+
+def test_data_plan_fills_micro_batches_up_to_the_token_budget_in_a_seeded_order() -> None:
+    lengths = tuple(random.Random(0).randint(20, 120) for _ in range(200))
+    plan = DataPlan(lengths=lengths, token_budget=512, accumulation=2, world_size=1, rank=0, seed=11)
+    for epoch in range(3):
+        batches = plan.epoch_micro_batches(epoch)
+        assert sorted(i for batch in batches for i in batch) == list(range(200))
+        loads = [sum(lengths[i] for i in batch) for batch in batches]
+        assert max(loads) <= 512
+        # Next fit: a micro-batch closes only when the following example would not fit.
+        assert all(load + lengths[nxt[0]] > 512 for load, nxt in zip(loads, batches[1:], strict=False))
+    # A fresh plan (a restarted process) gives the same micro-batches for the same step.
+    again = DataPlan(lengths=lengths, token_budget=512, accumulation=2, world_size=1, rank=0, seed=11)
+    assert [again.step_micro_batches(s) for s in (1, 40, 75)] == [plan.step_micro_batches(s) for s in (1, 40, 75)]
+    assert plan.epoch_micro_batches(1) != plan.epoch_micro_batches(0)
 
 
 def test_lr_warms_up_then_decays_to_a_tenth() -> None:
@@ -143,12 +196,12 @@ def test_two_processes_share_the_work_over_gloo(tmp_path: Path, model_dir: Path)
         ranks.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outputs = [proc.communicate(timeout=240) for proc in ranks]
     assert [proc.returncode for proc in ranks] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    # 23 examples in micro-batches of 4 make 6 global micro-batches an epoch, 3 per rank.
+    total_steps = tm.training_plan(config, world_size=2)[0].steps_for_epochs(2)
     steps = [e["step"] for e in tm.json_lines(outputs[0][0]) if e.get("event") == "step"]
-    assert steps == list(range(1, 7)) and outputs[1][0].strip() == ""
+    assert steps == list(range(1, total_steps + 1)) and outputs[1][0].strip() == ""
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["total_steps"] == 6
-    last = tmp_path / "train" / "checkpoints" / "step-00000006"
+    assert metrics["world_size"] == 2 and metrics["total_steps"] == total_steps
+    last = tmp_path / "train" / "checkpoints" / f"step-{total_steps:08d}"
     assert sorted(p.name for p in last.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
     assert json.loads((tmp_path / "termination-log-0").read_text())["world_size"] == 2
     assert not (tmp_path / "termination-log-1").exists()  # one message per pod: local rank 0 writes it

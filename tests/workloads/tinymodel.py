@@ -15,6 +15,10 @@ from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, Workspa
 from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
 from distillery.devcluster.tiny import save_tiny_model
 from distillery.devcluster.tiny import synthetic_nli_rows as nli_rows
+from distillery.workloads.finetune_data import FinetuneSet, load_finetune_set
+from distillery.workloads.models import load_tokenizer
+from distillery.workloads.tasks import get_task
+from distillery.workloads.trainer import DataPlan, token_budget
 
 OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 PYTHON = sys.executable
@@ -99,14 +103,26 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return found
 
 
-# 23 accepted train rows, 4 per micro-batch: 6 steps an epoch, 48 in all; a checkpoint every 10.
+# 23 accepted train rows packed into micro-batches of at most 4 x 128 tokens (the CPU default budget); a
+# checkpoint every 10 steps.
 TRAIN_ROWS, VALIDATION_ROWS = 24, 8
 STUDENT = {
     "epochs": 8, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_steps": 10, "max_seq_length": 128,
     "zero_stage": 2, "merge_weights": True,
     "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
 }
-TOTAL_STEPS = 48
+
+
+def training_plan(config_path: Path, world_size: int = 1, rank: int = 0) -> tuple[DataPlan, FinetuneSet]:
+    """The data plan a CPU training run of this config follows, and its examples, built as the trainer does."""
+    cfg = PipelineConfig.load(str(config_path))
+    student = cfg.student
+    task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+    data = load_finetune_set(cfg.workspace.labels_dir, task, load_tokenizer(student.model), student.max_seq_length,
+                             student.include_rationale)
+    plan = DataPlan(tuple(len(e.input_ids) for e in data.examples), token_budget(student, None),
+                    student.gradient_accumulation_steps, world_size, rank, cfg.seed)
+    return plan, data
 
 
 def labeled_workspace(workspace: Path, model: str | Path, **student: Any) -> Path:

@@ -17,6 +17,8 @@ DEFAULT_LABELER_IMAGE = "ghcr.io/distillery-dev/labeler:0.1.0"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/distillery-dev/trainer:0.1.0"
 
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+DEFAULT_MAX_SEQ_LENGTH = 1024
+
 GpuType = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")]
 
@@ -200,9 +202,14 @@ class StudentSpec(ApiModel):
     epochs: int = Field(2, ge=1, le=100)
     learning_rate: float = Field(2e-4, gt=0, le=1)
     batch_size: int = Field(4, ge=1, le=4096)
-    """Micro-batch size per GPU."""
+    """Examples per micro-batch on CPU, where it sets the token budget (batchSize x maxSeqLength) when
+    tokensPerDevice is unset."""
+    tokens_per_device: int | None = Field(None, ge=256, le=1_048_576)
+    """Tokens (prompt and answer, no padding) per micro-batch on each GPU: examples are packed several to a row
+    up to this budget. At least maxSeqLength. Unset: from the GPU's memory, 16384 on 80-141 GB (H100, H200,
+    A100 80GB), 8192 on 40-48 GB (A100 40GB, L40S), 4096 on 24 GB (L4, A10G)."""
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
-    max_seq_length: int = Field(1024, ge=16, le=262144)
+    max_seq_length: int = Field(DEFAULT_MAX_SEQ_LENGTH, ge=16, le=262144)
     zero_stage: int = Field(2, ge=0, le=3)
     """DeepSpeed ZeRO stage."""
     nodes: int = Field(1, ge=1, le=128)
@@ -214,6 +221,23 @@ class StudentSpec(ApiModel):
     """Also write LoRA-merged full weights."""
     checkpoint_steps: int = Field(200, ge=1, le=1_000_000)
     image: str = Field(DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512)
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("!has(self.tokensPerDevice) || self.tokensPerDevice >= "
+                    f"(has(self.maxSeqLength) ? self.maxSeqLength : {DEFAULT_MAX_SEQ_LENGTH})",
+                    "student.tokensPerDevice must be at least student.maxSeqLength", ".tokensPerDevice"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _budget_holds_an_example(self) -> "StudentSpec":
+        if self.tokens_per_device is not None and self.tokens_per_device < self.max_seq_length:
+            raise ValueError(f"tokensPerDevice {self.tokens_per_device} is below maxSeqLength {self.max_seq_length}: "
+                             f"an example of maxSeqLength tokens must fit into one micro-batch")
+        return self
 
 
 class Baseline(StrEnum):

@@ -15,6 +15,9 @@ from distillery.workloads.labeler import LabelRecord, read_labels
 from distillery.workloads.tasks import MissingColumn, Parsed, TaskDefinition
 
 IGNORE_INDEX = -100
+PAD_MULTIPLE = 64
+"""Packed rows are padded to a multiple of this: a handful of shapes, so kernels and the allocator
+reuse what they set up for earlier steps."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +93,57 @@ def load_finetune_set(labels_dir: Path, task: TaskDefinition, tokenizer: Any, ma
                               include_rationale)
 
 
-def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask and labels (IGNORE_INDEX on padding)."""
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _fill_rows(lengths: Sequence[int], row_capacity: int) -> list[list[int]]:
+    """First fit, longest first: few rows, and the same rows for the same lengths."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            free.append(row_capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return rows
+
+
+def pack(examples: Sequence[Example], pad_token_id: int, row_capacity: int) -> dict[str, Any]:
+    """Examples laid end to end in rows of at most `row_capacity` tokens (an example longer than that gets a
+    row of its own), every row right-padded to the longest one rounded up to a multiple of PAD_MULTIPLE.
+
+    position_ids restart at 0 with each example and with the padding: transformers reads a restart as the
+    start of another sequence and keeps attention inside each one. The loss is taken at `loss_positions`
+    (flat indices into the rows) against `loss_targets`: the next token of the same example wherever that
+    token is an answer token, so no prediction crosses from one example into the next or into padding.
+    Indices rather than a -100-filled tensor let the model compute logits for those positions only, without
+    a device-to-host sync to find them.
+    """
     import torch
 
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[i, :n] = torch.tensor(example.input_ids)
-        labels[i, :n] = torch.tensor(example.labels)
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    rows = _fill_rows([len(e.input_ids) for e in examples], row_capacity)
+    width = round_up(max(sum(len(examples[i].input_ids) for i in row) for row in rows), PAD_MULTIPLE)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_positions: list[int] = []
+    loss_targets: list[int] = []
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            example = examples[i]
+            n = len(example.input_ids)
+            input_ids[r, start:start + n] = torch.tensor(example.input_ids)
+            position_ids[r, start:start + n] = torch.arange(n)
+            for t, target in enumerate(example.labels[1:]):
+                if target != IGNORE_INDEX:
+                    loss_positions.append(r * width + start + t)
+                    loss_targets.append(target)
+            start += n
+        position_ids[r, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "position_ids": position_ids,
+            "loss_positions": torch.tensor(loss_positions, dtype=torch.long),
+            "loss_targets": torch.tensor(loss_targets, dtype=torch.long)}

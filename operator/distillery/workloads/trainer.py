@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,14 @@ import torch
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
 from distillery.api.spec import StudentSpec, TrainingMethod
 from distillery.workloads.environment import free_port, workspace_layout
+from distillery.workloads.finetune_data import Example, load_finetune_set, pack
+from distillery.workloads.loss import PackedCausalLMLoss, UnsupportedModel
+from distillery.workloads.memory import (
+    activation_bytes,
+    default_tokens_per_device,
+    model_state_bytes,
+    needs_gradient_checkpointing,
+)
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer, prepare_model
 from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic, write_termination_message
 
@@ -154,30 +162,51 @@ def _epoch_order(examples: int, seed: int) -> tuple[int, ...]:
 class DataPlan:
     """Which examples each micro-batch of each rank holds: a pure function of its index.
 
-    Micro-batches run through the epochs as one stream; an epoch's last global micro-batch
-    wraps around to its start so every rank always gets a full batch.
+    Each epoch's shuffled examples are cut, in order, into runs of at most `token_budget` tokens (one
+    micro-batch each), dealt to the ranks in turn. The epoch's first micro-batches repeat at its end so every
+    rank gets as many; epochs then follow one another as one stream of micro-batches.
     """
 
-    examples: int
-    micro_batch: int
+    lengths: tuple[int, ...]
+    """Tokens of each example."""
+    token_budget: int
     accumulation: int
     world_size: int
     rank: int
     seed: int
+    _epochs: dict[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict, init=False, repr=False,
+                                                            compare=False)
 
-    @property
-    def micro_batches_per_epoch(self) -> int:
+    def epoch_micro_batches(self, epoch: int) -> tuple[tuple[int, ...], ...]:
+        """All ranks' micro-batches of `epoch`; rank r holds every world_size-th one from the r-th."""
+        if epoch not in self._epochs:
+            batches: list[tuple[int, ...]] = []
+            current: list[int] = []
+            used = 0
+            for i in _epoch_order(len(self.lengths), self.seed + epoch):
+                if current and used + self.lengths[i] > self.token_budget:
+                    batches.append(tuple(current))
+                    current, used = [], 0
+                current.append(i)
+                used += self.lengths[i]
+            batches.append(tuple(current))
+            batches += [batches[k % len(batches)] for k in range(-len(batches) % self.world_size)]
+            self._epochs[epoch] = tuple(batches)
+        return self._epochs[epoch]
+
+    def micro_batches_in_epoch(self, epoch: int) -> int:
         """Per rank."""
-        return math.ceil(math.ceil(self.examples / self.micro_batch) / self.world_size)
+        return len(self.epoch_micro_batches(epoch)) // self.world_size
 
     def steps_for_epochs(self, epochs: int) -> int:
-        return max(1, epochs * self.micro_batches_per_epoch // self.accumulation)
+        return max(1, sum(self.micro_batches_in_epoch(e) for e in range(epochs)) // self.accumulation)
 
     def micro_batch_indices(self, index: int) -> list[int]:
-        epoch, position = divmod(index, self.micro_batches_per_epoch)
-        order = _epoch_order(self.examples, self.seed + epoch)
-        start = (position * self.world_size + self.rank) * self.micro_batch
-        return [order[(start + i) % self.examples] for i in range(self.micro_batch)]
+        epoch = 0
+        while index >= (per_epoch := self.micro_batches_in_epoch(epoch)):
+            index -= per_epoch
+            epoch += 1
+        return list(self.epoch_micro_batches(epoch)[index * self.world_size + self.rank])
 
     def step_micro_batches(self, step: int) -> list[list[int]]:
         """The micro-batches of optimizer step `step` (1-based)."""
@@ -286,6 +315,13 @@ def _replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _unwrapped(state_dict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ZeRO-3's gathered weights carry the loss wrapper's `model.` prefix; save_pretrained wants the student's names."""
+    if state_dict is None:
+        return None
+    return {name.removeprefix("model."): tensor for name, tensor in state_dict.items()}
+
+
 def save_outputs(engine: Any, tokenizer: Any, cfg: PipelineConfig, layout: WorkspaceLayout, dist: DistEnv,
                  dtype: torch.dtype) -> dict[str, str]:
     """Collective. The adapter (or the full model) in adapter_dir; merged weights when asked."""
@@ -295,7 +331,7 @@ def save_outputs(engine: Any, tokenizer: Any, cfg: PipelineConfig, layout: Works
     outputs: dict[str, str] = {}
     if dist.is_main:
         def write_model(tmp: Path) -> None:
-            engine.module.save_pretrained(tmp, state_dict=state_dict)
+            engine.module.model.save_pretrained(tmp, state_dict=_unwrapped(state_dict))
             tokenizer.save_pretrained(tmp)
 
         _replace_dir(layout.adapter_dir, write_model)
@@ -341,6 +377,115 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def token_budget(student: StudentSpec, device_memory: int | None) -> int:
+    if student.tokens_per_device is not None:
+        return student.tokens_per_device
+    return default_tokens_per_device(device_memory, student.max_seq_length, student.batch_size)
+
+
+def row_capacity(attn_implementation: str, max_seq_length: int, budget: int) -> int:
+    """Tokens per packed row. flash-attention's varlen kernels take the whole micro-batch as one row (transformers
+    reads packing from position_ids only at batch size 1) and cost what the examples' own lengths cost; sdpa and
+    eager get a block-diagonal mask over each row and cost its width squared, so their rows stay at
+    max_seq_length."""
+    return budget if "flash" in attn_implementation else max_seq_length
+
+
+def build_student(student: StudentSpec, dtype: torch.dtype, cuda: bool, budget: int, world_size: int,
+                  device_memory: int | None) -> tuple[PackedCausalLMLoss, bool]:
+    """(the student with its loss, whether gradient checkpointing is on)."""
+    model = prepare_model(load_model(student.model, dtype=dtype), student)
+    # A cache during training costs memory and, worse, stops transformers from separating packed examples.
+    model.config.use_cache = False
+    parameters = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    checkpointing = needs_gradient_checkpointing(
+        activation_bytes(model.config, budget, dtype_bytes, checkpointing=False),
+        model_state_bytes(parameters, trainable, dtype_bytes, world_size, student.zero_stage), device_memory)
+    if checkpointing:
+        # Non-reentrant: works with frozen embeddings (LoRA) without forcing their outputs to need gradients.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # ZeRO-3 partitions lm_head's weight, which the fused kernel would read whole.
+    return PackedCausalLMLoss(model, fused=cuda and student.zero_stage < 3), checkpointing
+
+
+@dataclass
+class Run:
+    """Where training stands; what a checkpoint's trainer_state.json holds, and this process's own counters."""
+
+    total_steps: int
+    world_size: int
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    tokens: int = 0
+    """Real (non-padding) tokens trained on, all ranks, all runs."""
+    earlier_seconds: float = 0.0
+    run_tokens: int = 0
+    run_start: float = field(default_factory=time.monotonic)
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.step, self.history = state["step"], state["loss"]
+        self.tokens, self.earlier_seconds = state["tokens"], state["train_seconds"]
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
+                "loss": self.history, "tokens": self.tokens,
+                "train_seconds": self.earlier_seconds + time.monotonic() - self.run_start}
+
+
+def optimizer_step(engine: Any, batches: list[list[Example]], pad_id: int, capacity: int) -> torch.Tensor:
+    """One optimizer step over the micro-batches: (mean loss, real tokens, 0) on the device, so that the
+    step costs a single host sync, in the caller's all-reduce."""
+    stats = torch.zeros(3, dtype=torch.float32, device=engine.device)
+    for examples in batches:
+        batch = pack(examples, pad_id, capacity)
+        stats[1] += sum(len(e.input_ids) for e in examples)
+        loss = engine(**{k: v.to(engine.device) for k, v in batch.items()})
+        engine.backward(loss)
+        engine.step()
+        stats[0] += loss.detach().float() / len(batches)
+    return stats
+
+
+def step_loop(engine: Any, plan: DataPlan, examples: list[Example], run: Run, checkpoints: Checkpoints,
+              stop: StopRequested, dist: DistEnv, pad_id: int, capacity: int, checkpoint_steps: int) -> bool:
+    """Train until run.total_steps; False when a stop was requested (after checkpointing)."""
+    # Rank 0 reports for the group, from a thread: the step loop never waits on the API server.
+    progress: dict[str, Any] = {"step": run.step, "total_steps": run.total_steps,
+                                "loss": run.history[-1]["loss"] if run.history else None}
+    live = LiveProgress("training", dist.rank, lambda: dict(progress))
+    if dist.is_main:
+        live.start()
+    engine.train()
+    try:
+        while run.step < run.total_steps:
+            run.step += 1
+            lr = engine.get_lr()[0]
+            batches = [[examples[i] for i in indices] for indices in plan.step_micro_batches(run.step)]
+            stats = optimizer_step(engine, batches, pad_id, capacity)
+            stats[2] = float(stop.requested)
+            # Loss, token count and any rank's stop request, summed over ranks in one all-reduce.
+            torch.distributed.all_reduce(stats)
+            mean_loss, step_tokens, stopping = stats.tolist()
+            mean_loss = round(mean_loss / dist.world_size, 6)
+            run.run_tokens += int(step_tokens)
+            run.tokens += int(step_tokens)
+            run.history.append({"step": run.step, "loss": mean_loss, "lr": lr})
+            emit(dist, "step", step=run.step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
+                 seconds=round(time.monotonic() - run.run_start, 4))
+            progress["step"], progress["loss"] = run.step, mean_loss
+            if run.step % checkpoint_steps == 0 or run.step == run.total_steps or stopping:
+                path = checkpoints.save(engine, run.step, run.state())
+                emit(dist, "checkpoint", step=run.step, path=str(path))
+            if stopping:
+                emit(dist, "terminated", step=run.step)
+                return False
+    finally:
+        live.stop()
+    return True
+
+
 def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -> tuple[int, dict[str, Any]]:
     """(exit code, summary). Every rank runs it."""
     wall_start = time.monotonic()
@@ -351,7 +496,6 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     dtype = torch.bfloat16 if bf16 else torch.float32
     student = cfg.student
 
-    from distillery.workloads.finetune_data import collate, load_finetune_set
     from distillery.workloads.tasks import get_task
 
     # Data first: a wrong model or empty labels fail fast, before any process group exists.
@@ -364,21 +508,23 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
 
     dist = init_distributed(cuda)
     stop = StopRequested()
+    device_memory = torch.cuda.get_device_properties(dist.local_rank).total_memory if cuda else None
+    budget = token_budget(student, device_memory)
     # The same seed everywhere for the adapter's initial weights; per rank below, for dropout.
     torch.manual_seed(cfg.seed)
-    plan = DataPlan(len(data.examples), student.batch_size, student.gradient_accumulation_steps,
+    plan = DataPlan(tuple(len(e.input_ids) for e in data.examples), budget, student.gradient_accumulation_steps,
                     dist.world_size, dist.rank, cfg.seed)
-    total_steps = max_steps or plan.steps_for_epochs(student.epochs)
+    run = Run(max_steps or plan.steps_for_epochs(student.epochs), dist.world_size)
 
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    model = prepare_model(load_model(student.model, dtype=dtype), student)
+    model, checkpointing = build_student(student, dtype, cuda, budget, dist.world_size, device_memory)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=student.learning_rate, weight_decay=0.0, fused=cuda)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps)),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, run.total_steps)),
         config=deepspeed_config(student, dist.world_size, bf16, cuda),
     )
     torch.manual_seed(cfg.seed + dist.rank)
@@ -389,72 +535,31 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
         layout.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.clean_partial()
     barrier()
-    history: list[dict[str, float]] = []
-    start_step, tokens_total, train_seconds = 0, 0, 0.0
+    start_step = 0
     latest = checkpoints.latest()
     if latest is not None:
-        state = checkpoints.load(engine, latest)
-        start_step, history = state["step"], state["loss"]
-        tokens_total, train_seconds = state["tokens"], state["train_seconds"]
+        run.resume(checkpoints.load(engine, latest))
+        start_step = run.step
         emit(dist, "resume", step=start_step, checkpoint=str(latest))
-    emit(dist, "start", total_steps=total_steps, world_size=dist.world_size, start_step=start_step,
-         trainable_parameters=sum(p.numel() for p in trainable), **data.summary())
+    attention = model.model.config._attn_implementation
+    emit(dist, "start", total_steps=run.total_steps, world_size=dist.world_size, start_step=start_step,
+         trainable_parameters=sum(p.numel() for p in trainable), tokens_per_device=budget, attention=attention,
+         gradient_checkpointing=checkpointing, **data.summary())
 
-    pad_id = tokenizer.pad_token_id
-    step, run_tokens, run_start = start_step, 0, time.monotonic()
+    run.run_start = time.monotonic()
+    capacity = row_capacity(attention, student.max_seq_length, budget)
+    if not step_loop(engine, plan, data.examples, run, checkpoints, stop, dist, tokenizer.pad_token_id, capacity,
+                     student.checkpoint_steps):
+        return EXIT_TERMINATED, {"terminated": True, "step": run.step, "total_steps": run.total_steps}
 
-    def state_now() -> dict[str, Any]:
-        return {"step": step, "total_steps": total_steps, "world_size": dist.world_size, "loss": history,
-                "tokens": tokens_total, "train_seconds": train_seconds + time.monotonic() - run_start}
-
-    # Rank 0 reports for the group, from a thread: the step loop never waits on the API server.
-    progress: dict[str, Any] = {"step": step, "total_steps": total_steps,
-                                "loss": history[-1]["loss"] if history else None}
-    live = LiveProgress("training", dist.rank, lambda: dict(progress))
-    if dist.is_main:
-        live.start()
-    engine.train()
-    try:
-        while step < total_steps:
-            step += 1
-            lr = engine.get_lr()[0]
-            # Loss, token count and any rank's stop request, summed over ranks in one all-reduce;
-            # kept on the device so the step has a single host sync.
-            stats = torch.zeros(3, dtype=torch.float32, device=engine.device)
-            for indices in plan.step_micro_batches(step):
-                batch = collate([data.examples[i] for i in indices], pad_id)
-                stats[1] += batch["attention_mask"].sum()
-                loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
-                engine.backward(loss)
-                engine.step()
-                stats[0] += loss.detach().float() / plan.accumulation
-            stats[2] = float(stop.requested)
-            torch.distributed.all_reduce(stats)
-            mean_loss, step_tokens, stopping = stats.tolist()
-            mean_loss = round(mean_loss / dist.world_size, 6)
-            run_tokens += int(step_tokens)
-            tokens_total += int(step_tokens)
-            history.append({"step": step, "loss": mean_loss, "lr": lr})
-            emit(dist, "step", step=step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
-                 seconds=round(time.monotonic() - run_start, 4))
-            progress["step"], progress["loss"] = step, mean_loss
-            if step % student.checkpoint_steps == 0 or step == total_steps or stopping:
-                path = checkpoints.save(engine, step, state_now())
-                emit(dist, "checkpoint", step=step, path=str(path))
-            if stopping:
-                emit(dist, "terminated", step=step)
-                return EXIT_TERMINATED, {"terminated": True, "step": step, "total_steps": total_steps}
-    finally:
-        live.stop()
-
-    run_seconds = time.monotonic() - run_start
-    train_seconds += run_seconds
+    run_seconds = time.monotonic() - run.run_start
+    train_seconds = run.earlier_seconds + run_seconds
     outputs = save_outputs(engine, tokenizer, cfg, layout, dist, dtype)
     summary = {
-        "steps": total_steps,
+        "steps": run.total_steps,
         "resumed_from_step": start_step,
-        "final_loss": history[-1]["loss"] if history else None,
-        "tokens_per_second": round(tokens_total / train_seconds, 2) if train_seconds > 0 else None,
+        "final_loss": run.history[-1]["loss"] if run.history else None,
+        "tokens_per_second": round(run.tokens / train_seconds, 2) if train_seconds > 0 else None,
         "train_seconds": round(train_seconds, 3),
         "wall_time_seconds": round(time.monotonic() - wall_start, 3),
         "world_size": dist.world_size,
@@ -463,9 +568,10 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     }
     if dist.is_main:
         write_json_atomic(layout.train_dir / "metrics.json", {
-            **summary, "total_steps": total_steps, "tokens": tokens_total,
-            "run_tokens_per_second": round(run_tokens / run_seconds, 2) if run_seconds > 0 else None,
-            "method": str(student.method), "zero_stage": student.zero_stage, "loss": history,
+            **summary, "total_steps": run.total_steps, "tokens": run.tokens,
+            "run_tokens_per_second": round(run.run_tokens / run_seconds, 2) if run_seconds > 0 else None,
+            "method": str(student.method), "zero_stage": student.zero_stage, "tokens_per_device": budget,
+            "gradient_checkpointing": checkpointing, "loss": run.history,
         })
     return EXIT_OK, summary
 
@@ -481,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         code, summary = train(cfg, workspace_layout(cfg), args.max_steps)
-    except (ModelLoadError, ResumeError) as err:
+    except (ModelLoadError, ResumeError, UnsupportedModel) as err:
         code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         write_termination_message(summary)

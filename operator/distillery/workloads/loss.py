@@ -1,0 +1,92 @@
+"""The training loss on packed rows, computed from the decoder's last hidden state.
+
+`model(...).logits` would hold fp32 logits for every position of the micro-batch: with a 150k vocabulary and
+16k tokens that is 10 GB, nearly all of it for prompt tokens that carry no loss. Here the decoder's hidden
+state is gathered at the answer positions only, and the vocabulary projection and cross-entropy run either
+fused (Liger Kernel, on CUDA) or in checkpointed chunks, so no more than one chunk of logits ever exists.
+"""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_LOGITS = 1 << 26
+"""fp32 logits per chunk (256 MiB): large enough that the chunk matmuls keep an accelerator busy."""
+
+
+class UnsupportedModel(ValueError):
+    """The model transforms its logits in a way the loss computed from the hidden state would miss."""
+
+
+def chunk_tokens(vocab_size: int) -> int:
+    return max(1, CHUNK_LOGITS // vocab_size)
+
+
+def _chunk_loss(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                          chunk: int) -> torch.Tensor:
+    """Summed cross-entropy of `lm_head(hidden)` (tokens x hidden) against `targets`, `chunk` tokens at a time.
+
+    Each chunk runs under non-reentrant activation checkpointing: its logits are freed as soon as its loss is
+    known and recomputed, one chunk at a time, in the backward pass. That costs one extra chunk matmul, and
+    keeps `lm_head` a module call rather than a read of its weight, so ZeRO-3 still gathers the weight and an
+    adapter on lm_head still applies; a hand-written autograd Function would have to take the raw weight.
+    """
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        total = total + checkpoint(_chunk_loss, lm_head, hidden[start:start + chunk], targets[start:start + chunk],
+                                   use_reentrant=False)
+    return total
+
+
+def _liger_loss() -> Any:
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return liger_fused_linear_cross_entropy
+
+
+class PackedCausalLMLoss(torch.nn.Module):
+    """The student as DeepSpeed trains it: token-mean cross-entropy over the answer positions of packed rows.
+
+    The student itself is the only submodule, so checkpoints and saved weights keep its parameter names under
+    `model.`; the decoder and lm_head are looked up on each call rather than registered a second time.
+    """
+
+    def __init__(self, model: Any, fused: bool) -> None:
+        super().__init__()
+        self.model = model
+        config = self._causal_lm().config
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1):
+            raise UnsupportedModel(f"{config.model_type} scales or caps its logits after lm_head; the trainer's "
+                                   f"loss from the hidden state does not")
+        # Liger reads lm_head's weight directly: only a plain Linear whose weight is whole on this device.
+        plain_head = type(self._causal_lm().get_output_embeddings()) is torch.nn.Linear
+        self.liger = _liger_loss() if fused and plain_head else None
+        self.chunk = chunk_tokens(config.vocab_size)
+
+    def _causal_lm(self) -> Any:
+        # peft's wrapper injects the adapters into the base model's modules in place; the base model's
+        # decoder therefore runs with them.
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, loss_positions: torch.Tensor,
+                loss_targets: torch.Tensor) -> torch.Tensor:
+        causal_lm = self._causal_lm()
+        # No attention_mask and no cache: only then does transformers derive the per-example block-diagonal
+        # mask from position_ids (verified on 5.24, sdpa and eager; with a cache it attends across examples).
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                         use_cache=False).last_hidden_state
+        selected = hidden.flatten(0, 1).index_select(0, loss_positions)
+        lm_head = causal_lm.get_output_embeddings()
+        if self.liger is not None:
+            total = self.liger(selected, lm_head.weight, loss_targets, lm_head.bias, reduction="sum")
+        else:
+            total = chunked_cross_entropy(selected, lm_head, loss_targets, self.chunk)
+        return total / max(1, loss_targets.numel())
