@@ -85,6 +85,7 @@ class PackedCausalLMLoss(torch.nn.Module):
                                          use_cache=False).last_hidden_state
         selected = hidden.flatten(0, 1).index_select(0, loss_positions)
         lm_head = causal_lm.get_output_embeddings()
+        total: torch.Tensor
         if self.liger is not None:
             total = self.liger(selected, lm_head.weight, loss_targets, lm_head.bias, reduction="sum")
         else:

@@ -38,8 +38,8 @@ def activation_bytes(config: Any, tokens: int, dtype_bytes: int, checkpointing: 
     output and o_proj's input, the residual (about 10 x hidden), and the gated MLP's gate, up, activation and
     product (4 x intermediate). With checkpointing, only each layer's input stays, plus one layer's full set
     while it is recomputed."""
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
     per_layer = tokens * (10 * hidden + 4 * intermediate) * dtype_bytes
     if checkpointing:
         return layers * tokens * hidden * dtype_bytes + per_layer
