@@ -1,14 +1,21 @@
 """`kubectl apply` itself rejects a wrong Distillation, with a message naming the field."""
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
+from distillery.api.config import OperatorConfig
+from distillery.api.crd import MAX_NAME_LENGTH
+from distillery.api.spec import DistillationSpec
+from distillery.resources import jobs, reporting, student, teacher, workspace
+from distillery.resources.common import Owner
 from tests.cluster.conftest import Kube
 from tests.cluster.test_operator import distillation
 
 pytestmark = pytest.mark.cluster
+CONFIG = OperatorConfig()
 
 
 def _set(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -84,3 +91,41 @@ def test_spec_is_immutable_except_suspend_and_serving(kube: Kube, crd: None, nam
     assert changed.returncode != 0 and "spec.region is immutable" in changed.stderr
     assert kube.run("patch", "distillation", "fixed", "-n", namespace, "--type=merge",
                     "-p", '{"spec":{"suspend":true,"serving":{"replicas":3}}}', check=False).returncode == 0
+
+
+@pytest.mark.parametrize(("name", "accepted", "expected"), [
+    ("a" * MAX_NAME_LENGTH, True, ""),
+    ("a" * (MAX_NAME_LENGTH + 1), False, f"metadata.name must be at most {MAX_NAME_LENGTH} characters"),
+    ("x1-y2", True, ""),
+    ("conj.nli", False, "no dots"),
+    ("1st-run", False, "must start with a lowercase letter"),
+    ("run-", False, "must start with a lowercase letter"),
+], ids=["at-length-limit", "past-length-limit", "letters-digits-dashes", "dot", "leading-digit", "trailing-dash"])
+def test_names_that_cannot_name_every_child_are_refused(kube: Kube, crd: None, namespace: str, name: str,
+                                                        accepted: bool, expected: str) -> None:
+    result = kube.apply(distillation(name), namespace=namespace, server_side=False, check=False)
+    assert (result.returncode == 0) == accepted, result.stderr
+    assert expected in result.stderr
+
+
+def test_every_child_of_the_longest_name_is_valid(kube: Kube, crd: None, namespace: str) -> None:
+    """The limit is right: with a name at the limit, every child the planner makes passes server-side
+    validation (a dry run creates nothing), training pods' hostnames included."""
+    name = "n" * MAX_NAME_LENGTH
+    spec = DistillationSpec.model_validate(_set(distillation(name), "spec.student.nodes", 128)["spec"])
+    owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
+    children = [workspace.workspace_pvc(owner, spec, CONFIG), workspace.pipeline_configmap(owner, spec),
+                teacher.teacher_deployment(owner, spec, CONFIG), teacher.teacher_service(owner),
+                jobs.labeling_job(owner, spec, CONFIG), jobs.training_service(owner),
+                jobs.training_job(owner, spec, CONFIG),
+                jobs.evaluation_job(owner, spec, CONFIG), student.student_deployment(owner, spec, CONFIG),
+                student.student_service(owner), reporting.progress_configmap(owner),
+                reporting.workload_service_account(owner), reporting.workload_role(owner),
+                reporting.workload_role_binding(owner)]
+    for child in children:
+        child["metadata"].pop("ownerReferences")
+        result = kube.run("create", "--dry-run=server", "-f", "-", "-n", namespace, input=json.dumps(child),
+                          check=False)
+        assert result.returncode == 0, f"{child['kind']} {child['metadata']['name']}: {result.stderr}"
+    last_host = f"{name}-train-{spec.student.nodes - 1}"
+    assert len(last_host) <= 63, last_host

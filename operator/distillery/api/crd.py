@@ -27,6 +27,20 @@ CRD_FILE = Path("crds") / f"{GROUP}_{PLURAL}.yaml"
 
 _DROP_KEYS = {"title", "$defs", "additionalProperties"}
 
+MAX_NAME_LENGTH = 53
+"""Children take the name plus a suffix, and the tightest fit is a training pod's hostname,
+`<name>-train-<index>` with up to 128 nodes (index 127): a DNS label of at most 63 characters. The teacher,
+student and training Services are DNS-1035 labels too, so a name must start with a letter and has no dots."""
+NAME_RULES = [
+    cel(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the operator names children "
+        f"<name>-<suffix>, and a training pod's hostname <name>-train-<index> must fit in 63",
+        None, "FieldValueInvalid"),
+    cel("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' "
+        "(no dots): the operator's Services are named after it", None, "FieldValueInvalid"),
+]
+
 
 def _models_by_name(model: type[BaseModel],
                     seen: dict[str, type[BaseModel]] | None = None) -> dict[str, type[BaseModel]]:
@@ -196,6 +210,7 @@ def crd() -> dict[str, Any]:
                             "labels a dataset, a student is fine-tuned on the labels, evaluated against the "
                             "teacher and its base model, and served.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": NAME_RULES,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -38,3 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())
