@@ -14,11 +14,11 @@ from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, format_time
 from distillery.controller import metrics
-from distillery.controller.cache import ClusterCache, Key
+from distillery.controller.cache import ClusterCache, Key, controller_uid
 from distillery.controller.conditions import set_condition
 from distillery.controller.kube import ApiError, KubeClient
 from distillery.controller.observe import observe
-from distillery.controller.planner import Create, Delete, Event, Patch, plan
+from distillery.controller.planner import Action, Create, Delete, Event, Patch, plan
 from distillery.resources.common import Owner
 
 log = logging.getLogger("distillery.reconciler")
@@ -39,6 +39,23 @@ class Written:
     status: dict[str, Any]
 
 
+class ChildRejected(Exception):
+    """The API server refused a child for a reason it will give again until someone acts."""
+
+    def __init__(self, kind: str, name: str, error: ApiError) -> None:
+        self.kind, self.name, self.error = kind, name, error
+        super().__init__(f"{kind} {name}: {error.status} {error.reason}: {error.message}")
+
+
+_VERB = {Create: "create", Delete: "delete", Patch: "patch"}
+
+
+def _target(action: Action) -> tuple[str, str]:
+    if isinstance(action, Create):
+        return action.manifest["kind"], action.manifest["metadata"]["name"]
+    return action.kind, action.name
+
+
 class Reconciler:
     def __init__(self, client: KubeClient, cache: ClusterCache, config: OperatorConfig) -> None:
         self.client = client
@@ -48,9 +65,12 @@ class Reconciler:
         # that write back, and planning from the stale copy would write twice. resourceVersions are opaque
         # (equality only, no order), so the cache is stale exactly while it still shows the version we wrote over.
         self._written: dict[Key, Written] = {}
+        # The last rejection reported per Distillation, so a retry does not post the same Warning again.
+        self._rejected: dict[Key, str] = {}
 
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)
+        self._rejected.pop(key, None)
 
     async def reconcile(self, key: Key) -> bool:
         """Returns False when the pass hit an error and should be retried."""
@@ -62,14 +82,12 @@ class Reconciler:
         ok = True
         try:
             await self._reconcile(key, body)
-        except ApiError as e:
+        except Exception as e:  # the pass is retried with backoff whatever broke it; the operator goes on
             ok = False
             metrics.RECONCILE_ERRORS.labels(metrics.CONTROLLER).inc()
-            log.warning("reconcile %s/%s: API error %s", key[0], key[1], e)
-        except Exception:
-            ok = False
-            metrics.RECONCILE_ERRORS.labels(metrics.CONTROLLER).inc()
-            log.exception("reconcile %s/%s failed", key[0], key[1])
+            # One line per failure; the traceback only for what is not an answer from the API server.
+            log.warning("reconcile %s/%s failed: %s: %s", key[0], key[1], type(e).__name__, e,
+                        exc_info=not isinstance(e, ApiError | ChildRejected) and log.isEnabledFor(logging.DEBUG))
         finally:
             metrics.RECONCILE_TIME.labels(metrics.CONTROLLER).observe(time.monotonic() - started)
             metrics.RECONCILE_TOTAL.labels(metrics.CONTROLLER, "success" if ok else "error").inc()
@@ -107,37 +125,73 @@ class Reconciler:
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).
-        changed = await asyncio.gather(*(self._apply(namespace, a) for a in result.actions))
+        outcomes = await asyncio.gather(*(self._apply(owner, a) for a in result.actions), return_exceptions=True)
+        rejected = [o for o in outcomes if isinstance(o, ChildRejected)]
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, ChildRejected)]
         # Events name what this pass changed, so an object another pass already made is not announced twice.
-        events += [_action_event(a) for a, c in zip(result.actions, changed, strict=True) if c]
+        events += [_action_event(a) for a, o in zip(result.actions, outcomes, strict=True) if o is True]
+        if rejected:
+            message = "; ".join(str(r) for r in rejected)[:1000]
+            result.status.conditions = set_condition(result.status.conditions, "Reconciling", True, "ChildRejected",
+                                                     message, format_time(datetime.now(UTC)), generation)
+            # One Warning per distinct rejection, not one per retry.
+            if self._rejected.get(key) != message:
+                events.append(Event("Warning", "ChildRejected", message))
+            self._rejected[key] = message
+        elif not failed:
+            self._rejected.pop(key, None)
         # Status first: it is what users and the next pass wait for; Events are best-effort commentary.
         await self._write_status(key, status_raw, result.status.to_wire(), stale)
         await asyncio.gather(*(self._event(owner, e) for e in events))
+        if failed:
+            raise failed[0]
+        if rejected:
+            raise rejected[0]
 
-    async def _apply(self, namespace: str, action: Create | Delete | Patch) -> bool:
-        """Apply one action idempotently; returns whether it changed anything."""
+    async def _apply(self, owner: Owner, action: Action) -> bool:
+        """Apply one action idempotently; returns whether it changed anything. An answer the API server
+        will give again (invalid, forbidden, over quota, a name another object holds) raises ChildRejected."""
+        kind, name = _target(action)
+        try:
+            return await self._send(owner, action)
+        except ApiError as e:
+            self._count(_VERB[type(action)], kind, e.status)
+            if e.status >= 500 or e.status == 429:
+                raise
+            raise ChildRejected(kind, name, e) from None
+
+    async def _send(self, owner: Owner, action: Action) -> bool:
         if isinstance(action, Create):
             manifest = action.manifest
-            try:
-                _, created = await self.client.create(manifest)
-                self._count("create", manifest["kind"], 201 if created else 409)
-                return created
-            except ApiError as e:
-                self._count("create", manifest["kind"], e.status)
-                raise
+            _, created = await self.client.create(manifest)
+            self._count("create", manifest["kind"], 201 if created else 409)
+            if not created:
+                await self._check_owner(owner, manifest["kind"], manifest["metadata"]["name"])
+            return created
         if isinstance(action, Delete):
-            deleted = await self.client.delete(action.kind, action.name, namespace)
+            deleted = await self.client.delete(action.kind, action.name, owner.namespace)
             self._count("delete", action.kind, 200 if deleted else 404)
             return deleted
         try:
-            await self.client.merge_patch(action.kind, action.name, namespace, action.patch)
+            await self.client.merge_patch(action.kind, action.name, owner.namespace, action.patch)
             self._count("patch", action.kind, 200)
-            return False
         except ApiError as e:
-            self._count("patch", action.kind, e.status)
             if e.status != 404:
                 raise
-            return False
+            self._count("patch", action.kind, 404)
+        return False
+
+    async def _check_owner(self, owner: Owner, kind: str, name: str) -> None:
+        """An existing child is ours when its controller is this Distillation; another object holding the name
+        (a predecessor still being deleted, say) is reported, never adopted."""
+        existing = await self.client.get(kind, name, owner.namespace)
+        if existing is None or controller_uid(existing) == owner.uid:
+            return
+        state = "being deleted" if (existing.get("metadata") or {}).get("deletionTimestamp") else "present"
+        raise ChildRejected(kind, name, ApiError(409, {
+            "reason": "AlreadyExists",
+            "message": f"{kind} {name} is {state} and not owned by this Distillation; the operator waits for "
+                       f"it to go (it never adopts another owner's object)"}))
 
     async def _event(self, owner: Owner, event: Event) -> None:
         now = format_time(datetime.now(UTC))

@@ -1,0 +1,138 @@
+"""Children the API server refuses, children another owner holds, and an API server that goes away."""
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillery.devcluster.cluster import DevCluster
+from tests.cluster.conftest import Kube, OperatorProcess
+from tests.cluster.test_helm import ChartIdentity
+from tests.cluster.test_operator import children, condition, distillation
+
+pytestmark = pytest.mark.cluster
+HOLD = "test.distillery.dev/hold"
+
+
+def events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in kube.get("events", namespace=namespace)["items"] if e["involvedObject"]["name"] == name]
+
+
+def succeeded(kube: Kube, namespace: str, name: str) -> bool:
+    return (condition(kube.get("distillation", name, namespace), "Succeeded") or {}).get("status") == "True"
+
+
+def rejection(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    found = condition(kube.get("distillation", name, namespace), "Reconciling")
+    return found if found and found.get("reason") == "ChildRejected" else None
+
+
+def test_a_child_over_quota_is_reported_then_created_once_the_quota_allows(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-claims"},
+             "spec": {"hard": {"persistentvolumeclaims": "0"}}}
+    kube.apply(quota, namespace=namespace)
+    kube.wait_for(lambda: (kube.get("resourcequota", "no-claims", namespace).get("status") or {}).get("hard"), 30,
+                  what="quota status computed")
+    kube.apply(distillation("quota"), namespace=namespace)
+    found = kube.wait_for(lambda: rejection(kube, namespace, "quota"), 60, what="ChildRejected")
+    assert found["status"] == "True"
+    assert "PersistentVolumeClaim quota-workspace" in found["message"] and "exceeded quota" in found["message"]
+    warnings = [e for e in events(kube, namespace, "quota") if e["reason"] == "ChildRejected"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning", warnings
+
+    kube.run("delete", "resourcequota", "no-claims", "-n", namespace)
+    kube.wait_for(lambda: succeeded(kube, namespace, "quota"), 120, what="Succeeded after the quota went")
+    assert rejection(kube, namespace, "quota") is None
+
+
+@pytest.fixture
+def short_of_claims(kube: Kube, namespace: str, crd: None, tmp_path: Path) -> Iterator[ChartIdentity]:
+    """The chart's operator identity without the right to create PersistentVolumeClaims."""
+    ident = ChartIdentity(kube, namespace, tmp_path, watch_own_namespace=False)
+    claims = "persistentvolumeclaims"
+    for doc in ident.rbac:
+        rules = []
+        for rule in doc.get("rules") or []:
+            if claims in rule.get("resources", []):
+                # Still allowed to watch claims (or kopf could never list them), not to create one.
+                rules.append({**rule, "resources": [claims], "verbs": [v for v in rule["verbs"] if v != "create"]})
+                rule = {**rule, "resources": [r for r in rule["resources"] if r != claims]}
+            if rule.get("resources"):
+                rules.append(rule)
+        if "rules" in doc:
+            doc["rules"] = rules
+    ident.create()
+    yield ident
+    ident.delete()
+
+
+def test_a_child_refused_for_missing_rbac_is_reported_with_the_api_message(
+        kube: Kube, namespace: str, short_of_claims: ChartIdentity, tmp_path: Path) -> None:
+    op = OperatorProcess(short_of_claims.kubeconfig, tmp_path, short_of_claims.config)
+    op.start()
+    try:
+        kube.apply(distillation("norbac"), namespace=namespace)
+        found = kube.wait_for(lambda: rejection(kube, namespace, "norbac"), 60, what="ChildRejected")
+        assert "PersistentVolumeClaim norbac-workspace" in found["message"]
+        assert "forbidden" in found["message"] and "cannot create resource" in found["message"], found
+        warnings = [e for e in events(kube, namespace, "norbac") if e["reason"] == "ChildRejected"]
+        assert [e["type"] for e in warnings] == ["Warning"], "one Warning, not one per retry"
+        assert op.proc is not None and op.proc.poll() is None, "the operator keeps running"
+    finally:
+        op.stop()
+
+
+def test_a_recreated_distillation_runs_every_stage_itself(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "3s"}
+    kube.apply(distillation("again", scheduling={"podAnnotations": slow}), namespace=namespace)
+    kube.wait_for(lambda: (((kube.get("distillation", "again", namespace).get("status") or {}).get("stages") or {})
+                           .get("labeling") or {}).get("state") == "Succeeded", 90, what="labeling done")
+    old_job = kube.get("job", "again-label", namespace)
+    # The old labeling Job outlives its Distillation, as one whose pods take time to go would.
+    kube.run("patch", "job", "again-label", "-n", namespace, "--type=merge",
+             "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
+    kube.run("delete", "distillation", "again", "-n", namespace, "--wait=true", "--timeout=60s")
+    kube.wait_for(lambda: kube.get("job", "again-label", namespace)["metadata"].get("deletionTimestamp"), 60,
+                  what="old Job terminating")
+    kube.apply(distillation("again", scheduling={"podAnnotations": slow}), namespace=namespace)
+
+    held = "Job again-label is being deleted and not owned by this Distillation"
+    # Other children of the old one (its workspace claim, say) may be reported first while they go.
+    kube.wait_for(lambda: held in ((rejection(kube, namespace, "again") or {}).get("message") or ""), 120,
+                  what="the held name reported")
+    stages = kube.get("distillation", "again", namespace)["status"]["stages"]
+    assert stages["labeling"]["state"] != "Succeeded", "the old Job's result was taken over"
+
+    kube.run("patch", "job", "again-label", "-n", namespace, "--type=json",
+             "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')
+    kube.wait_for(lambda: succeeded(kube, namespace, "again"), 150, what="Succeeded")
+    new_job = kube.get("job", "again-label", namespace)
+    assert new_job["metadata"]["uid"] != old_job["metadata"]["uid"]
+    new_uid = kube.get("distillation", "again", namespace)["metadata"]["uid"]
+    assert [r["uid"] for r in new_job["metadata"]["ownerReferences"]] == [new_uid]
+
+
+def test_the_pipeline_finishes_across_an_api_server_outage(
+        cluster: DevCluster, kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "4s"}
+    kube.apply(distillation("outage", scheduling={"podAnnotations": slow}), namespace=namespace)
+    kube.wait_for(lambda: "Job/outage-label" in children(kube, namespace, "outage"), 60, what="labeling job")
+    state = cluster.state()
+    assert state is not None
+    apiserver = state.pids["kube-apiserver"]
+    # Stopped, not killed: connections hang, as they do when a control plane is unreachable.
+    os.kill(apiserver, signal.SIGSTOP)
+    try:
+        time.sleep(30)  # the outage itself; nothing is asserted on time
+    finally:
+        os.kill(apiserver, signal.SIGCONT)
+    kube.wait_for(lambda: succeeded(kube, namespace, "outage"), 180, what="Succeeded after the outage")
+    assert operator.proc is not None and operator.proc.poll() is None, "the operator kept running"
+    assert operator.starts == 1
