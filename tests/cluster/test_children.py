@@ -82,7 +82,7 @@ def test_a_child_refused_for_missing_rbac_is_reported_with_the_api_message(
         assert "PersistentVolumeClaim norbac-workspace" in found["message"]
         assert "forbidden" in found["message"] and "cannot create resource" in found["message"], found
         warnings = [e for e in events(kube, namespace, "norbac") if e["reason"] == "ChildRejected"]
-        assert [e["type"] for e in warnings] == ["Warning"], "one Warning, not one per retry"
+        assert [e["type"] for e in warnings] == ["Warning"], [e["message"] for e in warnings]
         assert op.proc is not None and op.proc.poll() is None, "the operator keeps running"
     finally:
         op.stop()
@@ -136,3 +136,20 @@ def test_the_pipeline_finishes_across_an_api_server_outage(
     kube.wait_for(lambda: succeeded(kube, namespace, "outage"), 180, what="Succeeded after the outage")
     assert operator.proc is not None and operator.proc.poll() is None, "the operator kept running"
     assert operator.starts == 1
+
+
+def test_a_changed_replica_count_is_server_side_applied(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    kube.apply(distillation("scale"), namespace=namespace)
+    kube.wait_for(lambda: succeeded(kube, namespace, "scale"), 120, what="Succeeded")
+    kube.run("patch", "distillation", "scale", "-n", namespace, "--type=merge",
+             "-p", '{"spec":{"serving":{"replicas":3}}}')
+    deployment = kube.wait_for(lambda: (d := kube.get("deployment", "scale-student", namespace))
+                               and d["spec"]["replicas"] == 3 and d, 60, what="three student replicas")
+    assert deployment
+    shown = json.loads(kube.run("get", "deployment", "scale-student", "-n", namespace, "-o", "json",
+                                "--show-managed-fields").stdout)
+    managers = {(m["manager"], m["operation"]) for m in shown["metadata"]["managedFields"]}
+    assert ("distillery-operator", "Apply") in managers, managers
+    updated = [e for e in events(kube, namespace, "scale") if e["reason"] == "Updated"]
+    assert [e["message"] for e in updated] == ["Updated Deployment scale-student"]

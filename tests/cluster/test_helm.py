@@ -191,7 +191,7 @@ def test_chart_crds_equal_the_generated_crds() -> None:
 
 def _exposed_metric_names() -> set[str]:
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-    families = [*metrics.REGISTRY.collect(), *metrics.DistillationCollector({}).collect()]
+    families = [*metrics.REGISTRY.collect(), *metrics.DistillationCollector(list).collect()]
     return {f.name + s for f in families for s in suffixes.get(f.type, [""])}
 
 

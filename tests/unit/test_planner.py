@@ -10,12 +10,11 @@ from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, Phase, StageState
 from distillery.controller.observe import NodeView, observe
-from distillery.controller.planner import Create, Delete, Patch, Plan, gpu_pool_fits, plan
+from distillery.controller.planner import Apply, Create, Delete, Patch, Plan, gpu_pool_fits, plan
 from distillery.resources.common import STAGE_LABEL, Owner
 
 OWNER = Owner("demo", "team-a", "uid-1")
-IDENTITY = ["ConfigMap/demo-progress", "ServiceAccount/demo-workload", "Role/demo-workload",
-            "RoleBinding/demo-workload"]
+IDENTITY = ["ConfigMap/demo-progress", "ServiceAccount/demo-workload", "Role/demo-workload"]
 CONFIG = OperatorConfig()
 H100 = NodeView(labels={"topology.kubernetes.io/region": "westus3", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                 allocatable_gpus=8)
@@ -51,11 +50,12 @@ class World:
         self.status = DistillationStatus()
         self.now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
         self.history: list[Plan] = []
+        self.config = CONFIG
 
     def step(self, minutes: float = 1) -> Plan:
         self.now += timedelta(minutes=minutes)
         result = plan(OWNER, 1, self.spec, self.status, observe(OWNER.name, self.children.values(), self.pods,
-                                                                  self.nodes), self.now, CONFIG)
+                                                                  self.nodes), self.now, self.config)
         for action in result.actions:
             if isinstance(action, Create):
                 m = json.loads(json.dumps(action.manifest))
@@ -67,6 +67,11 @@ class World:
                 obj = self.children.get((action.kind, action.name))
                 if obj is not None:
                     obj["spec"].update(action.patch["spec"])
+            elif isinstance(action, Apply):
+                m = json.loads(json.dumps(action.manifest))
+                old = self.children[(m["kind"], m["metadata"]["name"])]
+                m["metadata"]["uid"], m["status"] = old["metadata"]["uid"], old.get("status")
+                self.children[(m["kind"], m["metadata"]["name"])] = m
         self.status = result.status
         self.history.append(result)
         return result
@@ -130,6 +135,9 @@ def test_first_visit_sets_every_condition_and_creates_workspace_and_teacher() ->
     w.step()
     assert w.created() == ["PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", *IDENTITY,
                            "Deployment/demo-teacher", "Service/demo-teacher"]
+    # The Role's binding follows once the Role exists, so a restricted operator can bind it.
+    w.step()
+    assert w.created()[-1] == "RoleBinding/demo-workload"
     types = {c.type for c in w.status.conditions}
     assert {"Ready", "Succeeded", "Failed", "Reconciling", "Stalled", "TeacherReady", "Labeled", "Trained",
             "Evaluated", "StudentReady"} <= types
@@ -143,7 +151,7 @@ def test_happy_path_runs_stages_in_order_and_reports_results() -> None:
     run_to_success(w)
     assert w.created() == [
         "PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", *IDENTITY, "Deployment/demo-teacher",
-        "Service/demo-teacher", "Job/demo-label", "Service/demo-train", "Job/demo-train", "Job/demo-eval",
+        "Service/demo-teacher", "RoleBinding/demo-workload", "Job/demo-label", "Service/demo-train", "Job/demo-train", "Job/demo-eval",
         "Deployment/demo-student", "Service/demo-student",
     ]
     assert w.status.phase == Phase.SUCCEEDED
@@ -263,15 +271,33 @@ def test_suspend_pauses_jobs_frees_the_teacher_and_resume_continues() -> None:
     assert w.status.phase == Phase.LABELING
 
 
+def applied_replicas(result: Plan, name: str) -> list[int]:
+    return [a.manifest["spec"]["replicas"] for a in result.actions
+            if isinstance(a, Apply) and a.manifest["metadata"]["name"] == name]
+
+
 def test_suspend_scales_the_student_to_zero_and_back() -> None:
     w = World(make_spec())
     run_to_success(w)
+    assert not [a for a in w.step().actions if isinstance(a, Apply)], "nothing to apply when nothing changed"
     w.spec = w.spec.model_copy(update={"suspend": True})
-    result = w.step()
-    assert Patch("Deployment", "demo-student", {"spec": {"replicas": 0}}) in result.actions
+    assert applied_replicas(w.step(), "demo-student") == [0]
     w.spec = w.spec.model_copy(update={"suspend": False})
-    result = w.step()
-    assert Patch("Deployment", "demo-student", {"spec": {"replicas": 1}}) in result.actions
+    assert applied_replicas(w.step(), "demo-student") == [1]
+    w.spec = w.spec.model_copy(update={"serving": w.spec.serving.model_copy(update={"replicas": 3})})
+    assert applied_replicas(w.step(), "demo-student") == [3]
+    assert applied_replicas(w.step(), "demo-student") == [], "applied once, then in sync"
+
+
+def test_an_operator_setting_reaches_the_servers_that_already_run() -> None:
+    w = World(make_spec(teacher={"model": "m", "gpuType": "H100", "gpus": 8, "keepAfterLabeling": True}))
+    run_to_success(w)
+    w.config = CONFIG.model_copy(update={"pod_annotations": {"example.com/team": "ml"}})
+    updated = {a.manifest["metadata"]["name"]: a.manifest for a in w.step().actions if isinstance(a, Apply)}
+    assert set(updated) == {"demo-teacher", "demo-student"}
+    for manifest in updated.values():
+        assert manifest["spec"]["template"]["metadata"]["annotations"]["example.com/team"] == "ml"
+        assert manifest["metadata"]["annotations"]["distillery.dev/applied-hash"]
 
 
 def test_restart_with_finished_stage_and_vanished_job_does_not_redo_it() -> None:
@@ -303,6 +329,7 @@ def test_restart_mid_stage_recreates_nothing_that_exists() -> None:
 def test_same_inputs_twice_give_the_same_status() -> None:
     w = World(make_spec())
     w.step()
+    w.step(0)
     first = w.status.to_wire()
     w.step(0)
     assert w.status.to_wire() == first

@@ -90,12 +90,15 @@ async def test_every_stage_runs_with_what_the_operator_puts_in_its_pod(tmp_path:
 
     # The operator reads exactly these messages back into status.
     status = DistillationStatus()
+    job_of_stage = {jobs.LABELING: "label", jobs.TRAINING: "train", jobs.EVALUATION: "eval"}
     children = [
-        {"kind": "Job", "metadata": {"name": f"{OWNER.name}-{suffix}"},
+        {"kind": "Job", "metadata": {"name": f"{OWNER.name}-{suffix}", "uid": f"uid-{suffix}"},
          "status": {"conditions": [{"type": "Complete", "status": "True"}]}, "spec": {}}
-        for suffix in ("label", "train", "eval")
+        for suffix in job_of_stage.values()
     ]
-    pods = [{"metadata": {"name": f"{stage}-0", "labels": {STAGE_LABEL: stage}},
+    # As the pod index projects them: the stage label, and the Job that owns the pod.
+    pods = [{"metadata": {"name": f"{stage}-0", "labels": {STAGE_LABEL: stage},
+                          "owners": [f"uid-{job_of_stage[stage]}"]},
              "status": {"containerStatuses": [{"state": {"terminated": {"message": m[0]}}}]}}
             for stage, m in messages.items()]
     for _ in range(4):

@@ -47,8 +47,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 What the operator does inside the namespaces it handles, and nothing more: kopf lists and
-watches Distillations and the labelled children; the reconciler creates children, deletes the
-teacher when labeling is done, patches Jobs (suspend) and the student Deployment (replicas),
+watches Distillations and the labelled children; the reconciler creates children (and gets one whose
+name is taken, to see who owns it), server-side applies the ones that may change (Deployments,
+Services, the pipeline ConfigMap), deletes the teacher when labeling is done, patches Jobs (suspend),
 writes Distillation status and posts Events.
 */}}
 {{- define "distillery.namespacedRules" -}}
@@ -65,15 +66,15 @@ writes Distillation status and posts Events.
   verbs: [update]
 - apiGroups: [""]
   resources: [persistentvolumeclaims, serviceaccounts]
-  verbs: [list, watch, create]
-# get and patch are never used by the operator itself: the API server only lets it create the
-# stage pods' Role (get/patch on their progress ConfigMap) if it holds those verbs already.
+  verbs: [list, watch, create, get]
+# The stage pods' Role grants get/patch on their progress ConfigMap: the API server lets the operator
+# create that Role only because it holds those verbs itself (it also applies the pipeline ConfigMap).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [list, watch, create, get, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, delete]
+  verbs: [list, watch, create, get, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
@@ -82,15 +83,15 @@ writes Distillation status and posts Events.
   verbs: [create]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [list, watch, create, get, patch, delete]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, get, patch]
 # The stage pods' own identity (one ServiceAccount, Role and RoleBinding per Distillation).
 # Without escalate/bind the API server refuses any Role granting more than the rules above.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [list, watch, create]
+  verbs: [list, watch, create, get]
 {{- end }}
 
 {{/*

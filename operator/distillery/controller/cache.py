@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from distillery.api.crd import GROUP, KIND
 from distillery.controller.observe import NodeView
-from distillery.resources.common import PARENT_LABEL, STAGE_LABEL
+from distillery.resources.common import APPLIED_HASH_ANNOTATION, PARENT_LABEL, STAGE_LABEL
 
 Key = tuple[str, str]
 """(namespace, Distillation name)."""
@@ -32,7 +32,6 @@ CHILD_KINDS: dict[str, tuple[str, str, str]] = {
     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
-APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
 
 
 class Index(Protocol):

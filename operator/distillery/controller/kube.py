@@ -209,6 +209,14 @@ class KubeClient:
                                                      body=patch, content_type="application/merge-patch+json")
         return patched
 
+    async def apply(self, manifest: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        """Server-side apply, forcing ownership of the fields this manifest sets."""
+        meta = manifest["metadata"]
+        applied: dict[str, Any] = await self.request(
+            "PATCH", resource_path(manifest["kind"], meta.get("namespace"), meta["name"]), body=manifest,
+            params={"fieldManager": field_manager, "force": "true"}, content_type="application/apply-patch+yaml")
+        return applied
+
     async def delete(self, kind: str, name: str, namespace: str | None = None,
                      propagation: str = "Background") -> bool:
         """Delete; a missing object is success. Returns whether this call deleted it."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.api.status import Stage
-from distillery.resources.common import STAGE_LABEL, Names
+from distillery.resources.common import APPLIED_HASH_ANNOTATION, STAGE_LABEL, Names
 
 JOB_STAGES = {Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
 
@@ -82,17 +82,16 @@ class Observed:
     """Children of one Distillation (by deterministic name) and the cluster's nodes."""
 
     pvc: bool = False
-    configmap: bool = False
     teacher: DeploymentView | None = None
-    teacher_service: bool = False
     label_job: JobView | None = None
     train_job: JobView | None = None
-    train_service: bool = False
     eval_job: JobView | None = None
     student: DeploymentView | None = None
-    student_service: bool = False
-    workload_identity: bool = False
-    """ServiceAccount, Role and RoleBinding for the stage pods all exist."""
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> hash of the manifest last applied, for every Deployment, Service and ConfigMap child
+    ("" for one that carries none)."""
+    workload_identity: frozenset[str] = frozenset()
+    """Which of the stage pods' ServiceAccount, Role and RoleBinding exist (by kind)."""
     progress_configmap: bool = False
     progress: dict[str, str] = field(default_factory=dict)
     """Live progress the stage pods wrote: one JSON value per pod key, e.g. labeling-00001."""
@@ -137,18 +136,18 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
                 unschedulable[stage] = (str(c.get("message", ""))[:500], str(c.get("lastTransitionTime") or ""))
     return Observed(
         pvc=("PersistentVolumeClaim", names.workspace) in by_key,
-        configmap=("ConfigMap", names.pipeline) in by_key,
-        workload_identity=all((k, names.workload) in by_key for k in ("ServiceAccount", "Role", "RoleBinding")),
+        workload_identity=frozenset(k for k in ("ServiceAccount", "Role", "RoleBinding")
+                                    if (k, names.workload) in by_key),
         progress_configmap=("ConfigMap", names.progress) in by_key,
         progress=dict((by_key.get(("ConfigMap", names.progress)) or {}).get("data") or {}),
         teacher=deployment(names.teacher),
-        teacher_service=("Service", names.teacher) in by_key,
         label_job=job(names.label),
         train_job=job(names.train),
-        train_service=("Service", names.train) in by_key,
         eval_job=job(names.eval),
         student=deployment(names.student),
-        student_service=("Service", names.student) in by_key,
+        applied={(str(kind), str(name)): str(((c.get("metadata") or {}).get("annotations") or {})
+                                             .get(APPLIED_HASH_ANNOTATION, ""))
+                 for (kind, name), c in by_key.items() if kind in ("Deployment", "Service", "ConfigMap")},
         messages={k: sorted(v) for k, v in messages.items()},
         unschedulable=unschedulable,
         nodes=tuple(nodes),

@@ -30,7 +30,7 @@ from distillery.api.status import (
 from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
 from distillery.resources import jobs, reporting, student, teacher, workspace
-from distillery.resources.common import Names, Owner
+from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, manifest_hash
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
@@ -66,7 +66,14 @@ class Patch:
     patch: dict[str, Any]
 
 
-Action = Create | Delete | Patch
+@dataclass(frozen=True)
+class Apply:
+    """Server-side apply of a child that exists: its desired fields changed since they were last applied."""
+
+    manifest: dict[str, Any]
+
+
+Action = Create | Delete | Patch | Apply
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,21 @@ class _Pass:
     def create(self, manifest: dict[str, Any]) -> None:
         self.actions.append(Create(manifest))
 
+    def apply(self, manifest: dict[str, Any]) -> None:
+        """A child whose fields may change after creation (replicas, images, operator-wide annotations, an
+        upgraded builder): created when absent, server-side applied when what the builders want now differs
+        from what was last applied. The hash of the last applied manifest rides on the child itself, so a
+        restarted operator writes nothing for children that are already right."""
+        digest = manifest_hash(manifest)
+        meta = manifest["metadata"]
+        stamped = {**manifest, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
+                                                                    APPLIED_HASH_ANNOTATION: digest}}}
+        applied = self.obs.applied.get((manifest["kind"], meta["name"]))
+        if applied is None:
+            self.actions.append(Create(stamped))
+        elif applied != digest:
+            self.actions.append(Apply(stamped))
+
     def delete(self, kind: str, name: str) -> None:
         self.actions.append(Delete(kind, name))
 
@@ -200,13 +222,18 @@ class _Pass:
     def run(self) -> Plan:
         if not self.obs.pvc:
             self.create(workspace.workspace_pvc(self.owner, self.spec, self.config))
-        if not self.obs.configmap:
-            self.create(workspace.pipeline_configmap(self.owner, self.spec))
+        self.apply(workspace.pipeline_configmap(self.owner, self.spec))
         if not self.obs.progress_configmap:
             self.create(reporting.progress_configmap(self.owner))
-        if not self.obs.workload_identity:
-            for build in (reporting.workload_service_account, reporting.workload_role, reporting.workload_role_binding):
-                self.create(build(self.owner))
+        identity = self.obs.workload_identity
+        if "ServiceAccount" not in identity:
+            self.create(reporting.workload_service_account(self.owner))
+        if "Role" not in identity:
+            self.create(reporting.workload_role(self.owner))
+        elif "RoleBinding" not in identity:
+            # Binding a Role that does not exist yet is refused to an identity without the bind verb (the
+            # API server cannot check it grants nothing more): the Role first, its binding a pass later.
+            self.create(reporting.workload_role_binding(self.owner))
 
         failed = self.failed_stage()
         if failed is not None:
@@ -252,14 +279,15 @@ class _Pass:
             self.cond("TeacherReady", True, "ExternalEndpoint", f"using {t.endpoint.url}")
             return
         if self.done(Stage.LABELING):
+            if t.keep_after_labeling and self.obs.teacher is not None:
+                self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
             return
         if self.obs.teacher is None:
             if self.wait_for_gpus(Stage.TEACHER, t.gpu_type, t.gpus):
                 return
-            self.create(teacher.teacher_deployment(self.owner, self.spec, self.config))
             self.start(Stage.TEACHER, StageState.RUNNING, "starting the teacher server")
-        if not self.obs.teacher_service:
-            self.create(teacher.teacher_service(self.owner))
+        self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
+        self.apply(teacher.teacher_service(self.owner))
         view = self.obs.teacher
         if view is not None and view.available:
             record = self.stage(Stage.TEACHER)
@@ -306,7 +334,7 @@ class _Pass:
             return
         if self.obs.teacher is not None:
             self.delete("Deployment", self.names.teacher)
-        if self.obs.teacher_service:
+        if ("Service", self.names.teacher) in self.obs.applied:
             self.delete("Service", self.names.teacher)
         record = self.stage(Stage.TEACHER)
         if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
@@ -433,8 +461,7 @@ class _Pass:
             return
         if self.obs.train_job is None and self.wait_for_gpus(Stage.TRAINING, s.gpu_type, s.gpus_per_node, s.nodes):
             return
-        if not self.obs.train_service:
-            self.create(jobs.training_service(self.owner))
+        self.apply(jobs.training_service(self.owner))
         self.stage_job(Stage.TRAINING, self.obs.train_job, jobs.training_job, self.training_summary,
                        gpus=s.nodes * s.gpus_per_node)
 
@@ -449,12 +476,9 @@ class _Pass:
         if view is None:
             if self.wait_for_gpus(Stage.SERVING, sv.gpu_type, sv.gpus):
                 return
-            self.create(student.student_deployment(self.owner, self.spec, self.config))
             self.start(Stage.SERVING, StageState.RUNNING, "starting the student server")
-        elif view.replicas != sv.replicas:
-            self.actions.append(Patch("Deployment", self.names.student, {"spec": {"replicas": sv.replicas}}))
-        if not self.obs.student_service:
-            self.create(student.student_service(self.owner))
+        self.apply(student.student_deployment(self.owner, self.spec, self.config))
+        self.apply(student.student_service(self.owner))
         self.status.student_endpoint = student.student_endpoint(self.owner)
         if view is not None and view.available and view.replicas == sv.replicas:
             record = self.stage(Stage.SERVING)
@@ -497,8 +521,9 @@ class _Pass:
             record = self.stage(Stage.TEACHER)
             record.state, record.message = StageState.PENDING, "removed while suspended"
             self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")
-        if self.obs.student is not None and self.obs.student.replicas != 0:
-            self.actions.append(Patch("Deployment", self.names.student, {"spec": {"replicas": 0}}))
+        if self.obs.student is not None:
+            # The builder scales the student to zero while spec.suspend is set.
+            self.apply(student.student_deployment(self.owner, self.spec, self.config))
         self.status.phase = Phase.SUSPENDED
         self.status.progress_summary = "suspended"
         self.cond("Suspended", True, "Suspended", "spec.suspend is true; progress is kept")

@@ -18,15 +18,18 @@ from distillery.controller.cache import ClusterCache, Key, controller_uid
 from distillery.controller.conditions import set_condition
 from distillery.controller.kube import ApiError, KubeClient
 from distillery.controller.observe import observe
-from distillery.controller.planner import Action, Create, Delete, Event, Patch, plan
+from distillery.controller.planner import Action, Apply, Create, Delete, Event, Patch, plan
 from distillery.resources.common import Owner
 
 log = logging.getLogger("distillery.reconciler")
 
-def _action_event(action: Create | Delete | Patch) -> Event:
+def _action_event(action: Action) -> Event:
+    kind, name = _target(action)
     if isinstance(action, Create):
-        return Event("Normal", "Created", f"Created {action.manifest['kind']} {action.manifest['metadata']['name']}")
-    return Event("Normal", "Deleted", f"Deleted {action.kind} {action.name}")
+        return Event("Normal", "Created", f"Created {kind} {name}")
+    if isinstance(action, Apply):
+        return Event("Normal", "Updated", f"Updated {kind} {name}")
+    return Event("Normal", "Deleted", f"Deleted {kind} {name}")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,13 @@ class ChildRejected(Exception):
         super().__init__(f"{kind} {name}: {error.status} {error.reason}: {error.message}")
 
 
-_VERB = {Create: "create", Delete: "delete", Patch: "patch"}
+FIELD_MANAGER = "distillery-operator"
+"""The one field manager of every server-side apply the operator makes."""
+_VERB = {Create: "create", Delete: "delete", Patch: "patch", Apply: "apply"}
 
 
 def _target(action: Action) -> tuple[str, str]:
-    if isinstance(action, Create):
+    if isinstance(action, Create | Apply):
         return action.manifest["kind"], action.manifest["metadata"]["name"]
     return action.kind, action.name
 
@@ -168,6 +173,10 @@ class Reconciler:
             if not created:
                 await self._check_owner(owner, manifest["kind"], manifest["metadata"]["name"])
             return created
+        if isinstance(action, Apply):
+            await self.client.apply(action.manifest, FIELD_MANAGER)
+            self._count("apply", action.manifest["kind"], 200)
+            return True
         if isinstance(action, Delete):
             deleted = await self.client.delete(action.kind, action.name, owner.namespace)
             self._count("delete", action.kind, 200 if deleted else 404)

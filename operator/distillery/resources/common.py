@@ -1,5 +1,7 @@
 """Pieces every child manifest shares: names, labels, ownership, placement on GPU pools."""
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,8 @@ from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
 from distillery.api.spec import DistillationSpec
 
 PARENT_LABEL = "distillery.dev/distillation"
+APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
+"""On children the operator keeps up to date: the hash of the manifest it last applied."""
 STAGE_LABEL = "distillery.dev/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RENDEZVOUS_PORT = 29500
@@ -171,3 +175,8 @@ def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_me
             },
         },
     }
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """A short, stable digest of a manifest (key order does not matter)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
