@@ -76,6 +76,27 @@ DEFAULT_GPU_CATALOGUE: dict[str, GpuNodeLabels] = {
 }
 
 
+NONROOT_ID = 65532
+"""The stage images' user and group (distroless "nonroot")."""
+RESTRICTED_POD: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NONROOT_ID,
+    "runAsGroup": NONROOT_ID,
+    # A fresh Azure Disk, EBS or PD volume has a root-owned root directory: fsGroup makes it writable, and
+    # OnRootMismatch skips the recursive chown on every later mount of a workspace full of checkpoints.
+    "fsGroup": NONROOT_ID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# The upstream vLLM image runs as root, so runAsNonRoot would stop it from starting; everything else of
+# "restricted" still applies, and fsGroup lets the student server read the workspace the trainer wrote.
+SERVING_POD: dict[str, Any] = {
+    "fsGroup": NONROOT_ID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +114,10 @@ class OperatorConfig(BaseModel):
     """Default storage class for workspaces when a Distillation names none."""
     namespaces: list[str] = Field(default_factory=list)
     """Watched namespaces; empty means all."""
+    workload_pod_security_context: dict[str, Any] = Field(default_factory=lambda: dict(RESTRICTED_POD))
+    """Pod securityContext of the labeling, training and evaluation pods (Distillery's images, uid 65532)."""
+    serving_pod_security_context: dict[str, Any] = Field(default_factory=lambda: dict(SERVING_POD))
+    """Pod securityContext of the vLLM teacher and student pods; a Distillation's securityContext wins."""
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     """Added to every stage pod (before the Distillation's own podAnnotations)."""
     job_backoff_limit: int = Field(3, ge=0, le=100)

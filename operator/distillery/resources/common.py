@@ -8,7 +8,7 @@ from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.modelref import PVC_MOUNT_ROOT, pvc_claims
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
-from distillery.api.spec import DistillationSpec
+from distillery.api.spec import DistillationSpec, ServerSecurityContext
 
 PARENT_LABEL = "distillery.dev/distillation"
 STAGE_LABEL = "distillery.dev/stage"
@@ -193,7 +193,13 @@ def config_path() -> str:
 
 
 def workload_security_context() -> dict[str, Any]:
+    """Container securityContext of every stage container, vLLM included: none of them needs a capability."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def server_pod_security_context(config: OperatorConfig, override: ServerSecurityContext | None) -> dict[str, Any]:
+    """The operator's serving default with the Distillation's own fields on top."""
+    return {**config.serving_pod_security_context, **(override.to_wire() if override else {})}
 
 
 def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, Any]:
@@ -209,7 +215,7 @@ def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, An
 
 def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_meta: dict[str, Any],
                       placement: dict[str, Any], container: dict[str, Any],
-                      volumes: list[dict[str, Any]]) -> dict[str, Any]:
+                      volumes: list[dict[str, Any]], security_context: dict[str, Any]) -> dict[str, Any]:
     """A Deployment whose selector is the stage's own labels (never the user's extra pod labels)."""
     return {
         "apiVersion": "apps/v1",
@@ -220,7 +226,9 @@ def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_me
             "selector": {"matchLabels": labels(owner, stage)},
             "template": {
                 "metadata": pod_meta,
-                "spec": {**placement, "containers": [container], "volumes": volumes, "enableServiceLinks": False},
+                "spec": {**placement, "securityContext": security_context,
+                         "containers": [{**container, "securityContext": workload_security_context()}],
+                         "volumes": volumes, "enableServiceLinks": False},
             },
         },
     }
