@@ -112,6 +112,9 @@ class OperatorConfig(BaseModel):
     labeler_image: str = DEFAULT_LABELER_IMAGE
     storage_class_name: str | None = None
     """Default storage class for workspaces when a Distillation names none."""
+    shared_storage_class_name: str | None = None
+    """Default storage class for workspaces that need ReadWriteMany (a file share: azurefile-csi, efs-sc,
+    Filestore); without it they get storage_class_name, which must then support ReadWriteMany."""
     namespaces: list[str] = Field(default_factory=list)
     """Watched namespaces; empty means all."""
     workload_pod_security_context: dict[str, Any] = Field(default_factory=lambda: dict(RESTRICTED_POD))

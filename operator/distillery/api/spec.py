@@ -274,10 +274,21 @@ class SchedulingSpec(ApiModel):
     """Extra annotations for every stage pod (sidecar injection, simulation delays on kwok)."""
 
 
+class AccessMode(StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_ONLY_MANY = "ReadOnlyMany"
+
+
 class StorageSpec(ApiModel):
     size: Quantity = "50Gi"
     """Workspace volume size (labels, checkpoints, adapter, results)."""
     storage_class_name: str | None = Field(None, max_length=253)
+    access_modes: list[AccessMode] | None = Field(None, min_length=1, max_length=4)
+    """Workspace access modes. By default ReadWriteMany when several pods of a stage mount it (labeling shards,
+    training nodes, serving replicas), else ReadWriteOnce; ReadWriteMany needs a file-share class
+    (AKS azurefile-csi, EKS efs-sc, GKE Filestore)."""
 
 
 class DistillationSpec(ApiModel):

@@ -33,6 +33,8 @@ STORAGE_CLASS = {
     "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
 }
+# Binds ReadWriteOnce claims only, like the managed clouds' default disk classes (stages/volume-pvc-provision.yaml).
+DISK_STORAGE_CLASS = {**STORAGE_CLASS, "metadata": {"name": "kwok-disk"}}
 
 
 
@@ -293,8 +295,8 @@ class DevCluster:
             stages / "pod" / "chaos" / "pod-container-running-failed.yaml",
             STAGES_DIR / "pod-complete.yaml",
             STAGES_DIR / "pod-fail-stage.yaml",
-            *[stages / "volume" / "fast" / f for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
-                                                        "pv-delete.yaml")],
+            *[STAGES_DIR / f"volume-{f}" for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
+                                                   "pv-delete.yaml")],
         ]
         return [
             str(b.kwok), f"--kubeconfig={self.kubeconfig}",
@@ -307,8 +309,8 @@ class DevCluster:
         """Make the simulated nodes exactly the node-pool file's: apply its nodes, delete other pools' nodes."""
         pools = NodePools.load(self.nodepools)
         nodes = node_manifests(pools)
-        # kwok's volume stages bind claims of this class, so workspaces bind like on a real cluster.
-        doc = yaml.safe_dump_all([STORAGE_CLASS, *nodes])
+        # Our volume stages bind claims of these classes, so workspaces bind like on a real cluster.
+        doc = yaml.safe_dump_all([STORAGE_CLASS, DISK_STORAGE_CLASS, *nodes])
         self.kubectl("apply", "--server-side", "--field-manager=distillery-dev-cluster", "-f", "-", input=doc)
         wanted = {n["metadata"]["name"] for n in nodes}
         existing = self.kubectl("get", "nodes", "-l", POOL_LABEL, "-o", "name").stdout.split()
