@@ -151,7 +151,8 @@ def test_happy_path_runs_stages_in_order_and_reports_results() -> None:
     run_to_success(w)
     assert w.created() == [
         "PersistentVolumeClaim/demo-workspace", "ConfigMap/demo-pipeline", *IDENTITY, "Deployment/demo-teacher",
-        "Service/demo-teacher", "RoleBinding/demo-workload", "Job/demo-label", "Service/demo-train", "Job/demo-train", "Job/demo-eval",
+        "Service/demo-teacher", "RoleBinding/demo-workload", "Job/demo-label", "Service/demo-train",
+        "Job/demo-train", "Job/demo-eval",
         "Deployment/demo-student", "Service/demo-student",
     ]
     assert w.status.phase == Phase.SUCCEEDED

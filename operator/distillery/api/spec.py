@@ -87,6 +87,18 @@ class TeacherEndpoint(ApiModel):
     """Secret key holding the bearer token."""
 
 
+class ServerSecurityContext(ApiModel):
+    """Who the vLLM server process runs as. The upstream vLLM image runs as root, so by default its pods pass
+    Pod Security "baseline" but not "restricted"; to be admitted under "restricted", run it as a non-root user
+    (runAsNonRoot, runAsUser) with an image, or a model cache volume, that such a user can write to."""
+
+    run_as_non_root: bool | None = None
+    run_as_user: int | None = Field(None, ge=0, le=2147483647)
+    run_as_group: int | None = Field(None, ge=0, le=2147483647)
+    fs_group: int | None = Field(None, ge=0, le=2147483647)
+    """Group that owns the pod's volumes (the student server reads the workspace written by uid/gid 65532)."""
+
+
 class TeacherSpec(ApiModel):
     """The teacher: a model served in-cluster (`model`) or an existing endpoint (`endpoint`)."""
 
@@ -94,6 +106,8 @@ class TeacherSpec(ApiModel):
     """Model id or URI to serve with vLLM, e.g. meta-llama/Llama-3.3-70B-Instruct or pvc://models/llama."""
     image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
     """Serving image: the upstream vLLM OpenAI-compatible server."""
+    security_context: ServerSecurityContext | None = None
+    """Overrides the operator's servingPodSecurityContext for the teacher pods (see ServerSecurityContext)."""
     gpu_type: GpuType = "H100"
     """GPU type from the operator's GPU catalogue (H100, A100, L4, ...)."""
     gpus: int = Field(1, ge=1, le=16)
@@ -260,6 +274,8 @@ class ServingSpec(ApiModel):
     gpus: int = Field(1, ge=0, le=16)
     """GPUs per student replica; 0 serves on CPU."""
     image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+    security_context: ServerSecurityContext | None = None
+    """Overrides the operator's servingPodSecurityContext for the student pods (see ServerSecurityContext)."""
 
 
 class Toleration(ApiModel):
@@ -282,10 +298,21 @@ class SchedulingSpec(ApiModel):
     """Extra annotations for every stage pod (sidecar injection, simulation delays on kwok)."""
 
 
+class AccessMode(StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_ONLY_MANY = "ReadOnlyMany"
+
+
 class StorageSpec(ApiModel):
     size: Quantity = "50Gi"
     """Workspace volume size (labels, checkpoints, adapter, results)."""
     storage_class_name: str | None = Field(None, max_length=253)
+    access_modes: list[AccessMode] | None = Field(None, min_length=1, max_length=4)
+    """Workspace access modes. By default ReadWriteMany when several pods of a stage mount it (labeling shards,
+    training nodes, serving replicas), else ReadWriteOnce; ReadWriteMany needs a file-share class
+    (AKS azurefile-csi, EKS efs-sc, GKE Filestore)."""
 
 
 class DistillationSpec(ApiModel):

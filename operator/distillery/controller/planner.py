@@ -7,7 +7,7 @@ an operator restart (status says what finished; children say what exists).
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,7 @@ from distillery.api.status import (
 from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
 from distillery.resources import jobs, reporting, student, teacher, workspace
-from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, manifest_hash
+from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, gpu_node_fits, manifest_hash
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
@@ -95,17 +95,11 @@ def _hours_between(start: str | None, end: str | None) -> float:
 
 
 def gpu_pool_fits(nodes: tuple[NodeView, ...], config: OperatorConfig, region: str, gpu_type: str | None,
-                  gpus_per_pod: int, pods: int = 1) -> bool:
-    """Can the region's node pools ever hold these pods (by allocatable, not by what is free now)?"""
-    products = set(config.gpu_products(gpu_type)) if gpu_type else set()
-    fitting = 0
-    for node in nodes:
-        if node.labels.get(config.region_label) != region:
-            continue
-        if gpus_per_pod and (node.labels.get(config.gpu_product_label) not in products
-                             or node.allocatable_gpus < gpus_per_pod):
-            continue
-        fitting += 1
+                  gpus_per_pod: int, pods: int = 1, node_selector: Mapping[str, str] | None = None) -> bool:
+    """Can the region's node pools ever hold these pods (by allocatable, not by what is free now)? Counts the
+    nodes the rendered affinity and the Distillation's nodeSelector admit, however the cloud labels GPUs."""
+    fitting = sum(1 for node in nodes if gpu_node_fits(config, node.labels, node.allocatable_gpus, region,
+                                                         gpu_type, gpus_per_pod, node_selector))
     return fitting >= pods
 
 
@@ -207,7 +201,8 @@ class _Pass:
 
     def wait_for_gpus(self, stage: Stage, gpu_type: str, gpus: int, pods: int = 1) -> bool:
         """True when the region can hold the stage; otherwise records why it waits."""
-        if gpu_pool_fits(self.obs.nodes, self.config, self.spec.region, gpu_type if gpus else None, gpus, pods):
+        if gpu_pool_fits(self.obs.nodes, self.config, self.spec.region, gpu_type if gpus else None, gpus, pods,
+                         self.spec.scheduling.node_selector):
             return False
         what = f"{pods} node(s) with {gpus}x {gpu_type}" if gpus else f"{pods} node(s)"
         message = (f"no node pool in region {self.spec.region} can hold {what}; waiting for capacity "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from distillery.devcluster.binaries import ensure_built
 from distillery.devcluster.cluster import DevCluster
-from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS
+from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, PROFILES, profile_path
 
 
 def main(argv: list[str]) -> int:
@@ -13,7 +13,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--name", default="dev", help="cluster name (several can run side by side)")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build binaries if needed and start the control plane")
-    up.add_argument("--nodepools", type=Path, default=DEFAULT_NODEPOOLS, help="node pool YAML")
+    nodes = up.add_mutually_exclusive_group()
+    nodes.add_argument("--profile", choices=PROFILES, default="gfd",
+                       help="node labels and taints as this kind of cluster sets them on GPU nodes "
+                            "(gfd: NVIDIA GPU feature discovery; aks, eks, gke: the managed clouds)")
+    nodes.add_argument("--nodepools", type=Path, help="node pool YAML of your own (see nodepools-gfd.yaml)")
     sub.add_parser("down", help="stop every component and delete the cluster's data")
     sub.add_parser("status", help="show which components run")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
@@ -23,7 +27,11 @@ def main(argv: list[str]) -> int:
     if args.command == "build":
         ensure_built()
         return 0
-    cluster = DevCluster(args.name, getattr(args, "nodepools", DEFAULT_NODEPOOLS))
+    if args.command == "up":
+        nodepools = args.nodepools or profile_path(args.profile)
+    else:
+        nodepools = DEFAULT_NODEPOOLS
+    cluster = DevCluster(args.name, nodepools)
     if args.command == "up":
         print(cluster.up())
     elif args.command == "down":

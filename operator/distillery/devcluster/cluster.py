@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from distillery.devcluster.binaries import CLUSTER_TARGETS, Binaries, cache_dir, ensure_built
-from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, NodePools, node_manifests
+from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, POOL_LABEL, NodePools, node_manifests
 from distillery.devcluster.pki import Pki
 from distillery.workloads.environment import free_port
 
@@ -33,6 +33,8 @@ STORAGE_CLASS = {
     "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
 }
+# Binds ReadWriteOnce claims only, like the managed clouds' default disk classes (stages/volume-pvc-provision.yaml).
+DISK_STORAGE_CLASS = {**STORAGE_CLASS, "metadata": {"name": "kwok-disk"}}
 
 
 
@@ -108,6 +110,8 @@ class DevCluster:
         """Start whatever is not running; return the kubeconfig path. Idempotent."""
         binaries = ensure_built(CLUSTER_TARGETS)
         if all(self.running().values()) and self.ready():
+            self._create_nodes()
+            self._wait(self._nodes_ready, timeout, "nodes Ready")
             _log(f"already up; kubeconfig: {self.kubeconfig}")
             return self.kubeconfig
         started = time.monotonic()
@@ -140,6 +144,12 @@ class DevCluster:
         self._wait(self._default_service_account, timeout, "default ServiceAccount")
         _log(f"up in {time.monotonic() - started:.1f}s; kubeconfig: {self.kubeconfig}")
         return self.kubeconfig
+
+    def use_nodepools(self, nodepools: Path, timeout: float = 120) -> None:
+        """Swap the simulated nodes for another profile's without restarting the control plane."""
+        self.nodepools = nodepools
+        self._create_nodes()
+        self._wait(self._nodes_ready, timeout, "nodes Ready")
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component and delete the cluster's data (PKI is kept)."""
@@ -285,8 +295,8 @@ class DevCluster:
             stages / "pod" / "chaos" / "pod-container-running-failed.yaml",
             STAGES_DIR / "pod-complete.yaml",
             STAGES_DIR / "pod-fail-stage.yaml",
-            *[stages / "volume" / "fast" / f for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
-                                                        "pv-delete.yaml")],
+            *[STAGES_DIR / f"volume-{f}" for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
+                                                   "pv-delete.yaml")],
         ]
         return [
             str(b.kwok), f"--kubeconfig={self.kubeconfig}",
@@ -296,12 +306,19 @@ class DevCluster:
         ]
 
     def _create_nodes(self) -> None:
+        """Make the simulated nodes exactly the node-pool file's: apply its nodes, delete other pools' nodes."""
         pools = NodePools.load(self.nodepools)
         nodes = node_manifests(pools)
-        # kwok's volume stages bind claims of this class, so workspaces bind like on a real cluster.
-        doc = yaml.safe_dump_all([STORAGE_CLASS, *nodes])
+        # Our volume stages bind claims of these classes, so workspaces bind like on a real cluster.
+        doc = yaml.safe_dump_all([STORAGE_CLASS, DISK_STORAGE_CLASS, *nodes])
         self.kubectl("apply", "--server-side", "--field-manager=distillery-dev-cluster", "-f", "-", input=doc)
-        _log(f"{len(nodes)} nodes in {len(pools.pools)} pools")
+        wanted = {n["metadata"]["name"] for n in nodes}
+        existing = self.kubectl("get", "nodes", "-l", POOL_LABEL, "-o", "name").stdout.split()
+        stale = [n for n in existing if n.removeprefix("node/") not in wanted]
+        if stale:
+            self.kubectl("delete", "--wait=false", *stale)
+        _log(f"{len(nodes)} nodes in {len(pools.pools)} pools from {self.nodepools.name}"
+             + (f"; removed {len(stale)} nodes of other pools" if stale else ""))
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl(

@@ -1,4 +1,8 @@
-"""Simulated GPU node pools: a YAML description turned into kwok-managed Node objects."""
+"""Simulated GPU node pools: a YAML description turned into kwok-managed Node objects.
+
+A profile (`nodepools-<profile>.yaml`) describes the labels and taints one kind of cluster really puts on
+its GPU nodes, so placement is tested against what AKS, EKS or GKE set rather than against our own labels.
+"""
 
 from pathlib import Path
 from typing import Any
@@ -6,17 +10,26 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_NODEPOOLS = Path(__file__).with_name("nodepools.yaml")
+PROFILES = ("gfd", "aks", "eks", "gke")
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+POOL_LABEL = "distillery.dev/node-pool"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 
 
-class GpuSpec(BaseModel):
+def profile_path(profile: str) -> Path:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown node-pool profile {profile!r}; one of {', '.join(PROFILES)}")
+    return Path(__file__).with_name(f"nodepools-{profile}.yaml")
+
+
+DEFAULT_NODEPOOLS = profile_path("gfd")
+
+
+class Taint(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    product: str
-    count: int = Field(ge=1, le=64)
+    key: str
+    value: str | None = None
+    effect: str = Field(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
 
 
 class NodePool(BaseModel):
@@ -26,10 +39,14 @@ class NodePool(BaseModel):
     zones: list[str] = Field(min_length=1)
     count: int = Field(ge=0, le=1000)
     instance_type: str = Field(alias="instanceType")
-    gpu: GpuSpec | None = None
+    gpus: int = Field(0, ge=0, le=64)
+    """nvidia.com/gpu capacity per node (the device plugin's resource, the same on every cloud)."""
     cpu: str = "16"
     memory: str = "64Gi"
     pods: int = 110
+    labels: dict[str, str] = Field(default_factory=dict)
+    """The labels the cloud (or GPU feature discovery) sets, beyond the well-known topology ones."""
+    taints: list[Taint] = Field(default_factory=list)
 
 
 class NodePools(BaseModel):
@@ -45,34 +62,31 @@ def node_manifests(pools: NodePools) -> list[dict[str, Any]]:
     nodes = []
     for pool in pools.pools:
         for i in range(pool.count):
-            zone = pool.zones[i % len(pool.zones)]
+            name = f"{pool.name}-{i}"
             labels = {
-                "kubernetes.io/hostname": f"{pool.name}-{i}",
+                **pool.labels,
+                "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
                 "type": "kwok",
                 "topology.kubernetes.io/region": pool.region,
-                "topology.kubernetes.io/zone": zone,
+                "topology.kubernetes.io/zone": pool.zones[i % len(pool.zones)],
                 "node.kubernetes.io/instance-type": pool.instance_type,
-                "distillery.dev/node-pool": pool.name,
+                POOL_LABEL: pool.name,
             }
             resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
-            taints = []
-            if pool.gpu:
-                labels[GPU_PRODUCT_LABEL] = pool.gpu.product
-                labels["nvidia.com/gpu.count"] = str(pool.gpu.count)
-                resources[GPU_RESOURCE] = str(pool.gpu.count)
-                taints.append(GPU_TAINT)
+            if pool.gpus:
+                resources[GPU_RESOURCE] = str(pool.gpus)
             nodes.append(
                 {
                     "apiVersion": "v1",
                     "kind": "Node",
                     "metadata": {
-                        "name": f"{pool.name}-{i}",
+                        "name": name,
                         "labels": labels,
                         "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
                     },
-                    "spec": {"taints": taints},
+                    "spec": {"taints": [t.model_dump(exclude_none=True) for t in pool.taints]},
                     "status": {"capacity": resources, "allocatable": resources},
                 }
             )

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.modelref import PVC_MOUNT_ROOT, pvc_claims
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
-from distillery.api.spec import DistillationSpec
+from distillery.api.spec import DistillationSpec, ServerSecurityContext
 
 PARENT_LABEL = "distillery.dev/distillation"
 APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
@@ -74,20 +75,72 @@ def metadata(owner: Owner, name: str, stage: str) -> dict[str, Any]:
     }
 
 
+def node_selector_terms(config: OperatorConfig, region: str, gpu_type: str | None) -> list[dict[str, Any]]:
+    """Required node affinity terms: one per way the catalogue recognises the GPU type (the scheduler ORs
+    terms), each also pinned to the region; a CPU pod gets the region alone."""
+    region_requirement = {"key": config.region_label, "operator": "In", "values": [region]}
+    if not gpu_type:
+        return [{"matchExpressions": [region_requirement]}]
+    return [{"matchExpressions": [region_requirement, {"key": label, "operator": "In", "values": list(values)}]}
+            for label, values in config.gpu_node_labels(gpu_type).items() if values]
+
+
+def _requirement_holds(requirement: dict[str, Any], labels: Mapping[str, str]) -> bool:
+    key, operator, values = requirement["key"], requirement["operator"], requirement.get("values") or []
+    if operator == "In":
+        return key in labels and labels[key] in values
+    if operator == "NotIn":
+        return labels.get(key) not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt"):
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except (KeyError, ValueError, IndexError):
+            return False
+        return have > want if operator == "Gt" else have < want
+    raise ValueError(f"unknown node selector operator {operator!r}")
+
+
+def node_matches_terms(terms: list[dict[str, Any]], labels: Mapping[str, str]) -> bool:
+    """The scheduler's reading of nodeSelectorTerms: any term whose expressions all hold."""
+    return any(all(_requirement_holds(r, labels) for r in term.get("matchExpressions") or []) for term in terms)
+
+
+def gpu_node_fits(config: OperatorConfig, labels: Mapping[str, str], allocatable_gpus: int, region: str,
+                  gpu_type: str | None, gpus_per_pod: int, node_selector: Mapping[str, str] | None = None) -> bool:
+    """Could a stage pod ever run on this node? The same terms `gpu_placement` renders, plus the
+    Distillation's nodeSelector, so the capacity check counts exactly the nodes the scheduler may choose."""
+    terms = node_selector_terms(config, region, gpu_type if gpus_per_pod else None)
+    if any(labels.get(k) != v for k, v in (node_selector or {}).items()):
+        return False
+    return node_matches_terms(terms, labels) and allocatable_gpus >= gpus_per_pod
+
+
+def _away_from_gpus(config: OperatorConfig) -> dict[str, Any]:
+    """Preferred affinity for CPU pods: nodes the catalogue does not recognise as GPU nodes. Clouds that do
+    not taint GPU nodes (AKS) would otherwise let a labeler keep an expensive node busy and awake."""
+    gpu_values: dict[str, set[str]] = {}
+    for labels in config.gpu_catalogue.values():
+        for label, values in labels.items():
+            gpu_values.setdefault(label, set()).update(values)
+    expressions = [{"key": label, "operator": "NotIn", "values": sorted(values)}
+                   for label, values in sorted(gpu_values.items()) if values]
+    return {"weight": 100, "preference": {"matchExpressions": expressions}}
+
+
 def gpu_placement(spec: DistillationSpec, config: OperatorConfig, gpu_type: str | None) -> dict[str, Any]:
     """Pod-spec fields that pin a pod to the Distillation's region, and to a GPU type when it needs GPUs."""
-    requirements = [{"key": config.region_label, "operator": "In", "values": [spec.region]}]
     tolerations = [t.to_wire() for t in spec.scheduling.tolerations]
+    node_affinity: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": node_selector_terms(config, spec.region, gpu_type)}}
     if gpu_type:
-        requirements.append(
-            {"key": config.gpu_product_label, "operator": "In", "values": config.gpu_products(gpu_type)}
-        )
         tolerations.append({"key": config.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"})
-    placement: dict[str, Any] = {
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": requirements}]}}},
-        "tolerations": tolerations,
-    }
+    else:
+        node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [_away_from_gpus(config)]
+    placement: dict[str, Any] = {"affinity": {"nodeAffinity": node_affinity}, "tolerations": tolerations}
     if spec.scheduling.node_selector:
         placement["nodeSelector"] = dict(spec.scheduling.node_selector)
     if spec.scheduling.priority_class_name:
@@ -144,7 +197,13 @@ def config_path() -> str:
 
 
 def workload_security_context() -> dict[str, Any]:
+    """Container securityContext of every stage container, vLLM included: none of them needs a capability."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def server_pod_security_context(config: OperatorConfig, override: ServerSecurityContext | None) -> dict[str, Any]:
+    """The operator's serving default with the Distillation's own fields on top."""
+    return {**config.serving_pod_security_context, **(override.to_wire() if override else {})}
 
 
 def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, Any]:
@@ -160,7 +219,7 @@ def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, An
 
 def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_meta: dict[str, Any],
                       placement: dict[str, Any], container: dict[str, Any],
-                      volumes: list[dict[str, Any]]) -> dict[str, Any]:
+                      volumes: list[dict[str, Any]], security_context: dict[str, Any]) -> dict[str, Any]:
     """A Deployment whose selector is the stage's own labels (never the user's extra pod labels)."""
     return {
         "apiVersion": "apps/v1",
@@ -171,7 +230,9 @@ def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_me
             "selector": {"matchLabels": labels(owner, stage)},
             "template": {
                 "metadata": pod_meta,
-                "spec": {**placement, "containers": [container], "volumes": volumes, "enableServiceLinks": False},
+                "spec": {**placement, "securityContext": security_context,
+                         "containers": [{**container, "securityContext": workload_security_context()}],
+                         "volumes": volumes, "enableServiceLinks": False},
             },
         },
     }

@@ -67,10 +67,10 @@ def _container(name: str, image: str, command: list[str], args: list[str], env: 
     }
 
 
-def _pod(placement: dict[str, Any], container: dict[str, Any], volumes: list[dict[str, Any]],
-         **extra: Any) -> dict[str, Any]:
-    return {**placement, "restartPolicy": "Never", **extra, "containers": [container], "volumes": volumes,
-            "enableServiceLinks": False}
+def _pod(config: OperatorConfig, placement: dict[str, Any], container: dict[str, Any],
+         volumes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {**placement, "restartPolicy": "Never", **extra, "securityContext": config.workload_pod_security_context,
+            "containers": [container], "volumes": volumes, "enableServiceLinks": False}
 
 
 def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -91,7 +91,7 @@ def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
     container = _container("labeler", config.labeler_image, ["distillery", "label"], ["--config", config_path()],
                            [*env, *workload_env(owner)],
                            {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}, mounts)
-    pod_spec = _pod(gpu_placement(spec, config, None), container, volumes)
+    pod_spec = _pod(config, gpu_placement(spec, config, None), container, volumes)
     return _job(owner, Names(owner.name).label, LABELING, spec, config, pod_spec,
                 completions=label_shards(spec), backoff_limit=config.job_backoff_limit)
 
@@ -138,7 +138,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node), memory=f"{64 * s.gpus_per_node}Gi"),
         mounts)
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
-    pod_spec = _pod(gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name)
+    pod_spec = _pod(config, gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name)
     return _job(owner, name, TRAINING, spec, config, pod_spec,
                 completions=s.nodes, backoff_limit=config.job_backoff_limit)
 
@@ -147,6 +147,6 @@ def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig)
     volumes, mounts = _volumes(owner, spec, model=True)
     container = _container("evaluator", spec.student.image, ["distillery", "evaluate"], ["--config", config_path()],
                            workload_env(owner), gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)
-    pod_spec = _pod(gpu_placement(spec, config, spec.student.gpu_type), container, volumes)
+    pod_spec = _pod(config, gpu_placement(spec, config, spec.student.gpu_type), container, volumes)
     return _job(owner, Names(owner.name).eval, EVALUATION, spec, config, pod_spec,
                 completions=1, backoff_limit=config.job_backoff_limit)

@@ -14,6 +14,7 @@ from distillery.resources.common import (
     pod_metadata,
     pvc_source_volumes,
     server_deployment,
+    server_pod_security_context,
     workspace_volume,
 )
 from distillery.resources.vllm import VLLM_PORT, student_vllm_args
@@ -59,7 +60,7 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     }
     return server_deployment(owner, names.student, STAGE, 0 if spec.suspend else sv.replicas, pod_meta,
                              gpu_placement(spec, config, sv.gpu_type if sv.gpus else None), container,
-                             [ws_vol, *src_vols])
+                             [ws_vol, *src_vols], server_pod_security_context(config, sv.security_context))
 
 
 def student_service(owner: Owner) -> dict[str, Any]:

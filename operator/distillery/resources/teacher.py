@@ -13,6 +13,7 @@ from distillery.resources.common import (
     pod_metadata,
     pvc_source_volumes,
     server_deployment,
+    server_pod_security_context,
 )
 from distillery.resources.vllm import VLLM_PORT, teacher_vllm_args
 
@@ -51,7 +52,8 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         "volumeMounts": mounts,
     }
     return server_deployment(owner, Names(owner.name).teacher, STAGE, t.replicas, pod_meta,
-                             gpu_placement(spec, config, t.gpu_type), container, volumes)
+                             gpu_placement(spec, config, t.gpu_type), container, volumes,
+                             server_pod_security_context(config, t.security_context))
 
 
 def teacher_service(owner: Owner) -> dict[str, Any]:
