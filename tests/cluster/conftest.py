@@ -100,11 +100,12 @@ class OperatorProcess:
     """`distillery operator` as a real subprocess, restartable and killable like a pod."""
 
     def __init__(self, kubeconfig: Path, log_dir: Path, config: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.config = config
         self.extra_env = env or {}
+        self.extra_args = args or []
         self.proc: subprocess.Popen | None = None
         self.metrics_port = 0
         self.starts = 0
@@ -119,7 +120,7 @@ class OperatorProcess:
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", str(self.metrics_port),
-             "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+             "--liveness", f"http://127.0.0.1:{free_port()}/healthz", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         log.close()

@@ -80,8 +80,13 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     except (ConfigException, OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise CredentialsError(f"cannot load Kubernetes credentials from {where}"
-                               f"{f' (context {context})' if context else ''}: {err}") from None
+                               f"{f' (context {context})' if context else ''}: {_one_line(err)}") from None
     return configuration
+
+
+def _one_line(err: Exception) -> str:
+    """YAML errors span several lines; a user gets one."""
+    return " ".join(str(err).split())
 
 
 def _kubeconfig_path(kubeconfig: str | None) -> str:
@@ -96,7 +101,7 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
     try:
         contexts, current = config.list_kube_config_contexts(_kubeconfig_path(kubeconfig))
     except (ConfigException, OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise CredentialsError(f"cannot read the kubeconfig: {err}") from None
+        raise CredentialsError(f"cannot read the kubeconfig: {_one_line(err)}") from None
     chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
     return ((chosen or {}).get("context") or {}).get("namespace") or "default"
 
