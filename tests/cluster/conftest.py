@@ -135,6 +135,10 @@ class OperatorProcess:
                 time.sleep(0.2)
         raise AssertionError("operator metrics endpoint did not come up")
 
+    def start_if_stopped(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()

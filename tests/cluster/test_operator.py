@@ -1,5 +1,6 @@
 """The operator on the real control plane, with kwok running the stage pods."""
 
+import random
 import time
 from typing import Any
 
@@ -196,3 +197,42 @@ def test_a_missing_model_claim_is_reported_on_the_stage(
     assert "missing-models" in condition(dist, "Trained")["message"]
     assert condition(dist, "Stalled")["status"] == "False"
     assert "missing-models" in condition(dist, "Reconciling")["message"]
+
+
+PIPELINE_EVENTS = ["TeacherReady", "Stage labeling succeeded", "Stage training succeeded",
+                   "Stage evaluation succeeded", "StudentReady"]
+
+
+@pytest.mark.parametrize("count", [1, 20], ids=["one", "twenty"])
+def test_operator_killed_at_thirty_moments_finishes_every_pipeline_exactly_once(
+        count: int, kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "4s"}
+    names = [f"chaos-{i}" for i in range(count)]
+    kube.apply(*(distillation(n, scheduling={"podAnnotations": slow}) for n in names), namespace=namespace)
+    moments = random.Random(20261128 + count)  # the same 30 moments on every run
+    for _ in range(30):
+        operator.start_if_stopped()
+        time.sleep(moments.uniform(0.2, 2.5))  # when the next kill lands; nothing is asserted on time
+        operator.kill()
+    operator.start()
+    for name in names:
+        kube.wait_for(lambda n=name: (condition(kube.get("distillation", n, namespace), "Succeeded") or {})
+                      .get("status") == "True", 300, what=f"{name} Succeeded")
+
+    every = kube.get("events", namespace=namespace)["items"]
+    for name in names:
+        posted = [e for e in every if e["involvedObject"]["name"] == name]
+        keys = [(e["type"], e["reason"], e["message"]) for e in posted]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        assert not repeated, f"{name}: posted more than once: {repeated}"
+        created = [m for _, reason, m in keys if reason == "Created"]
+        assert len(created) == len(set(created)), f"{name}: a child was created twice"
+        # Stage events in pipeline order (Events carry whole seconds, so order is 'not earlier than').
+        stamps = [min((e["firstTimestamp"] for e in posted
+                       if e["reason"] == step or e["message"].startswith(step)), default=None)
+                  for step in PIPELINE_EVENTS]
+        present = [s for s in stamps if s is not None]
+        assert present == sorted(present), f"{name}: stage events out of order: {stamps}"
+        assert not [k for k in keys if k[0] == "Warning"], f"{name}: {keys}"
+    uids = [j["metadata"]["ownerReferences"][0]["uid"] for j in kube.get("jobs", namespace=namespace)["items"]]
+    assert len(uids) == 3 * count and all(uids.count(u) == 3 for u in uids), "one Job per stage per Distillation"

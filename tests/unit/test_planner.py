@@ -428,3 +428,20 @@ def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None
     w.step()
     assert w.reason("Labeled") == "Unschedulable"
     assert w.status.stages["labeling"].state == StageState.RUNNING
+
+
+def test_a_restart_after_the_teacher_was_released_does_not_start_it_again() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    status_before = w.status.model_copy(deep=True)
+    w.step()
+    assert not w.has("Deployment", "demo-teacher") and not w.has("Service", "demo-teacher")
+    # Killed before that status reached the API server: the next operator plans from the older status.
+    w.status = status_before
+    w.history.clear()
+    w.step()
+    assert not [c for c in w.created() if "teacher" in c], w.created()
+    assert w.status.stages["labeling"].state == StageState.SUCCEEDED

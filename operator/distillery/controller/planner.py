@@ -273,7 +273,10 @@ class _Pass:
                 self.finish(Stage.TEACHER, StageState.SKIPPED, f"external endpoint {t.endpoint.url}")
             self.cond("TeacherReady", True, "ExternalEndpoint", f"using {t.endpoint.url}")
             return
-        if self.done(Stage.LABELING):
+        # A finished labeling Job ends the teacher's use even before status records it (an operator restarted
+        # between deleting the teacher and writing that status must not start it again).
+        label_job = self.obs.label_job
+        if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
             if t.keep_after_labeling and self.obs.teacher is not None:
                 self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
             return
