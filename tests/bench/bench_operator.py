@@ -10,6 +10,7 @@ one watcher), and the operator's peak RSS.
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -27,6 +28,7 @@ import yaml
 
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
+from distillery.devcluster.nodepools import NodePools
 
 NODEPOOLS = Path(__file__).resolve().parents[2] / "operator/distillery/devcluster/nodepools-bench.yaml"
 # Writes only the operator makes: (verb, resource, subresource).
@@ -59,6 +61,17 @@ def manifest(i: int) -> dict:
 STATIC_CLASS = "bench-static"
 """kwok binds dynamically provisioned claims one at a time; pre-made volumes are bound by the
 controller-manager's binder in parallel, so the simulation does not throttle the operator."""
+
+
+def scaled_nodepools(count: int, path: Path) -> Path:
+    """The bench fleet, grown so that `count` Distillations fit at their peak: each holds a teacher, a
+    trainer and a student GPU (8 to a node), and a labeling pod on a CPU node."""
+    pools = NodePools.load(NODEPOOLS)
+    for pool in pools.pools:
+        needed = math.ceil(3 * count / pool.gpus) if pool.gpus else math.ceil(count / 5)
+        pool.count = max(pool.count, needed)
+    path.write_text(yaml.safe_dump(pools.model_dump(by_alias=True, exclude_defaults=True)))
+    return path
 
 
 def static_volumes(count: int) -> list[dict]:
@@ -145,10 +158,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the bench cluster running")
     args = parser.parse_args()
 
-    cluster = DevCluster("bench", NODEPOOLS)
-    cluster.down()
-    kubeconfig = cluster.up()
     with tempfile.TemporaryDirectory() as tmp:
+        cluster = DevCluster("bench", scaled_nodepools(args.count, Path(tmp) / "nodepools.yaml"))
+        cluster.down()
+        kubeconfig = cluster.up()
         crd = Path(tmp) / "crd.yaml"
         crd.write_text(render())
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
