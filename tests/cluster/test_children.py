@@ -153,3 +153,23 @@ def test_a_changed_replica_count_is_server_side_applied(
     assert ("distillery-operator", "Apply") in managers, managers
     updated = [e for e in events(kube, namespace, "scale") if e["reason"] == "Updated"]
     assert [e["message"] for e in updated] == ["Updated Deployment scale-student"]
+
+
+@pytest.mark.parametrize(("stage", "reason", "message"), [
+    ("labeling", "ImagePullBackOff", 'Back-off pulling image "ghcr.io/distillery-dev/labeler:0.1.0"'),
+    ("labeling", "CreateContainerConfigError", 'secret "teacher-key" not found'),
+    ("teacher", "CrashLoopBackOff", "back-off 5m0s restarting failed container=vllm"),
+])
+def test_a_stage_whose_pods_cannot_start_says_why(stage: str, reason: str, message: str, kube: Kube,
+                                                   namespace: str, operator: OperatorProcess) -> None:
+    stuck = {"chaos.distillery.dev/waiting-stage": stage, "chaos.distillery.dev/waiting-reason": reason,
+             "chaos.distillery.dev/waiting-message": message}
+    kube.apply(distillation("stuck", scheduling={"podAnnotations": stuck}), namespace=namespace)
+    condition_type = {"labeling": "Labeled", "teacher": "TeacherReady"}[stage]
+    found = kube.wait_for(lambda: (c := condition(kube.get("distillation", "stuck", namespace), condition_type))
+                          and c.get("reason") == reason and c, 90, what=f"{condition_type} reason {reason}")
+    assert found["status"] == "False" and message in found["message"] and "pod stuck-" in found["message"]
+    if reason == "CrashLoopBackOff":
+        assert "restarted 4 times" in found["message"]
+    dist = kube.get("distillation", "stuck", namespace)
+    assert dist["status"]["stages"][stage]["state"] == "Running", "waiting, not failed"

@@ -445,3 +445,20 @@ def test_a_restart_after_the_teacher_was_released_does_not_start_it_again() -> N
     w.step()
     assert not [c for c in w.created() if "teacher" in c], w.created()
     assert w.status.stages["labeling"].state == StageState.SUCCEEDED
+
+
+def test_a_stage_pod_that_cannot_start_gives_the_kubelets_reason() -> None:
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.step()
+    w.pods.append(w.job_pod("demo-label", "labeling", {"containerStatuses": [{"restartCount": 0, "state": {
+        "waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}}}]}))
+    w.step()
+    assert w.reason("Labeled") == "ImagePullBackOff"
+    assert 'Back-off pulling image "x"' in w.status.stages["labeling"].message
+    assert w.status.stages["labeling"].state == StageState.RUNNING
+    w.pods.clear()
+    w.step()
+    assert w.reason("Labeled") == "Running"

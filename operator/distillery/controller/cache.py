@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from distillery.api.crd import GROUP, KIND
-from distillery.controller.observe import NodeView
+from distillery.controller.observe import STUCK_REASONS, NodeView
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, PARENT_LABEL, STAGE_LABEL
 
 Key = tuple[str, str]
@@ -89,11 +89,16 @@ def pod_projection(body: Any) -> dict[str, Any]:
     scheduled."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
-    statuses = []
+    statuses: list[dict[str, Any]] = []
     for cs in status.get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated")
+        state = cs.get("state") or {}
+        terminated, waiting = state.get("terminated"), state.get("waiting")
         if terminated and terminated.get("message"):
             statuses.append({"state": {"terminated": {"message": terminated["message"]}}})
+        elif waiting and waiting.get("reason") in STUCK_REASONS:
+            statuses.append({"state": {"waiting": {"reason": waiting["reason"],
+                                                   "message": str(waiting.get("message", ""))[:300]}},
+                             "restartCount": int(cs.get("restartCount") or 0)})
     conditions = [{"type": "PodScheduled", "reason": "Unschedulable", "message": c.get("message", ""),
                    "lastTransitionTime": c.get("lastTransitionTime")}
                   for c in status.get("conditions") or []

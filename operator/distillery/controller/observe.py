@@ -8,6 +8,9 @@ from distillery.api.status import Stage
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, STAGE_LABEL, Names
 
 JOB_STAGES = {Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
+STUCK_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                           "CreateContainerError", "CrashLoopBackOff", "RunContainerError"})
+"""Container waiting reasons that do not clear by themselves: the kubelet retries, but someone must act."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class Observed:
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
     unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stuck: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(the kubelet's waiting reason, its message with the pod and restart count), by stage label, for a stage
+    pod whose container cannot start or keeps crashing."""
     """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
     nodes: tuple[NodeView, ...] = ()
 
@@ -121,6 +127,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
     job_uids = {(c.get("metadata") or {}).get("uid") for c in children if c.get("kind") == "Job"}
     messages: dict[str, list[str]] = {}
     unschedulable: dict[str, tuple[str, str]] = {}
+    stuck: dict[str, tuple[str, str]] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
         stage = (meta.get("labels") or {}).get(STAGE_LABEL)
@@ -128,9 +135,15 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
             continue
         status = pod.get("status") or {}
         for cs in status.get("containerStatuses") or []:
-            message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+            state = cs.get("state") or {}
+            message = (state.get("terminated") or {}).get("message")
             if message:
                 messages.setdefault(stage, []).append(message)
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                restarts = int(cs.get("restartCount") or 0)
+                detail = f"pod {meta.get('name')}: {waiting.get('message') or waiting['reason']}"
+                stuck[stage] = (str(waiting["reason"]), detail + (f" (restarted {restarts} times)" if restarts else ""))
         for c in status.get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
                 unschedulable[stage] = (str(c.get("message", ""))[:500], str(c.get("lastTransitionTime") or ""))
@@ -150,5 +163,6 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
                  for (kind, name), c in by_key.items() if kind in ("Deployment", "Service", "ConfigMap")},
         messages={k: sorted(v) for k, v in messages.items()},
         unschedulable=unschedulable,
+        stuck=stuck,
         nodes=tuple(nodes),
     )

@@ -322,6 +322,8 @@ class _Pass:
         blocked = self.blocked(stage.value)
         if blocked:
             return "Unschedulable", f"pods cannot be scheduled: {blocked}"
+        if stage.value in self.obs.stuck:
+            return self.obs.stuck[stage.value]
         if view is not None and view.deadline_exceeded:
             return "ProgressDeadlineExceeded", default
         return "Starting", default
@@ -372,6 +374,11 @@ class _Pass:
                 message = f"pods cannot be scheduled: {blocked}"
                 self.start(stage, StageState.RUNNING, message)
                 self.cond(STAGE_CONDITION[stage], False, "Unschedulable", message)
+            elif stage.value in self.obs.stuck:
+                # The Job's pods cannot start (an image, a missing Secret): say so, the Job itself waits.
+                reason, message = self.obs.stuck[stage.value]
+                self.start(stage, StageState.RUNNING, message)
+                self.cond(STAGE_CONDITION[stage], False, reason, message)
             else:
                 self.start(stage, StageState.RUNNING)
                 self.cond(STAGE_CONDITION[stage], False, "Running", running)

@@ -295,6 +295,7 @@ class DevCluster:
             stages / "pod" / "chaos" / "pod-container-running-failed.yaml",
             STAGES_DIR / "pod-complete.yaml",
             STAGES_DIR / "pod-fail-stage.yaml",
+            STAGES_DIR / "pod-waiting-stage.yaml",
             *[STAGES_DIR / f"volume-{f}" for f in ("pvc-provision.yaml", "pv-bind.yaml", "pvc-delete.yaml",
                                                    "pv-delete.yaml")],
         ]
