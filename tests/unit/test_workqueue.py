@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Hashable
 
-from distillery.controller.workqueue import WorkQueue
+from distillery.controller.workqueue import Backoff, WorkQueue
 
 
 async def test_depth_counts_waiting_keys_only_and_is_reported_on_every_change() -> None:
@@ -32,3 +32,11 @@ async def test_depth_counts_waiting_keys_only_and_is_reported_on_every_change() 
         await asyncio.sleep(0)
     worker.cancel()
     assert handled == ["a", "b", "a"] and queue.depth == 0 and depths[-1] == 0
+
+
+def test_backoff_doubles_per_key_up_to_the_cap_and_resets_on_success() -> None:
+    backoff: Backoff[str] = Backoff(base=1.0, cap=8.0)
+    assert [backoff.failed("a") for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert backoff.failed("b") == 1.0, "each key has its own count"
+    backoff.succeeded("a")
+    assert backoff.failed("a") == 1.0
