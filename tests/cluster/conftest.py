@@ -54,6 +54,14 @@ class Kube:
             return None
         return json.loads(result.stdout)
 
+    def deny_claims(self, namespace: str) -> None:
+        """A ResourceQuota `no-claims` that admits no PersistentVolumeClaim, in force once this returns."""
+        quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-claims"},
+                 "spec": {"hard": {"persistentvolumeclaims": "0"}}}
+        self.apply(quota, namespace=namespace)
+        self.wait_for(lambda: (self.get("resourcequota", "no-claims", namespace).get("status") or {}).get("hard"),
+                      30, what="quota status computed")
+
     def wait_for(self, check: Callable[[], Any], timeout: float = 60, interval: float = 0.5,
                  what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

@@ -34,11 +34,7 @@ def rejection(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
 
 def test_a_child_over_quota_is_reported_then_created_once_the_quota_allows(
         kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-claims"},
-             "spec": {"hard": {"persistentvolumeclaims": "0"}}}
-    kube.apply(quota, namespace=namespace)
-    kube.wait_for(lambda: (kube.get("resourcequota", "no-claims", namespace).get("status") or {}).get("hard"), 30,
-                  what="quota status computed")
+    kube.deny_claims(namespace)
     kube.apply(distillation("quota"), namespace=namespace)
     found = kube.wait_for(lambda: rejection(kube, namespace, "quota"), 60, what="ChildRejected")
     assert found["status"] == "True"

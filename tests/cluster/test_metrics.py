@@ -24,12 +24,8 @@ def test_controller_runtime_and_distillery_metrics_follow_a_distillation(
         kube: Kube, namespace: str, operator: OperatorProcess) -> None:
     errors_key = '{controller="distillation"}'
     errors_before = samples(operator.metrics(), "controller_runtime_reconcile_errors_total")[errors_key]
-    # A quota that admits no claim: the workspace create is refused (403), which is a reconcile error.
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-claims"},
-             "spec": {"hard": {"persistentvolumeclaims": "0"}}}
-    kube.apply(quota, namespace=namespace)
-    kube.wait_for(lambda: (kube.get("resourcequota", "no-claims", namespace).get("status") or {}).get("hard"), 30,
-                  what="quota status computed")
+    # The workspace create is refused (403, over quota), which is a reconcile error.
+    kube.deny_claims(namespace)
     kube.apply(distillation("metered"), namespace=namespace)
     kube.wait_for(lambda: samples(operator.metrics(), "controller_runtime_reconcile_errors_total")[errors_key]
                   > errors_before, 60, what="a reconcile error counted")
