@@ -9,6 +9,7 @@ one watcher), and the operator's peak RSS.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -21,9 +22,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import kubernetes
+import urllib3
 import yaml
 
 from distillery.api.crd import render
@@ -98,6 +102,35 @@ def apiserver_writes(cluster: DevCluster) -> Counter:
     return counts
 
 
+def _buckets(text: str, name: str) -> list[tuple[float, float]]:
+    found = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = dict(re.findall(r'(\w+)="([^"]*)"', line))["le"]
+            found.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(found)
+
+
+def histogram_count(text: str, name: str) -> int:
+    buckets = _buckets(text, name)
+    return int(buckets[-1][1]) if buckets else 0
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket that holds the q-th observation."""
+    buckets = _buckets(text, name)
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return round(lower + (upper - lower) * (rank - below) / max(count - below, 1e-9), 3)
+        lower, below = upper, count
+    return lower
+
+
 def rss_peak_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -116,31 +149,33 @@ def watch_delays(kubeconfig: Path, count: int, timeout: float) -> tuple[list[flo
     started = time.monotonic()
     deadline = started + timeout
 
-    def jobs() -> None:
-        while len(succeeded) < count and time.monotonic() < deadline:
-            for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, "bench", timeout_seconds=30,
-                                                         _preload_content=False):
-                job = event["raw_object"]
-                parent, _, suffix = job["metadata"]["name"].rpartition("-")
-                conds = (job.get("status") or {}).get("conditions") or []
-                if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
-                    job_done.setdefault((parent, stage_of_job[suffix]), time.monotonic())
+    def on_job(job: dict) -> None:
+        parent, _, suffix = job["metadata"]["name"].rpartition("-")
+        conds = (job.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Complete" and c["status"] == "True" for c in conds):
+            job_done.setdefault((parent, stage_of_job[suffix]), time.monotonic())
 
-    def distillations() -> None:
-        while len(succeeded) < count and time.monotonic() < deadline:
-            for event in kubernetes.watch.Watch().stream(custom.list_namespaced_custom_object, "distillery.dev",
-                                                         "v1alpha1", "bench", "distillations", timeout_seconds=30):
-                d = event["raw_object"]
-                status = d.get("status") or {}
-                for stage, record in (status.get("stages") or {}).items():
-                    if record.get("state") == "Succeeded":
-                        status_done.setdefault((d["metadata"]["name"], stage), time.monotonic())
-                if status.get("phase") == "Succeeded":
-                    succeeded.add(d["metadata"]["name"])
-                if len(succeeded) >= count:
-                    return
+    def on_distillation(d: dict) -> None:
+        status = d.get("status") or {}
+        for stage, record in (status.get("stages") or {}).items():
+            if record.get("state") == "Succeeded":
+                status_done.setdefault((d["metadata"]["name"], stage), time.monotonic())
+        if status.get("phase") == "Succeeded":
+            succeeded.add(d["metadata"]["name"])
 
-    watchers = [threading.Thread(target=jobs, daemon=True), threading.Thread(target=distillations, daemon=True)]
+    def follow(list_call: Callable[..., Any], args: tuple[str, ...], record: Callable[[dict], None]) -> None:
+        while len(succeeded) < count and time.monotonic() < deadline:
+            # A watch the server ends early (it is busy, or restarting) is simply watched again.
+            with contextlib.suppress(urllib3.exceptions.HTTPError):
+                for event in kubernetes.watch.Watch().stream(list_call, *args, timeout_seconds=30):
+                    record(event["raw_object"])
+                    if len(succeeded) >= count:
+                        return
+
+    watchers = [threading.Thread(target=follow, args=(batch.list_namespaced_job, ("bench",), on_job), daemon=True),
+                threading.Thread(target=follow, args=(custom.list_namespaced_custom_object,
+                                                      ("distillery.dev", "v1alpha1", "bench", "distillations"),
+                                                      on_distillation), daemon=True)]
     for thread in watchers:
         thread.start()
     watchers[1].join(timeout)
@@ -223,6 +258,12 @@ def main() -> int:
         "status_delay_p95_s": round(delays[int(0.95 * (len(delays) - 1))], 3) if delays else None,
         "status_delay_samples": len(delays),
         "operator_peak_rss_mib": round(peak, 1),
+        # Where the delay goes inside the operator: waiting for a worker, then the pass itself.
+        "queue_wait_p50_s": histogram_quantile(op_metrics, "workqueue_queue_duration_seconds", 0.5),
+        "queue_wait_p95_s": histogram_quantile(op_metrics, "workqueue_queue_duration_seconds", 0.95),
+        "reconcile_p50_s": histogram_quantile(op_metrics, "controller_runtime_reconcile_time_seconds", 0.5),
+        "reconcile_p95_s": histogram_quantile(op_metrics, "controller_runtime_reconcile_time_seconds", 0.95),
+        "reconciles": histogram_count(op_metrics, "controller_runtime_reconcile_time_seconds"),
     }
     print(json.dumps(report, indent=2))
     if not args.keep:

@@ -38,7 +38,8 @@ class Runtime:
         self.kubeconfig: str | None = None
         self.context: str | None = None
         self.cache = ClusterCache()
-        self.queue: WorkQueue[Key] = WorkQueue(metrics.QUEUE_DEPTH.labels(metrics.CONTROLLER).set)
+        self.queue: WorkQueue[Key] = WorkQueue(metrics.QUEUE_DEPTH.labels(metrics.CONTROLLER).set,
+                                               metrics.QUEUE_WAIT.labels(metrics.CONTROLLER).observe)
         self.backoff: Backoff[Key] = Backoff()
         self.client: KubeClient | None = None
         self.reconciler: Reconciler | None = None

@@ -44,6 +44,9 @@ MAX_CONCURRENT = Gauge("controller_runtime_max_concurrent_reconciles",
 ACTIVE_WORKERS = Gauge("controller_runtime_active_workers", "Number of currently used workers per controller",
                        ["controller"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name"], registry=REGISTRY)
+QUEUE_WAIT = Histogram("workqueue_queue_duration_seconds", "How long in seconds an item stays in workqueue before "
+                       "being requested", ["name"], registry=REGISTRY,
+                       buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 API_REQUESTS = Counter("distillery_api_requests_total", "Requests the operator sent to the API server",
                        ["verb", "kind", "code"], registry=REGISTRY)
 

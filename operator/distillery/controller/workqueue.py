@@ -2,6 +2,7 @@
 and a key marked while it is being reconciled runs again afterwards, never concurrently."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -9,13 +10,17 @@ K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, on_depth: Callable[[int], None] = lambda depth: None) -> None:
+    def __init__(self, on_depth: Callable[[int], None] = lambda depth: None,
+                 on_wait: Callable[[float], None] = lambda seconds: None) -> None:
         self._queue: asyncio.Queue[K] = asyncio.Queue()
-        self._queued: set[K] = set()
+        self._queued: dict[K, float] = {}
+        """Waiting keys and when each was added."""
         self._active: set[K] = set()
         self._dirty: set[K] = set()
-        # Told the depth whenever it changes, so a gauge is current even while every worker is busy.
+        # Told the depth whenever it changes, so a gauge is current even while every worker is busy, and how
+        # long each key waited for a worker (controller-runtime's workqueue_queue_duration_seconds).
         self._on_depth = on_depth
+        self._on_wait = on_wait
 
     @property
     def depth(self) -> int:
@@ -26,7 +31,7 @@ class WorkQueue(Generic[K]):
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._queued:
-            self._queued.add(key)
+            self._queued[key] = time.monotonic()
             self._queue.put_nowait(key)
             self._on_depth(self.depth)
 
@@ -36,7 +41,7 @@ class WorkQueue(Generic[K]):
     async def worker(self, handle: Callable[[K], Awaitable[None]]) -> None:
         while True:
             key = await self._queue.get()
-            self._queued.discard(key)
+            self._on_wait(time.monotonic() - self._queued.pop(key))
             self._on_depth(self.depth)
             self._active.add(key)
             try:
