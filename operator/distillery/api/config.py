@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from distillery.api.spec import DEFAULT_LABELER_IMAGE
+from distillery.api.spec import DEFAULT_LABELER_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
 
 DEFAULT_GPU_CATALOGUE: dict[str, list[str]] = {
     "H200": ["NVIDIA-H200", "NVIDIA-H200-NVL"],
@@ -32,6 +32,10 @@ class OperatorConfig(BaseModel):
     gpu_toleration_key: str = "nvidia.com/gpu"
     region_label: str = "topology.kubernetes.io/region"
     labeler_image: str = DEFAULT_LABELER_IMAGE
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Training and evaluation image for Distillations that set no student.image."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    """Teacher and student serving image for Distillations that set no teacher.image / serving.image."""
     storage_class_name: str | None = None
     """Default storage class for workspaces when a Distillation names none."""
     namespaces: list[str] = Field(default_factory=list)
