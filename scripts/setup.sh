@@ -12,16 +12,18 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 command -v go >/dev/null || { log "Go 1.26 or newer is needed to build the control plane"; exit 1; }
 
 # The venv is rebuilt when the dependency list changes.
-stamp=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+stamp=$(sha256sum pyproject.toml scripts/setup.sh images/*/requirements.lock | sha256sum | cut -c1-16)
+# The images' locks constrain the venv, so the tests run the versions the images ship (tests/unit/test_locks.py).
+LOCKS=(-c images/trainer/requirements.lock -c images/operator/requirements.lock)
 if [ ! -f "$VENV/.stamp-$stamp" ]; then
   log "python environment at $VENV"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   # DeepSpeed builds without isolation below, so the venv itself needs current build tools.
   "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
-  "$VENV/bin/pip" install -q torch==2.15.0
+  "$VENV/bin/pip" install -q "${LOCKS[@]}" torch
   # DeepSpeed's setup imports torch, so it builds against the torch installed above.
-  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --no-build-isolation deepspeed==0.19.8
-  "$VENV/bin/pip" install -q -e ".[operator,trainer,dev]"
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q "${LOCKS[@]}" --no-build-isolation deepspeed
+  "$VENV/bin/pip" install -q "${LOCKS[@]}" -e ".[operator,trainer,dev]"
   rm -f "$VENV"/.stamp-* && touch "$VENV/.stamp-$stamp"
 fi
 # The venv is shared between checkouts: point its editable install at this one.

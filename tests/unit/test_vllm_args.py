@@ -20,7 +20,7 @@ def test_teacher_from_the_hub_with_tensor_parallelism_and_extra_args() -> None:
     spec = teacher_vllm_args(model="meta-llama/Llama-3.3-70B-Instruct", served_model_name="teacher",
                              tensor_parallel_size=4, extra_args=["--max-model-len", "8192"])
     args = spec["args"]
-    assert flag(args, "--model") == "meta-llama/Llama-3.3-70B-Instruct"
+    assert args[0] == "meta-llama/Llama-3.3-70B-Instruct"
     assert flag(args, "--served-model-name") == "teacher"
     assert flag(args, "--tensor-parallel-size") == "4"
     assert flag(args, "--port") == "8000" and flag(args, "--host") == "0.0.0.0"
@@ -30,7 +30,7 @@ def test_teacher_from_the_hub_with_tensor_parallelism_and_extra_args() -> None:
 
 def test_teacher_on_a_volume_is_read_offline() -> None:
     spec = teacher_vllm_args(model="pvc://models/llama-70b", served_model_name="t")
-    assert flag(spec["args"], "--model") == "/mnt/pvc/models/llama-70b"
+    assert spec["args"][0] == "/mnt/pvc/models/llama-70b"
     assert spec["env"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
 
 
@@ -38,7 +38,7 @@ def test_student_base_with_lora_adapter() -> None:
     spec = student_vllm_args(base_model="hf://Qwen/Qwen2.5-1.5B-Instruct", served_model_name="sentiment",
                              adapter_path="/workspace/train/adapter", lora_rank=12, gpus=2)
     args = spec["args"]
-    assert flag(args, "--model") == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert args[0] == "Qwen/Qwen2.5-1.5B-Instruct"
     assert "--enable-lora" in args
     assert flag(args, "--lora-modules") == "sentiment=/workspace/train/adapter"
     assert flag(args, "--max-lora-rank") == "16"
@@ -50,7 +50,7 @@ def test_student_merged_weights() -> None:
     spec = student_vllm_args(base_model="Qwen/Qwen2.5-1.5B-Instruct", served_model_name="s",
                              merged_path="/workspace/train/merged", gpus=0, extra_args=["--dtype", "float32"])
     args = spec["args"]
-    assert flag(args, "--model") == "/workspace/train/merged" and flag(args, "--served-model-name") == "s"
+    assert args[0] == "/workspace/train/merged" and flag(args, "--served-model-name") == "s"
     assert "--enable-lora" not in args and flag(args, "--tensor-parallel-size") == "1"
     assert args[-2:] == ["--dtype", "float32"]
     assert spec["env"] == [{"name": "HF_HUB_OFFLINE", "value": "1"}]
@@ -94,4 +94,4 @@ def test_the_operators_environment_does_not_change_its_manifests() -> None:
            "DISTILLERY_PVC_BASE": "/elsewhere", "DISTILLERY_WORKSPACE": "/elsewhere"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     args, mount = json.loads(out.stdout)
-    assert flag(args, "--model") == "/mnt/pvc/m/x" and mount == "/mnt/pvc/m"
+    assert args[0] == "/mnt/pvc/m/x" and mount == "/mnt/pvc/m"

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -187,11 +188,11 @@ async def test_a_refused_request_rejects_the_row_without_retrying(
     assert requests_per_row(teacher, nli_task, rejected) == [1]
 
 
-async def test_an_unavailable_teacher_leaves_rows_for_a_rerun(
+async def test_an_outage_past_its_budget_leaves_rows_for_a_rerun(
     teacher: TeacherServer, write_config: ConfigWriter,
 ) -> None:
     teacher.faults = FaultConfig(server_error=1.0)
-    config = write_config(teacher.url, concurrency=12, max_attempts=2)
+    config = write_config(teacher.url, concurrency=12, max_attempts=2, outage_budget_seconds=0)
 
     assert await label(config) == labeler.EXIT_UNLABELED == 4
     assert all_records(config) == []
@@ -468,3 +469,76 @@ async def test_teacher_server_cli_serves_and_takes_faults_at_run_time() -> None:
     finally:
         process.terminate()
         assert await process.wait() == 0
+
+
+async def test_a_teacher_restart_mid_labeling_is_waited_out_without_asking_labelled_rows_again(
+    teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The teacher goes down after a few answers; the labeler waits, the teacher comes back on the same
+    port, and the run finishes with every row labelled and no labelled row asked twice."""
+    test_loop = asyncio.get_running_loop()
+    answered = 0
+    stop_now, labeler_waiting = asyncio.Event(), asyncio.Event()
+    restarted = threading.Event()
+    gold = teacher.responder
+
+    def responder(ctx: ResponderContext) -> str:
+        nonlocal answered
+        answered += 1
+        if answered == 4:
+            stop_now.set()
+        return gold(ctx)
+
+    async def wait_for_the_restart(_: float) -> None:
+        # Runs on the labeler's loop: tell the test that the labeler is waiting, then wait for the teacher.
+        test_loop.call_soon_threadsafe(labeler_waiting.set)
+        await asyncio.to_thread(restarted.wait, 120)
+
+    teacher.responder = responder
+    monkeypatch.setattr(labeler, "outage_sleep", wait_for_the_restart)
+    config = write_config(teacher.url, concurrency=2, max_attempts=2)
+
+    labeling = asyncio.ensure_future(label(config))
+    await stop_now.wait()
+    await teacher.stop()
+    waiting = asyncio.ensure_future(labeler_waiting.wait())
+    await asyncio.wait({labeling, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    assert not labeling.done(), f"the labeler gave up during the outage with exit {labeling.result()}"
+    labelled_before = {(r.split, r.row_id) for r in all_records(config)}
+    await teacher.start()
+    restarted.set()
+
+    assert await labeling == 0
+    records = all_records(config)
+    assert len(records) == 12 and all(r.status == "ok" and r.attempts == 1 for r in records)
+    assert 0 < len(labelled_before) < 12
+    before = [r for r in records if (r.split, r.row_id) in labelled_before]
+    assert requests_per_row(teacher, nli_task, before) == [1] * len(before)
+
+
+async def test_answers_cut_off_at_max_tokens_are_retried_then_rejected(
+    teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter,
+) -> None:
+    teacher.faults = FaultConfig(sequence=["length", "length"], only_matching="chef")
+    config = write_config(teacher.url, max_attempts=2)
+
+    assert await label(config) == 0
+
+    records = all_records(config)
+    rejected = [r for r in records if r.status == "rejected"]
+    assert [r.row["premise"] for r in rejected] == ["A chef slices vegetables in a busy restaurant kitchen."]
+    # The cut-off text parses as a valid answer; only finish_reason says it is incomplete.
+    assert rejected[0].reason == labeler.TRUNCATED and rejected[0].raw.endswith("Answer: entailment")
+    assert rejected[0].attempts == 2 and requests_per_row(teacher, nli_task, rejected) == [2]
+    assert sum(r.status == "ok" for r in records) == 11
+
+
+async def test_a_cut_off_first_answer_is_asked_again(
+    teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter,
+) -> None:
+    teacher.faults = FaultConfig(sequence=["length"])
+    config = write_config(teacher.url)
+
+    assert await label(config) == 0
+
+    assert all(r.status == "ok" and r.attempts == 2 for r in all_records(config))

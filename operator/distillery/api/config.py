@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distillery.api.spec import DEFAULT_LABELER_IMAGE
+from distillery.api.spec import DEFAULT_LABELER_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
 
 GFD_PRODUCT = "nvidia.com/gpu.product"
 INSTANCE_TYPE = "node.kubernetes.io/instance-type"
@@ -110,6 +110,10 @@ class OperatorConfig(BaseModel):
     gpu_toleration_key: str = "nvidia.com/gpu"
     region_label: str = "topology.kubernetes.io/region"
     labeler_image: str = DEFAULT_LABELER_IMAGE
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Training and evaluation image for Distillations that set no student.image."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    """Teacher and student serving image for Distillations that set no teacher.image / serving.image."""
     storage_class_name: str | None = None
     """Default storage class for workspaces when a Distillation names none."""
     shared_storage_class_name: str | None = None

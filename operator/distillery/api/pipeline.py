@@ -46,6 +46,8 @@ class TeacherClientConfig(ApiModel):
     request_timeout_seconds: float = 300
     max_attempts: int = 4
     min_success_ratio: float = 0.9
+    outage_budget_seconds: float = 1800
+    """How long the labeler waits out an unreachable teacher before leaving its rows for a rerun."""
 
 
 class WorkspaceLayout(ApiModel):

@@ -12,7 +12,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from distillery.api.base import ApiModel, cel
 
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
+"""vLLM 0.33 reads what transformers 5 writes (`rope_parameters`, `TokenizersBackend`); images/vllm/serving.lock
+pins the transformers it resolves, and tests/workloads/test_serving_contract.py loads the trainer's output with it."""
 DEFAULT_LABELER_IMAGE = "ghcr.io/distillery-dev/labeler:0.1.0"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/distillery-dev/trainer:0.1.0"
 
@@ -104,8 +106,8 @@ class TeacherSpec(ApiModel):
 
     model: str | None = Field(None, min_length=1, max_length=512)
     """Model id or URI to serve with vLLM, e.g. meta-llama/Llama-3.3-70B-Instruct or pvc://models/llama."""
-    image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
-    """Serving image: the upstream vLLM OpenAI-compatible server."""
+    image: str | None = Field(None, min_length=1, max_length=512)
+    """Serving image (the upstream vLLM OpenAI-compatible server); default: the operator's vllmImage."""
     security_context: ServerSecurityContext | None = None
     """Overrides the operator's servingPodSecurityContext for the teacher pods (see ServerSecurityContext)."""
     gpu_type: GpuType = "H100"
@@ -119,7 +121,13 @@ class TeacherSpec(ApiModel):
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=64)
     """Extra arguments for the vLLM server."""
     hub_token_secret_ref: SecretKeyRef | None = None
-    """Secret key holding a model-hub token (exported as HF_TOKEN)."""
+    """Secret key holding a model-hub token for the teacher only (HF_TOKEN); spec.hubTokenSecretRef reaches
+    every pod and is used when this is unset."""
+    startup_seconds: int = Field(1800, ge=60, le=86400)
+    """How long a teacher replica may take from container start to a healthy server (download, load,
+    compile); the Deployment's progress deadline allows this plus time to place the pod and pull the image."""
+    outage_budget_seconds: int = Field(1800, ge=0, le=86400)
+    """How long labeling waits for an unreachable teacher (a restart, a rollout) before giving up on it."""
     endpoint: TeacherEndpoint | None = None
     sampling: Sampling = Field(default_factory=Sampling)
     concurrency: int = Field(16, ge=1, le=1024)
@@ -234,7 +242,10 @@ class StudentSpec(ApiModel):
     merge_weights: bool = False
     """Also write LoRA-merged full weights."""
     checkpoint_steps: int = Field(200, ge=1, le=1_000_000)
-    image: str = Field(DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512)
+    termination_grace_seconds: int = Field(900, ge=30, le=7200)
+    """Time a training pod gets after SIGTERM (suspend, node drain, preemption) to write its checkpoint."""
+    image: str | None = Field(None, min_length=1, max_length=512)
+    """Training and evaluation image; default: the operator's trainerImage."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -273,7 +284,10 @@ class ServingSpec(ApiModel):
     gpu_type: GpuType = "H100"
     gpus: int = Field(1, ge=0, le=16)
     """GPUs per student replica; 0 serves on CPU."""
-    image: str = Field(DEFAULT_VLLM_IMAGE, min_length=1, max_length=512)
+    image: str | None = Field(None, min_length=1, max_length=512)
+    """Serving image; default: the operator's vllmImage."""
+    startup_seconds: int = Field(900, ge=60, le=86400)
+    """How long a student replica may take from container start to a healthy server."""
     security_context: ServerSecurityContext | None = None
     """Overrides the operator's servingPodSecurityContext for the student pods (see ServerSecurityContext)."""
 
@@ -305,6 +319,37 @@ class AccessMode(StrEnum):
     READ_ONLY_MANY = "ReadOnlyMany"
 
 
+class EphemeralCache(ApiModel):
+    """A volume created with each pod and deleted with it, on a (typically node-local NVMe) storage class."""
+
+    storage_class_name: str = Field(min_length=1, max_length=253)
+    size: Quantity
+
+
+class ModelCacheSpec(ApiModel):
+    """Where pods that read the model hub keep downloads (mounted at HF_HOME), instead of the node's OS disk."""
+
+    claim_name: Name | None = None
+    """An existing PersistentVolumeClaim in the namespace; ReadWriteMany when pods on several nodes share it."""
+    ephemeral: EphemeralCache | None = None
+    """A claim per pod on this storage class: survives container restarts, not pod deletion."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.claimName) != has(self.ephemeral)",
+                    "exactly one of modelCache.claimName and modelCache.ephemeral must be set"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelCacheSpec":
+        if (self.claim_name is None) == (self.ephemeral is None):
+            raise ValueError("exactly one of modelCache.claimName and modelCache.ephemeral must be set")
+        return self
+
+
 class StorageSpec(ApiModel):
     size: Quantity = "50Gi"
     """Workspace volume size (labels, checkpoints, adapter, results)."""
@@ -329,6 +374,11 @@ class DistillationSpec(ApiModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    hub_token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding a model-hub token, exported as HF_TOKEN to every pod that reads the hub
+    (teacher, labeling, training, evaluation, student); needed for gated models and datasets."""
+    model_cache: ModelCacheSpec | None = None
+    """Hub download cache shared by the teacher, training, evaluation and student pods."""
     suspend: bool = False
     """Pause: running stage pods are removed, progress in the workspace is kept, and resume continues."""
 

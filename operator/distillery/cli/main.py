@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("distillery.cli.status", "Print a readable summary of a Distillation."),
     "label": ("distillery.workloads.labeler", "Labeling workload: prompt the teacher over the dataset."),
     "train": ("distillery.workloads.trainer", "Training workload: fine-tune the student with DeepSpeed."),
+    "launch": ("distillery.workloads.launch", "torchrun for the training Job, exiting with its workers' exit code."),
     "evaluate": ("distillery.workloads.evaluator", "Evaluation workload: teacher vs base vs distilled student."),
     "serve": ("distillery.workloads.serve", "Serve a model behind an OpenAI-compatible API (CPU path)."),
     "demo": ("distillery.devcluster.demo", "Bring up the local cluster, the operator and a sample Distillation."),

@@ -39,7 +39,8 @@ from distillery.workloads.tasks.multiple_choice import LETTERS
 from distillery.workloads.tasks.nli import LABELS
 from distillery.workloads.tasks.summarization import COD_KEY, COD_MISSING_KEY, SUMMARY_MARKER
 
-Outcome = Literal["ok", "400", "429", "500", "503", "slow", "malformed"]
+Outcome = Literal["ok", "400", "429", "500", "503", "slow", "malformed", "length"]
+""""length" answers the valid text with finish_reason "length", as a server cut off at max_tokens does."""
 
 
 class FaultConfig(BaseModel):
@@ -276,6 +277,7 @@ class TeacherServer:
         if outcome == "slow":
             await asyncio.sleep(faults.slow_s)
         choices = n if faults.support_n else 1
+        finish = "length" if outcome == "length" else "stop"
         if outcome == "malformed":
             texts = [faults.malformed_text] * choices
         else:
@@ -287,7 +289,7 @@ class TeacherServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
                         for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},

@@ -10,7 +10,7 @@ from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.modelref import PVC_MOUNT_ROOT, pvc_claims
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, WORKSPACE_DIR
-from distillery.api.spec import DistillationSpec, ServerSecurityContext
+from distillery.api.spec import DistillationSpec, SecretKeyRef, ServerSecurityContext
 
 PARENT_LABEL = "distillery.dev/distillation"
 APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
@@ -18,6 +18,13 @@ APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
 STAGE_LABEL = "distillery.dev/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RENDEZVOUS_PORT = 29500
+HUB_CACHE_DIR = "/var/cache/huggingface"
+"""Mount path of spec.modelCache; HF_HOME points here, so hub downloads (and vLLM's, which uses the
+same library) land on the cache volume instead of the container's writable layer."""
+HUB_CACHE_VOLUME = "hub-cache"
+SERVER_PLACEMENT_ALLOWANCE_S = 1200
+"""Added to a server's startup budget for its progress deadline: an autoscaler adding a GPU node and the
+multi-GB vLLM image pull both come before the container starts."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,51 @@ def server_pod_security_context(config: OperatorConfig, override: ServerSecurity
     return {**config.serving_pod_security_context, **(override.to_wire() if override else {})}
 
 
+def hub_access(spec: DistillationSpec, token_ref: SecretKeyRef | None = None, cache: bool = True,
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts) for a pod that reads the model hub: the token, and the cache volume at HF_HOME.
+
+    `token_ref` wins over spec.hubTokenSecretRef (the teacher's own token); `cache` is False for pods
+    that read only datasets and run on CPU nodes (labeling), where a shared RWO claim would not attach.
+    """
+    env: list[dict[str, Any]] = []
+    ref = token_ref or spec.hub_token_secret_ref
+    if ref is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref.to_wire()}})
+    cache_spec = spec.model_cache
+    if not cache or cache_spec is None:
+        return env, [], []
+    env.append({"name": "HF_HOME", "value": HUB_CACHE_DIR})
+    volume: dict[str, Any] = {"name": HUB_CACHE_VOLUME}
+    if cache_spec.claim_name is not None:
+        volume["persistentVolumeClaim"] = {"claimName": cache_spec.claim_name}
+    else:
+        assert cache_spec.ephemeral is not None
+        volume["ephemeral"] = {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": cache_spec.ephemeral.storage_class_name,
+            "resources": {"requests": {"storage": cache_spec.ephemeral.size}},
+        }}}
+    return env, [volume], [{"name": HUB_CACHE_VOLUME, "mountPath": HUB_CACHE_DIR}]
+
+
+def server_probes(startup_seconds: int) -> dict[str, Any]:
+    """Probes for a vLLM server that the labeler keeps saturated.
+
+    A busy server answers /health late, not never: generous timeouts, and liveness restarts only after
+    minutes of silence, since a restart costs a full model reload. Startup allows `startup_seconds`.
+    """
+    def probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period,
+                "timeoutSeconds": timeout, "failureThreshold": failures}
+
+    return {
+        "startupProbe": probe(10, 10, -(-startup_seconds // 10)),
+        "readinessProbe": probe(10, 10, 6),
+        "livenessProbe": probe(30, 20, 10),
+    }
+
+
 def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, Any]:
     """A ClusterIP Service in front of a server Deployment made by `server_deployment`."""
     meta = metadata(owner, name, stage)
@@ -219,14 +271,20 @@ def http_service(owner: Owner, name: str, stage: str, port: int) -> dict[str, An
 
 def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_meta: dict[str, Any],
                       placement: dict[str, Any], container: dict[str, Any],
-                      volumes: list[dict[str, Any]], security_context: dict[str, Any]) -> dict[str, Any]:
-    """A Deployment whose selector is the stage's own labels (never the user's extra pod labels)."""
+                      volumes: list[dict[str, Any]], security_context: dict[str, Any], startup_seconds: int,
+                      ) -> dict[str, Any]:
+    """A Deployment whose selector is the stage's own labels (never the user's extra pod labels).
+
+    Its progress deadline covers placement plus the startup budget, so a normal cold start of a large
+    model is not reported as ProgressDeadlineExceeded.
+    """
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(owner, name, stage),
         "spec": {
             "replicas": replicas,
+            "progressDeadlineSeconds": startup_seconds + SERVER_PLACEMENT_ALLOWANCE_S,
             "selector": {"matchLabels": labels(owner, stage)},
             "template": {
                 "metadata": pod_meta,

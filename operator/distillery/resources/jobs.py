@@ -18,6 +18,7 @@ from distillery.resources.common import (
     dataset_uris,
     gpu_placement,
     gpu_resources,
+    hub_access,
     metadata,
     pod_metadata,
     pvc_source_volumes,
@@ -30,6 +31,21 @@ from distillery.resources.workspace import label_shards
 # Pod stage labels equal the status stage names, so pods and stages key the same maps.
 LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
 
+CONFIG_EXIT_CODES = (2, 3)
+"""Exit codes with which every workload reports a deterministic error (bad configuration, no data, too few
+valid answers): a retry fails the same way, so the Job fails at once instead of spending its backoff on GPUs."""
+TORCHRUN_SHUTDOWN_MARGIN_S = 30
+"""Of a training pod's grace period, what is left after torchrun stops waiting for its workers' checkpoint."""
+
+
+def failure_policy(container: str) -> dict[str, Any]:
+    """A node drain or preemption is not the workload's failure; a configuration error is final."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": container, "operator": "In", "values": list(CONFIG_EXIT_CODES)}},
+    ]}
+
 
 def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: OperatorConfig,
          pod_spec: dict[str, Any], completions: int, backoff_limit: int) -> dict[str, Any]:
@@ -41,6 +57,7 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
         "parallelism": completions,
         "completionMode": "Indexed",
         "backoffLimit": backoff_limit,
+        "podFailurePolicy": failure_policy(pod_spec["containers"][0]["name"]),
         # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data.
         "suspend": spec.suspend,
         "template": {"metadata": pod_metadata(owner, stage, spec, config),
@@ -73,18 +90,20 @@ def _pod(config: OperatorConfig, placement: dict[str, Any], container: dict[str,
             "containers": [container], "volumes": volumes, "enableServiceLinks": False}
 
 
-def _volumes(owner: Owner, spec: DistillationSpec, model: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Config, workspace, the dataset's claims, and the student model's claim for stages that load it."""
+def _volumes(owner: Owner, spec: DistillationSpec, model: bool,
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts): config, workspace, the dataset's claims, the hub token (datasets may be
+    gated too), and for stages that load the student its claim and the model cache."""
     names = Names(owner.name)
     cfg_vol, cfg_mount = config_volume(names)
     ws_vol, ws_mount = workspace_volume(names)
     src_vols, src_mounts = pvc_source_volumes(*dataset_uris(spec), spec.student.model if model else None)
-    return [cfg_vol, ws_vol, *src_vols], [cfg_mount, ws_mount, *src_mounts]
+    hub_env, cache_vols, cache_mounts = hub_access(spec, cache=model)
+    return hub_env, [cfg_vol, ws_vol, *src_vols, *cache_vols], [cfg_mount, ws_mount, *src_mounts, *cache_mounts]
 
 
 def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec, model=False)
-    env: list[dict[str, Any]] = []
+    env, volumes, mounts = _volumes(owner, spec, model=False)
     if spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
@@ -116,10 +135,15 @@ def training_service(owner: Owner) -> dict[str, Any]:
 def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     s = spec.student
     name = Names(owner.name).train
-    volumes, mounts = _volumes(owner, spec, model=True)
+    hub_env, volumes, mounts = _volumes(owner, spec, model=True)
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     env: list[dict[str, Any]] = [
+        *hub_env,
+        # On SIGTERM torchrun passes the signal on and waits this long for the workers' checkpoint
+        # (its default is 30 s) before killing them; the pod's grace period is a little longer.
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
+         "value": str(s.termination_grace_seconds - TORCHRUN_SHUTDOWN_MARGIN_S)},
         {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{owner.namespace}.svc"},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         {"name": "NNODES", "value": str(s.nodes)},
@@ -128,9 +152,10 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
     ]
-    # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each.
+    # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each; `distillery launch` is torchrun
+    # exiting with the first failed worker's code (torchrun's own is 1), so the failure policy can read it.
     container = _container(
-        "trainer", s.image, ["torchrun"],
+        "trainer", s.image or config.trainer_image, ["distillery", "launch"],
         ["--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
          "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
          "-m", "distillery.cli", "train", "--config", config_path()],
@@ -138,15 +163,17 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node), memory=f"{64 * s.gpus_per_node}Gi"),
         mounts)
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
-    pod_spec = _pod(config, gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name)
+    pod_spec = _pod(config, gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name,
+                    terminationGracePeriodSeconds=s.termination_grace_seconds)
     return _job(owner, name, TRAINING, spec, config, pod_spec,
                 completions=s.nodes, backoff_limit=config.job_backoff_limit)
 
 
 def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec, model=True)
-    container = _container("evaluator", spec.student.image, ["distillery", "evaluate"], ["--config", config_path()],
-                           workload_env(owner), gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)
+    env, volumes, mounts = _volumes(owner, spec, model=True)
+    container = _container("evaluator", spec.student.image or config.trainer_image, ["distillery", "evaluate"],
+                           ["--config", config_path()], [*env, *workload_env(owner)],
+                           gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)
     pod_spec = _pod(config, gpu_placement(spec, config, spec.student.gpu_type), container, volumes)
     return _job(owner, Names(owner.name).eval, EVALUATION, spec, config, pod_spec,
                 completions=1, backoff_limit=config.job_backoff_limit)

@@ -11,10 +11,12 @@ from distillery.resources.common import (
     gpu_placement,
     gpu_resources,
     http_service,
+    hub_access,
     pod_metadata,
     pvc_source_volumes,
     server_deployment,
     server_pod_security_context,
+    server_probes,
     workspace_volume,
 )
 from distillery.resources.vllm import VLLM_PORT, student_vllm_args
@@ -45,22 +47,22 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
     src_vols, src_mounts = pvc_source_volumes(st.model)
+    hub_env, cache_volumes, cache_mounts = hub_access(spec)
     pod_meta = pod_metadata(owner, STAGE, spec, config)
     container = {
         "name": "vllm",
-        "image": sv.image,
+        "image": sv.image or config.vllm_image,
         "args": served["args"],
-        "env": served["env"],
+        "env": [*served["env"], *hub_env],
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "resources": gpu_resources(config, sv.gpus, cpu=str(max(2, 4 * sv.gpus)), memory=f"{max(8, 32 * sv.gpus)}Gi"),
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
-        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
-                         "failureThreshold": 90},
-        "volumeMounts": [ws_mount, *src_mounts],
+        **server_probes(sv.startup_seconds),
+        "volumeMounts": [ws_mount, *src_mounts, *cache_mounts],
     }
     return server_deployment(owner, names.student, STAGE, 0 if spec.suspend else sv.replicas, pod_meta,
                              gpu_placement(spec, config, sv.gpu_type if sv.gpus else None), container,
-                             [ws_vol, *src_vols], server_pod_security_context(config, sv.security_context))
+                             [ws_vol, *src_vols, *cache_volumes],
+                             server_pod_security_context(config, sv.security_context), sv.startup_seconds)
 
 
 def student_service(owner: Owner) -> dict[str, Any]:

@@ -21,8 +21,9 @@ def teacher_vllm_args(*, model: str, served_model_name: str, tensor_parallel_siz
     manifest's to add as a secretKeyRef env (HF_TOKEN); it is not a plain value.
     Returns {"args": [...], "env": [{"name", "value"}, ...]}.
     """
+    # `vllm serve` takes the model positionally; its --model option is deprecated and slated for removal.
     args = [
-        "--model", resolve_model_ref(model),
+        resolve_model_ref(model),
         "--served-model-name", served_model_name,
         "--tensor-parallel-size", str(tensor_parallel_size),
         "--host", "0.0.0.0",
@@ -48,10 +49,10 @@ def student_vllm_args(*, base_model: str, served_model_name: str, adapter_path: 
     tp = ["--tensor-parallel-size", str(max(gpus, 1))]
     common = ["--host", "0.0.0.0", "--port", str(port)]
     if merged_path is not None:
-        args = ["--model", merged_path, "--served-model-name", served_model_name, *tp, *common]
+        args = [merged_path, "--served-model-name", served_model_name, *tp, *common]
     else:
         args = [
-            "--model", resolve_model_ref(base_model),
+            resolve_model_ref(base_model),
             "--enable-lora",
             "--lora-modules", f"{served_model_name}={adapter_path}",
             "--max-lora-rank", str(_vllm_lora_rank(lora_rank)),

@@ -57,6 +57,7 @@ def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
         request_timeout_seconds=t.request_timeout_seconds,
         max_attempts=t.max_attempts,
         min_success_ratio=t.min_success_ratio,
+        outage_budget_seconds=t.outage_budget_seconds,
     )
 
 

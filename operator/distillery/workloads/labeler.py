@@ -7,9 +7,12 @@ first and asks the teacher only for rows not in it, so preemption costs at most
 the requests that were in flight.
 
 A row ends `ok` (a valid answer) or `rejected` (malformed after teacher.maxAttempts
-tries, or a request the teacher refuses with a 4xx). A row whose requests keep
-failing on transport (5xx, timeouts, rate limits) is not recorded: the stage exits
-4 and a rerun retries it. Exit 3 means too few rows got a valid answer.
+tries, an answer cut off at max_tokens, or a request the teacher refuses with a 4xx).
+A teacher that stops answering (restart, rollout: 5xx, timeouts, refused connections)
+is waited out with capped backoff for up to teacher.outageBudgetSeconds, and the rows
+in flight are asked again when it is back. Past the budget, or on 401/403/404, rows
+are not recorded: the stage exits 4 and a rerun retries them. Exit 3 means too few
+rows got a valid answer.
 """
 
 import argparse
@@ -40,6 +43,7 @@ from distillery.workloads.environment import workspace_layout
 from distillery.workloads.openai_client import (
     ChatResult,
     OpenAIChatClient,
+    TeacherMisconfigured,
     TeacherRejected,
     TeacherUnavailable,
 )
@@ -60,6 +64,12 @@ EXIT_LOW_SUCCESS = 3
 EXIT_UNLABELED = 4
 
 FSYNC_INTERVAL_S = 0.5
+OUTAGE_BACKOFF_BASE_S = 2.0
+OUTAGE_BACKOFF_MAX_S = 60.0
+TRUNCATED = "truncated: the answer reached max_tokens (finish_reason length)"
+
+outage_sleep = asyncio.sleep
+"""How an outage waits between probes of the teacher (tests replace it to restart the teacher meanwhile)."""
 
 Status = Literal["ok", "rejected"]
 
@@ -169,6 +179,51 @@ def majority(votes: list[tuple[Parsed, str]]) -> tuple[Parsed, str]:
     return next(vote for vote in votes if vote[0].answer == winner)
 
 
+class TeacherOutage:
+    """The teacher is unreachable: workers wait it out together, bounded by an outage budget.
+
+    One worker at a time waits a backoff step and then retries its row, so a recovering teacher sees
+    one probe per step, not one per worker. The first success ends the outage; workers whose request
+    failed before that retry at once. Backoff doubles up to OUTAGE_BACKOFF_MAX_S.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.since: float | None = None
+        self.steps = 0
+        self.generation = 0
+        """Outages ended so far; a worker compares it with the value seen before its request."""
+        self.exhausted = False
+        self.lock = asyncio.Lock()
+
+    def ended(self) -> None:
+        if self.since is not None:
+            log.info("the teacher answers again after %.0f s", time.monotonic() - self.since)
+            self.since, self.steps = None, 0
+            self.generation += 1
+
+    async def wait(self, generation: int, error: str) -> bool:
+        """After a failed request begun at `generation`: True to retry the row, False once over budget."""
+        async with self.lock:
+            if self.exhausted:
+                return False
+            if generation != self.generation:
+                return True
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+                log.warning("the teacher is unreachable (%s); waiting up to %.0f s for it", error, self.budget_s)
+            left = self.since + self.budget_s - now
+            if left <= 0:
+                self.exhausted = True
+                log.error("the teacher stayed unreachable for %.0f s, teacher.outageBudgetSeconds", self.budget_s)
+                return False
+            step = min(OUTAGE_BACKOFF_MAX_S, OUTAGE_BACKOFF_BASE_S * 2 ** self.steps)
+            self.steps += 1
+            await outage_sleep(min(step, left))
+            return True
+
+
 class Labeler:
     def __init__(self, cfg: PipelineConfig, task: TaskDefinition, client: OpenAIChatClient) -> None:
         self.cfg = cfg
@@ -180,14 +235,15 @@ class Labeler:
         self.unlabeled = 0
         self.last_error = ""
         self.consecutive_unavailable = 0
-        # A teacher that is down fails every row slowly; stop after this many in a row instead.
+        # A wrong key, URL or model name fails every row; stop after this many in a row instead.
         self.unavailable_limit = max(8, 2 * self.teacher.concurrency)
+        self.outage = TeacherOutage(self.teacher.outage_budget_seconds)
 
     async def label_all(self, pending: Iterator[tuple[str, dict[str, Any]]],
                         writers: dict[str, LabelWriter]) -> None:
         async def worker() -> None:
             for split, row in pending:
-                if self.consecutive_unavailable >= self.unavailable_limit:
+                if self.consecutive_unavailable >= self.unavailable_limit or self.outage.exhausted:
                     self.unlabeled += 1
                     continue
                 record = await self.label_row(split, row)
@@ -215,6 +271,7 @@ class Labeler:
             extra = await asyncio.gather(*(self._request(messages, 1) for _ in range(n - len(result.texts))))
             parts = [result, *extra]
             result = ChatResult(texts=[text for part in parts for text in part.texts][:n],
+                                finish_reasons=[reason for part in parts for reason in part.finish_reasons][:n],
                                 tokens_in=sum(p.tokens_in for p in parts),
                                 tokens_out=sum(p.tokens_out for p in parts),
                                 requests=sum(p.requests for p in parts))
@@ -238,23 +295,35 @@ class Labeler:
         except MissingColumn as err:
             return record("rejected", 0, reason=f"bad row: {err}")
         reason, raw = "", ""
-        for attempt in range(1, self.teacher.max_attempts + 1):
+        attempt = 0
+        while attempt < self.teacher.max_attempts:
+            generation = self.outage.generation
             try:
                 sample = await self.sample(messages)
             except TeacherRejected as err:
                 self.consecutive_unavailable = 0
-                return record("rejected", attempt, raw=raw, reason=f"teacher refused: {err}")
+                return record("rejected", attempt + 1, raw=raw, reason=f"teacher refused: {err}")
             except TeacherUnavailable as err:
-                # Not recorded: the teacher, not the row, failed, and a rerun should try the row again.
-                self.consecutive_unavailable += 1
                 self.last_error = str(err)
+                # An outage is the teacher's, not the row's: it costs the row no attempt.
+                if not isinstance(err, TeacherMisconfigured) and await self.outage.wait(generation, str(err)):
+                    continue
+                # Not recorded: a rerun should try the row again.
+                self.consecutive_unavailable += 1
                 log.warning("%s row %d not labeled: %s", split, row[ROW_ID], err)
                 return None
+            attempt += 1
             self.consecutive_unavailable = 0
+            self.outage.ended()
             tokens_in += sample.tokens_in
             tokens_out += sample.tokens_out
             votes: list[tuple[Parsed, str]] = []
-            for text in sample.texts:
+            for text, finish in zip(sample.texts, sample.finish_reasons, strict=True):
+                # A cut-off answer may still parse, but trained on it (then end-of-turn) the student
+                # learns to stop mid-sentence.
+                if finish == "length":
+                    reason, raw = TRUNCATED, text
+                    continue
                 try:
                     votes.append((self.task.parse(text, row), text))
                 except MalformedAnswer as err:

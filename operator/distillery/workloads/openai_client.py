@@ -32,6 +32,8 @@ MAX_RETRY_AFTER_S = 300.0
 class ChatResult:
     texts: list[str]
     """One text per returned choice; fewer than `n` when the server ignores `n`."""
+    finish_reasons: list[str]
+    """Per choice: "stop", or "length" for an answer cut off at max_tokens."""
     tokens_in: int
     tokens_out: int
     requests: int
@@ -152,7 +154,7 @@ class OpenAIChatClient:
         last = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
             try:
-                texts, tokens_in, tokens_out = await self._post(body)
+                texts, reasons, tokens_in, tokens_out = await self._post(body)
             except _Retryable as err:
                 last = err.reason
                 if attempt == self.max_attempts:
@@ -160,10 +162,10 @@ class OpenAIChatClient:
                 wait = err.wait_s if err.wait_s is not None else self.backoff_s(attempt - 1)
                 await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
                 continue
-            return ChatResult(texts, tokens_in, tokens_out, attempt)
+            return ChatResult(texts, reasons, tokens_in, tokens_out, attempt)
         raise TeacherUnavailable(f"{self.max_attempts} attempts failed, last: {last}")
 
-    async def _post(self, body: dict[str, Any]) -> tuple[list[str], int, int]:
+    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], int, int]:
         self.requests_sent += 1
         try:
             async with self.session.post(self.url, json=body, timeout=self.timeout) as response:
@@ -187,11 +189,13 @@ class OpenAIChatClient:
         return parse_completion(payload)
 
 
-def parse_completion(payload: Any) -> tuple[list[str], int, int]:
+def parse_completion(payload: Any) -> tuple[list[str], list[str], int, int]:
+    """(texts, finish reasons, prompt tokens, completion tokens) of a chat completion body."""
     try:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
         texts = [choice["message"].get("content") or "" for choice in choices]
+        reasons = [str(choice.get("finish_reason") or "stop") for choice in choices]
     except (KeyError, TypeError, AttributeError):
         raise _Retryable(f"unexpected completion shape: {str(payload)[:200]}") from None
     usage = payload.get("usage") or {}
-    return texts, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return texts, reasons, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
