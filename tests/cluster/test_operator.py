@@ -114,11 +114,26 @@ def test_injected_training_failure_ends_failed_and_stalled_with_the_reason(
     assert "BackoffLimitExceeded" in failed["message"]
     assert condition(dist, "Trained")["status"] == "False"
     assert dist["status"]["stages"]["labeling"]["state"] == "Succeeded"
-    time.sleep(2)
+    # The status that says Failed was planned from the failed Job: that pass created no evaluation.
     assert "Job/broken-eval" not in children(kube, namespace, "broken")
     warnings = [e for e in kube.get("events", namespace=namespace)["items"]
                 if e["involvedObject"]["name"] == "broken" and e["type"] == "Warning"]
     assert any(e["reason"] == "StageFailed" and len(e["message"]) < 1024 for e in warnings)
+
+
+def test_a_configuration_error_fails_training_on_the_first_attempt(
+        kube: Kube, namespace: str, operator: OperatorProcess) -> None:
+    """The trainer's configuration exit code (2) fails the Job through its podFailurePolicy at once: no
+    retries on GPUs, and the condition says why."""
+    broken = {"chaos.distillery.dev/fail-stage": "training", "chaos.distillery.dev/exit-code": "2"}
+    kube.apply(distillation("misconfigured", scheduling={"podAnnotations": broken}), namespace=namespace)
+    dist = kube.wait_for(
+        lambda: (d := kube.get("distillation", "misconfigured", namespace)) and
+        (condition(d, "Stalled") or {}).get("status") == "True" and d, 120, what="Stalled")
+    failed = condition(dist, "Failed")
+    assert failed["reason"] == "TrainingFailed" and "PodFailurePolicy" in failed["message"], failed
+    job = kube.get("job", "misconfigured-train", namespace)
+    assert (job["status"].get("failed") or 0) == 2, "one attempt per training pod (2 nodes), none retried"
 
 
 def test_operator_killed_mid_pipeline_restarts_without_duplicates_and_finishes(
