@@ -46,10 +46,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, target
 
 def _liger_loss() -> Any:
     try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # type: ignore[import-not-found]
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
-    return liger_fused_linear_cross_entropy
+    return liger_fused_linear_cross_entropy  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 
 class PackedCausalLMLoss(torch.nn.Module):
