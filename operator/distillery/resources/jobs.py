@@ -41,8 +41,9 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
         "parallelism": completions,
         "completionMode": "Indexed",
         "backoffLimit": backoff_limit,
-        # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data.
-        "suspend": spec.suspend,
+        # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data. Kueue
+        # admits only Jobs created suspended and un-suspends them itself.
+        "suspend": spec.suspend or bool(spec.scheduling.queue_name),
         "template": {"metadata": pod_metadata(owner, stage, spec, config),
                      "spec": {**pod_spec, "serviceAccountName": Names(owner.name).workload}},
     }
