@@ -7,6 +7,7 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 CACHE=${DISTILLERY_CACHE:-$HOME/.cache/distillery}
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -91,6 +92,25 @@ build_helm() {
   mkdir -p "$out"
   GOBIN=$out go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   log "helm: done"
+}
+
+# Not in the default targets: only the Kueue tests and `dev-cluster up --kueue`
+# need it, and they ask for it (binaries.ensure_built(("kueue",))).
+build_kueue() {
+  local out=$CACHE/bin/kueue-$KUEUE_VERSION
+  [ -x "$out/kueue" ] && [ -d "$out/crd" ] && [ -f "$out/webhooks.yaml" ] && return 0
+  log "kueue $KUEUE_VERSION: building (about 15 min cold on 2 busy cores)"
+  mkdir -p "$out"
+  GOBIN=$out go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The CRDs and webhook configurations ship in the module, not in the binary; keep them beside it
+  # like kwok's stages.
+  local src
+  src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out/crd" "$out/crd.tmp" && cp -r "$src/config/components/crd/bases" "$out/crd.tmp" && chmod -R u+w "$out/crd.tmp"
+  mv "$out/crd.tmp" "$out/crd"
+  cp "$src/config/components/webhook/manifests.yaml" "$out/webhooks.yaml.tmp" && chmod u+w "$out/webhooks.yaml.tmp"
+  mv "$out/webhooks.yaml.tmp" "$out/webhooks.yaml"
+  log "kueue: done"
 }
 
 targets=${*:-etcd kubernetes kwok helm}
