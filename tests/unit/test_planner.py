@@ -516,3 +516,20 @@ def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None
     w.step()
     assert w.reason("Labeled") == "Unschedulable"
     assert w.status.stages["labeling"].state == StageState.RUNNING
+
+
+def test_capacity_check_none_creates_gpu_pods_on_a_pool_that_has_no_nodes_yet() -> None:
+    """An autoscaled pool at zero nodes: only a pending pod makes the autoscaler add one."""
+    waiting = World(make_spec(), nodes=())
+    waiting.step()
+    assert waiting.reason("TeacherReady") == "NoMatchingGPUNodePool" and not waiting.has("Deployment", "demo-teacher")
+
+    w = World(make_spec(), nodes=())
+    w.config = CONFIG.model_copy(update={"capacity_check": "none"})
+    w.step()
+    assert w.has("Deployment", "demo-teacher")
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    assert w.has("Job", "demo-train") and w.reason("Reconciling") == "Progressing"

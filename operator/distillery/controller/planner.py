@@ -201,12 +201,14 @@ class _Pass:
 
     def wait_for_gpus(self, stage: Stage, gpu_type: str, gpus: int, pods: int = 1) -> bool:
         """True when the region can hold the stage; otherwise records why it waits."""
+        if self.config.capacity_check == "none":
+            return False
         if gpu_pool_fits(self.obs.nodes, self.config, self.spec.region, gpu_type if gpus else None, gpus, pods,
                          self.spec.scheduling.node_selector):
             return False
         what = f"{pods} node(s) with {gpus}x {gpu_type}" if gpus else f"{pods} node(s)"
-        message = (f"no node pool in region {self.spec.region} can hold {what}; waiting for capacity "
-                   f"(an autoscaler may add nodes)")
+        message = (f"no node in region {self.spec.region} can hold {what}; waiting for capacity (for node "
+                   f"pools that scale from zero, set the operator's capacityCheck to none)")
         if self.stage(stage).state != StageState.WAITING:
             self.event("NoMatchingGPUNodePool", message, warning=True)
         self.start(stage, StageState.WAITING, message)
