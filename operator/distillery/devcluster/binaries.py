@@ -11,12 +11,15 @@ ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
 KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 HELM_VERSION = os.environ.get("HELM_VERSION", "v3.22.0")
 KUEUE_VERSION = os.environ.get("KUEUE_VERSION", "v0.17.0")
+KARPENTER_VERSION = os.environ.get("KARPENTER_VERSION", "v1.15.0")
 
 BUILD_SCRIPT = Path(__file__).with_name("build_binaries.sh")
 ALL_TARGETS = ("etcd", "kubernetes", "kwok", "helm")
 CLUSTER_TARGETS = ("etcd", "kubernetes", "kwok")
 KUEUE_TARGETS = ("kueue",)
 """Built on first use only (`dev-cluster up --kueue`, the Kueue tests): the default set-up does not pay for it."""
+KARPENTER_TARGETS = ("karpenter",)
+"""Likewise, for `dev-cluster up --autoscaler` and the autoscaler tests."""
 
 
 def cache_dir() -> Path:
@@ -36,6 +39,8 @@ class Binaries:
     kueue: Path
     kueue_crds: Path
     kueue_webhooks: Path
+    karpenter: Path
+    karpenter_crds: Path
 
     @classmethod
     def locate(cls) -> "Binaries":
@@ -43,6 +48,7 @@ class Binaries:
         k8s = bin_dir / f"kubernetes-{K8S_VERSION}"
         kwok = bin_dir / f"kwok-{KWOK_VERSION}"
         kueue = bin_dir / f"kueue-{KUEUE_VERSION}"
+        karpenter = bin_dir / f"karpenter-{KARPENTER_VERSION}"
         return cls(
             etcd=bin_dir / f"etcd-{ETCD_VERSION}" / "etcd",
             kube_apiserver=k8s / "kube-apiserver",
@@ -55,6 +61,8 @@ class Binaries:
             kueue=kueue / "kueue",
             kueue_crds=kueue / "crd",
             kueue_webhooks=kueue / "webhooks.yaml",
+            karpenter=karpenter / "karpenter-kwok",
+            karpenter_crds=karpenter / "crd",
         )
 
     def missing(self, targets: tuple[str, ...] = ALL_TARGETS) -> list[Path]:
@@ -64,6 +72,7 @@ class Binaries:
             "kwok": [self.kwok, self.kwok_stages],
             "helm": [self.helm],
             "kueue": [self.kueue, self.kueue_crds, self.kueue_webhooks],
+            "karpenter": [self.karpenter, self.karpenter_crds / "karpenter.kwok.sh_kwoknodeclasses.yaml"],
         }
         return [p for t in targets for p in paths[t] if not p.exists()]
 
@@ -79,6 +88,7 @@ def ensure_built(targets: tuple[str, ...] = ALL_TARGETS) -> Binaries:
             "KWOK_VERSION": KWOK_VERSION,
             "HELM_VERSION": HELM_VERSION,
             "KUEUE_VERSION": KUEUE_VERSION,
+            "KARPENTER_VERSION": KARPENTER_VERSION,
             "DISTILLERY_CACHE": str(cache_dir()),
         }
         subprocess.run(["bash", str(BUILD_SCRIPT), *targets], env=env, check=True)
