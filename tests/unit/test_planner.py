@@ -51,11 +51,13 @@ class World:
         self.now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
         self.history: list[Plan] = []
         self.config = CONFIG
+        self.queue_messages: dict[str, str] = {}
+        """Kueue's message per Job UID, as the Workload index holds it."""
 
     def step(self, minutes: float = 1) -> Plan:
         self.now += timedelta(minutes=minutes)
-        result = plan(OWNER, 1, self.spec, self.status, observe(OWNER.name, self.children.values(), self.pods,
-                                                                  self.nodes), self.now, self.config)
+        observed = observe(OWNER.name, self.children.values(), self.pods, self.nodes, self.queue_messages)
+        result = plan(OWNER, 1, self.spec, self.status, observed, self.now, self.config)
         for action in result.actions:
             if isinstance(action, Create):
                 m = json.loads(json.dumps(action.manifest))
@@ -272,6 +274,92 @@ def test_suspend_pauses_jobs_frees_the_teacher_and_resume_continues() -> None:
     assert w.status.phase == Phase.LABELING
 
 
+QUOTA_MESSAGE = ("couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in "
+                 "flavor h100-westus3, 16 more needed")
+
+
+def job_patches(w: World) -> list[Patch]:
+    return [a for p in w.history for a in p.actions if isinstance(a, Patch) and a.kind == "Job"]
+
+
+def admit(w: World, name: str) -> None:
+    """What Kueue does on admission: un-suspend the Job (its Workload then reports nothing pending)."""
+    w.children[("Job", name)]["spec"]["suspend"] = False
+    w.queue_messages.pop(w.children[("Job", name)]["metadata"]["uid"], None)
+
+
+def test_kueue_managed_jobs_wait_suspended_for_admission_and_the_operator_never_resumes_them() -> None:
+    w = World(make_spec(**{"scheduling.queueName": "gpus"}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    label = w.children[("Job", "demo-label")]
+    assert label["spec"]["suspend"] is True, "Kueue admits only Jobs created suspended"
+    assert label["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert w.reason("Labeled") == "QueuedByKueue" and w.status.stages["labeling"].state == StageState.WAITING
+    assert w.status.stages["labeling"].start_time is None, "queued time is not run time"
+
+    w.queue_messages[label["metadata"]["uid"]] = QUOTA_MESSAGE
+    w.step()
+    assert w.reason("Labeled") == "QueuedByKueue" and w.reason("Reconciling") == "QueuedByKueue"
+    message = next(c.message for c in w.status.conditions if c.type == "Labeled")
+    assert message == f"queued in Kueue LocalQueue gpus: {QUOTA_MESSAGE}"
+    assert [e.reason for p in w.history for e in p.events].count("QueuedByKueue") == 1
+
+    admit(w, "demo-label")
+    w.step()
+    assert w.reason("Labeled") == "Running" and w.status.stages["labeling"].start_time is not None
+    w.complete_job("demo-label")
+    w.step()
+    assert w.children[("Job", "demo-train")]["spec"]["suspend"] is True
+    assert w.reason("Trained") == "QueuedByKueue"
+    for _ in range(3):
+        w.step()
+    admit(w, "demo-train")
+    w.step()
+    assert w.reason("Trained") == "Running"
+    assert job_patches(w) == [], "suspend belongs to Kueue"
+
+
+def test_kueue_evicting_an_admitted_job_shows_as_queued_again() -> None:
+    w = World(make_spec(**{"scheduling.queueName": "gpus"}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    admit(w, "demo-label")
+    w.step()
+    job = w.children[("Job", "demo-label")]
+    job["spec"]["suspend"] = True
+    w.queue_messages[job["metadata"]["uid"]] = "Preempted to accommodate a workload (UID: x) due to prioritization"
+    w.step()
+    assert w.reason("Labeled") == "QueuedByKueue"
+    assert "Preempted" in next(c.message for c in w.status.conditions if c.type == "Labeled")
+    assert job_patches(w) == []
+
+
+def test_suspending_a_kueue_managed_distillation_deletes_its_running_job_and_resume_queues_a_new_one() -> None:
+    w = World(make_spec(**{"scheduling.queueName": "gpus"}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    admit(w, "demo-label")
+    w.step()
+    w.spec = w.spec.model_copy(update={"suspend": True})
+    result = w.step()
+    # Kueue un-suspends an admitted Job that is suspended: only deleting it holds, and frees the quota.
+    assert Delete("Job", "demo-label") in result.actions and not w.has("Job", "demo-label")
+    assert w.status.phase == Phase.SUSPENDED
+    assert w.step().actions == []
+
+    w.spec = w.spec.model_copy(update={"suspend": False})
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    assert w.children[("Job", "demo-label")]["spec"]["suspend"] is True
+    assert w.reason("Labeled") == "QueuedByKueue"
+    assert job_patches(w) == []
+
+
 def applied_replicas(result: Plan, name: str) -> list[int]:
     return [a.manifest["spec"]["replicas"] for a in result.actions
             if isinstance(a, Apply) and a.manifest["metadata"]["name"] == name]
@@ -462,3 +550,20 @@ def test_a_stage_pod_that_cannot_start_gives_the_kubelets_reason() -> None:
     w.pods.clear()
     w.step()
     assert w.reason("Labeled") == "Running"
+
+
+def test_capacity_check_none_creates_gpu_pods_on_a_pool_that_has_no_nodes_yet() -> None:
+    """An autoscaled pool at zero nodes: only a pending pod makes the autoscaler add one."""
+    waiting = World(make_spec(), nodes=())
+    waiting.step()
+    assert waiting.reason("TeacherReady") == "NoMatchingGPUNodePool" and not waiting.has("Deployment", "demo-teacher")
+
+    w = World(make_spec(), nodes=())
+    w.config = CONFIG.model_copy(update={"capacity_check": "none"})
+    w.step()
+    assert w.has("Deployment", "demo-teacher")
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    assert w.has("Job", "demo-train") and w.reason("Reconciling") == "Progressing"

@@ -84,9 +84,14 @@ writes Distillation status and posts Events.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, get, patch, delete]
+# delete: a Distillation suspended while Kueue manages its Jobs gives their quota back by deleting them.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, get, patch]
+  verbs: [list, watch, create, get, patch, delete]
+# Kueue's reason for holding a queued Job back (its Workload's conditions); harmless without Kueue.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch]
 # The stage pods' own identity (one ServiceAccount, Role and RoleBinding per Distillation).
 # Without escalate/bind the API server refuses any Role granting more than the rules above.
 - apiGroups: [rbac.authorization.k8s.io]

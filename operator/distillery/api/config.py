@@ -5,7 +5,7 @@ Read from a YAML file (the Helm chart mounts one) with environment overrides.
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -131,6 +131,12 @@ class OperatorConfig(BaseModel):
     job_ttl_seconds_after_finished: int | None = None
     resync_seconds: float = Field(60, gt=0)
     """Periodic level-triggered re-reconcile of every Distillation, on top of watch events."""
+    capacity_check: Literal["nodes", "none"] = "nodes"
+    """Before creating a GPU stage's pods: `nodes` waits (NoMatchingGPUNodePool) until existing nodes in the
+    region could hold them; right for static pools, where a pod that can never fit is better not created.
+    `none` creates them at once and leaves placement to the scheduler and the autoscaler: needed for pools that
+    scale from zero (Karpenter, cluster-autoscaler), which add nodes only for pending pods; a pod nothing can
+    place then shows as Unschedulable with the scheduler's message."""
 
     @model_validator(mode="before")
     @classmethod

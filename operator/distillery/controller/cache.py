@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from distillery.api.crd import GROUP, KIND
-from distillery.controller.observe import STUCK_REASONS, NodeView
+from distillery.controller.observe import STUCK_REASONS, NodeView, workload_message
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, PARENT_LABEL, STAGE_LABEL
 
 Key = tuple[str, str]
 """(namespace, Distillation name)."""
 
-DISTILLATIONS, PODS, NODES = "distillations", "stage_pods", "nodes"
+DISTILLATIONS, PODS, NODES, WORKLOADS = "distillations", "stage_pods", "nodes", "kueue_workloads"
+KUEUE_WORKLOAD = ("kueue.x-k8s.io", "v1beta2", "workloads")
+"""Kueue's Workloads: why a queued stage Job waits. Without Kueue installed kopf leaves this index empty."""
 CHILD_KINDS: dict[str, tuple[str, str, str]] = {
     # kind -> (group, version, plural); the index of each is named after its plural.
     "Job": ("batch", "v1", "jobs"),
@@ -141,6 +143,20 @@ def pod_entry(body: Any) -> dict[Key, dict[str, Any]] | None:
     return {(str(meta.get("namespace") or ""), str(parent)): pod_projection(body)} if parent else None
 
 
+def _owning_job_uid(body: Any) -> str | None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "Job" and ref.get("apiVersion") == "batch/v1":
+            return str(ref.get("uid"))
+    return None
+
+
+def workload_entry(body: Any) -> dict[str, str] | None:
+    """Kueue's message for the Job a Workload stands for, by that Job's UID (the Workload carries none of
+    our labels, only its owner reference)."""
+    uid = _owning_job_uid(body)
+    return {uid: workload_message(_plain(body))} if uid else None
+
+
 def node_entry(body: Any, gpu_resource: str) -> dict[str, NodeView]:
     return {str((body.get("metadata") or {}).get("name")): NodeView.of(_plain(body), gpu_resource)}
 
@@ -165,7 +181,8 @@ class ClusterCache:
 
     def attach(self, indexes: Mapping[str, Any]) -> None:
         if self._indexes is None:
-            self._indexes = {name: indexes[name] for name in (DISTILLATIONS, PODS, NODES, *child_indexes())}
+            self._indexes = {name: indexes[name] for name in (DISTILLATIONS, PODS, NODES, WORKLOADS,
+                                                              *child_indexes())}
 
     def _index(self, name: str) -> Index:
         assert self._indexes is not None, "read before kopf's indexes were filled"
@@ -189,6 +206,25 @@ class ClusterCache:
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return list(self._index(PODS).get(key) or ())
+
+    def queue_messages(self, job_uids: set[str]) -> dict[str, str]:
+        index = self._index(WORKLOADS)
+        return {uid: next(iter(index.get(uid) or ()), "") for uid in job_uids}
+
+    def workload_changed(self, body: Any, deleted: bool) -> Key | None:
+        """The Distillation whose Job this Workload admits, when Kueue's message for it changed."""
+        job_uid = _owning_job_uid(body)
+        if job_uid is None:
+            return None
+        uid = str((body.get("metadata") or {}).get("uid"))
+        if not self._remember(uid, None if deleted else {"message": workload_message(_plain(body))}, False):
+            return None
+        for store in list(self._index("jobs").values()):
+            for job in store:
+                meta = job.get("metadata") or {}
+                if meta.get("uid") == job_uid:
+                    return str(meta.get("namespace") or ""), str((meta.get("labels") or {}).get(PARENT_LABEL))
+        return None
 
     def nodes(self) -> list[NodeView]:
         return [view for store in list(self._index(NODES).values()) for view in store]

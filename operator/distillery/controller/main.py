@@ -19,7 +19,16 @@ from prometheus_client import start_http_server
 from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, PLURAL, VERSION
 from distillery.controller import cache, metrics
-from distillery.controller.cache import CHILD_KINDS, DISTILLATIONS, NODES, PODS, ClusterCache, Key
+from distillery.controller.cache import (
+    CHILD_KINDS,
+    DISTILLATIONS,
+    KUEUE_WORKLOAD,
+    NODES,
+    PODS,
+    WORKLOADS,
+    ClusterCache,
+    Key,
+)
 from distillery.controller.kube import CredentialsError, KubeClient, connection_info, load_configuration
 from distillery.controller.reconciler import Reconciler
 from distillery.controller.workqueue import Backoff, WorkQueue
@@ -127,6 +136,11 @@ async def index_node(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return cache.node_entry(body, runtime.config.gpu_resource)
 
 
+@kopf.index(*KUEUE_WORKLOAD, id=WORKLOADS)
+async def index_workload(body: kopf.Body, **_: Any) -> dict[str, str] | None:
+    return cache.workload_entry(body)
+
+
 # Events: which Distillation to wake. kopf passes every index to every handler. -----------------------------
 
 def _deleted(type_: str | None) -> bool:
@@ -169,6 +183,13 @@ async def node_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
         for dist in runtime.cache.distillations():
             if (dist.get("status") or {}).get("phase") != "Succeeded":
                 runtime.queue.add(cache.key_of(dist))
+
+
+@kopf.on.event(*KUEUE_WORKLOAD)
+async def workload_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    runtime.cache.attach(kwargs)
+    # Admission itself wakes the Distillation through its Job; this brings Kueue's reasons into status.
+    _wake(runtime.cache.workload_changed(body, _deleted(type)))
 
 
 for _kind, (_group, _version, _plural) in CHILD_KINDS.items():

@@ -1,6 +1,6 @@
 """What the planner sees: child objects and nodes reduced to the facts it decides on (pure)."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,11 @@ class JobView:
     failed: bool = False
     reason: str = ""
     message: str = ""
+    queue_message: str = ""
+    """Why Kueue has not admitted the Job (its Workload's condition message); empty when it has or none says."""
 
     @classmethod
-    def of(cls, job: dict[str, Any]) -> "JobView":
+    def of(cls, job: dict[str, Any], queue_message: str = "") -> "JobView":
         status = job.get("status") or {}
         conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
         failed = conditions.get("Failed") or {}
@@ -32,6 +34,7 @@ class JobView:
             failed="Failed" in conditions,
             reason=str(failed.get("reason", "")),
             message=str(failed.get("message", "")),
+            queue_message=queue_message,
         )
 
     @property
@@ -108,15 +111,34 @@ class Observed:
     nodes: tuple[NodeView, ...] = ()
 
 
+def workload_message(workload: dict[str, Any]) -> str:
+    """Why Kueue holds a Workload back, in Kueue's words: an eviction (preemption, deactivation) first, then
+    a missing quota reservation (e.g. "insufficient unused quota for nvidia.com/gpu ..."), then pending
+    admission checks. Empty once it is admitted."""
+    conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    evicted, reserved, admitted = (conditions.get(t) or {} for t in ("Evicted", "QuotaReserved", "Admitted"))
+    if evicted.get("status") == "True":
+        return str(evicted.get("message", ""))
+    if reserved.get("status") != "True":
+        return str(reserved.get("message", ""))
+    if admitted.get("status") != "True":
+        return str(admitted.get("message", ""))
+    return ""
+
+
 def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
-            nodes: Iterable[NodeView]) -> Observed:
+            nodes: Iterable[NodeView], queue_messages: Mapping[str, str] | None = None) -> Observed:
+    """`queue_messages`: Kueue's reason for holding each Job back, by Job UID (see `workload_message`)."""
     names = Names(parent)
+    queue_messages = queue_messages or {}
     children = list(children)
     by_key = {(c.get("kind"), (c.get("metadata") or {}).get("name")): c for c in children}
 
     def job(name: str) -> JobView | None:
         obj = by_key.get(("Job", name))
-        return JobView.of(obj) if obj else None
+        if not obj:
+            return None
+        return JobView.of(obj, queue_messages.get(str((obj.get("metadata") or {}).get("uid")), ""))
 
     def deployment(name: str) -> DeploymentView | None:
         obj = by_key.get(("Deployment", name))

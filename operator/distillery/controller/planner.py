@@ -201,12 +201,14 @@ class _Pass:
 
     def wait_for_gpus(self, stage: Stage, gpu_type: str, gpus: int, pods: int = 1) -> bool:
         """True when the region can hold the stage; otherwise records why it waits."""
+        if self.config.capacity_check == "none":
+            return False
         if gpu_pool_fits(self.obs.nodes, self.config, self.spec.region, gpu_type if gpus else None, gpus, pods,
                          self.spec.scheduling.node_selector):
             return False
         what = f"{pods} node(s) with {gpus}x {gpu_type}" if gpus else f"{pods} node(s)"
-        message = (f"no node pool in region {self.spec.region} can hold {what}; waiting for capacity "
-                   f"(an autoscaler may add nodes)")
+        message = (f"no node in region {self.spec.region} can hold {what}; waiting for capacity (for node "
+                   f"pools that scale from zero, set the operator's capacityCheck to none)")
         if self.stage(stage).state != StageState.WAITING:
             self.event("NoMatchingGPUNodePool", message, warning=True)
         self.start(stage, StageState.WAITING, message)
@@ -353,8 +355,11 @@ class _Pass:
         running = f"{stage.value} job running"
         if view is None:
             self.create(build(self.owner, self.spec, self.config))
-            self.start(stage, StageState.RUNNING)
-            self.cond(STAGE_CONDITION[stage], False, "Running", running)
+            if self.kueue_managed:
+                self.queued(stage, "")
+            else:
+                self.start(stage, StageState.RUNNING)
+                self.cond(STAGE_CONDITION[stage], False, "Running", running)
             return
         messages = self.obs.messages.get(stage.value, [])
         if view.complete:
@@ -367,6 +372,8 @@ class _Pass:
             message = f"{view.reason or 'JobFailed'}: {view.message}" + (f" ({detail})" if detail else "")
             self.finish(stage, StageState.FAILED, message, gpus=gpus)
             self.cond(STAGE_CONDITION[stage], False, view.reason or "JobFailed", message)
+        elif self.kueue_managed and view.suspended:
+            self.queued(stage, view.queue_message)
         else:
             blocked = self.blocked(stage.value)
             if blocked:
@@ -382,6 +389,21 @@ class _Pass:
             else:
                 self.start(stage, StageState.RUNNING)
                 self.cond(STAGE_CONDITION[stage], False, "Running", running)
+
+    @property
+    def kueue_managed(self) -> bool:
+        """The stage Jobs carry Kueue's queue-name label: Kueue alone decides when they run."""
+        return bool(self.spec.scheduling.queue_name)
+
+    def queued(self, stage: Stage, kueue_message: str) -> None:
+        """A Job that Kueue holds suspended until its ClusterQueue has quota: waiting, not running, so its
+        GPU-hours start counting only once Kueue admits it."""
+        message = (f"queued in Kueue LocalQueue {self.spec.scheduling.queue_name}: "
+                   f"{kueue_message or 'waiting for admission'}")
+        if self.stage(stage).state != StageState.WAITING:
+            self.event("QueuedByKueue", message)
+        self.start(stage, StageState.WAITING, message)
+        self.cond(STAGE_CONDITION[stage], False, "QueuedByKueue", message)
 
     def describe(self, stage: Stage, summary: dict[str, Any]) -> str:
         if stage == Stage.LABELING and "rows_ok" in summary:
@@ -502,6 +524,9 @@ class _Pass:
             self.cond("StudentReady", False, reason, message)
 
     def resume_jobs(self) -> None:
+        if self.kueue_managed:
+            # Kueue un-suspends a Job when it admits it; un-suspending it here would bypass the quota.
+            return
         for stage, view, name in self.jobs():
             # Labeling resumes only against a serving teacher, or its retries would reject good rows.
             if stage == Stage.LABELING and not self.done(Stage.TEACHER):
@@ -517,6 +542,17 @@ class _Pass:
 
     def suspend(self) -> Plan:
         for stage, view, name in self.jobs():
+            if self.kueue_managed:
+                # Kueue un-suspends any suspended Job whose Workload it has admitted, so suspend=true on the
+                # Job would not hold. Deleting it gives its quota back at once; its work is in the
+                # workspace (labeling resumes per row, training from its checkpoint) and on resume a new
+                # Job queues for admission again.
+                if view is not None and not view.finished:
+                    self.delete("Job", name)
+                    self.event("Suspended", f"Deleted {stage.value} job {name} to release its Kueue quota; "
+                                            "progress is kept in the workspace")
+                    self.start(stage, StageState.PENDING, "deleted while suspended; queues again on resume")
+                continue
             if view is not None and not view.suspended and not view.finished:
                 self.actions.append(Patch("Job", name, {"spec": {"suspend": True}}))
                 self.event("Suspended", f"Suspended {stage.value} job {name}; progress is kept in the workspace")
@@ -574,9 +610,10 @@ class _Pass:
         else:
             self.status.phase = PHASE_OF_STAGE[current]
             record = self.stage(current)
-            waiting = record.state == StageState.WAITING
+            stage_cond = get_condition(self.status.conditions, STAGE_CONDITION[current])
+            waiting = record.state == StageState.WAITING and stage_cond is not None
             self.cond("Succeeded", False, "InProgress", f"stage {current.value} is {record.state.value.lower()}")
-            self.cond("Reconciling", True, "NoMatchingGPUNodePool" if waiting else "Progressing",
+            self.cond("Reconciling", True, stage_cond.reason if waiting and stage_cond else "Progressing",
                       record.message or f"stage {current.value} in progress")
             self.cond("Ready", False, "InProgress", f"stage {current.value} in progress")
             self.status.progress_summary = self.progress_line(current, record)

@@ -126,7 +126,10 @@ class Reconciler:
             status.observed_generation = generation
             await self._write_status(key, status_raw, status.to_wire(), stale)
             return
-        observed = observe(name, self.cache.children(owner.uid), self.cache.pods(key), self.cache.nodes())
+        children = self.cache.children(owner.uid)
+        job_uids = {str(c["metadata"]["uid"]) for c in children if c.get("kind") == "Job"}
+        observed = observe(name, children, self.cache.pods(key), self.cache.nodes(),
+                           self.cache.queue_messages(job_uids))
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).

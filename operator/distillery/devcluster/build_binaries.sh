@@ -7,6 +7,8 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
+KARPENTER_VERSION=${KARPENTER_VERSION:-v1.15.0}
 CACHE=${DISTILLERY_CACHE:-$HOME/.cache/distillery}
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -91,6 +93,42 @@ build_helm() {
   mkdir -p "$out"
   GOBIN=$out go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   log "helm: done"
+}
+
+# Not in the default targets: only the Kueue tests and `dev-cluster up --kueue`
+# need it, and they ask for it (binaries.ensure_built(("kueue",))).
+build_kueue() {
+  local out=$CACHE/bin/kueue-$KUEUE_VERSION
+  [ -x "$out/kueue" ] && [ -d "$out/crd" ] && [ -f "$out/webhooks.yaml" ] && return 0
+  log "kueue $KUEUE_VERSION: building (about 15 min cold on 2 busy cores)"
+  mkdir -p "$out"
+  GOBIN=$out go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The CRDs and webhook configurations ship in the module, not in the binary; keep them beside it
+  # like kwok's stages.
+  local src
+  src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out/crd" "$out/crd.tmp" && cp -r "$src/config/components/crd/bases" "$out/crd.tmp" && chmod -R u+w "$out/crd.tmp"
+  mv "$out/crd.tmp" "$out/crd"
+  cp "$src/config/components/webhook/manifests.yaml" "$out/webhooks.yaml.tmp" && chmod u+w "$out/webhooks.yaml.tmp"
+  mv "$out/webhooks.yaml.tmp" "$out/webhooks.yaml"
+  log "kueue: done"
+}
+
+# Karpenter's kwok cloud provider (kwok/main.go) with the module's CRDs; built on first use like Kueue.
+# v1.15 needs Go >= 1.26.9: the go command fetches that toolchain through the module proxy.
+build_karpenter() {
+  local out=$CACHE/bin/karpenter-$KARPENTER_VERSION
+  [ -x "$out/karpenter-kwok" ] && [ -f "$out/crd/karpenter.kwok.sh_kwoknodeclasses.yaml" ] && return 0
+  log "karpenter $KARPENTER_VERSION (kwok provider): building with GOTOOLCHAIN=go1.27.3"
+  mkdir -p "$out"
+  GOTOOLCHAIN=go1.27.3 GOBIN=$out go install -trimpath -ldflags "-s -w" "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
+  mv "$out/kwok" "$out/karpenter-kwok"
+  local src
+  src=$(GOTOOLCHAIN=go1.27.3 go mod download -json "sigs.k8s.io/karpenter@$KARPENTER_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out/crd" "$out/crd.tmp" && mkdir "$out/crd.tmp"
+  cp "$src"/kwok/charts/crds/*.yaml "$src"/kwok/apis/crds/*.yaml "$out/crd.tmp/" && chmod -R u+w "$out/crd.tmp"
+  mv "$out/crd.tmp" "$out/crd"
+  log "karpenter: done"
 }
 
 targets=${*:-etcd kubernetes kwok helm}

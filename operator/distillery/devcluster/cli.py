@@ -1,9 +1,9 @@
-"""`distillery dev-cluster up|down|status|kubeconfig`."""
+"""`distillery dev-cluster up [--kueue] [--autoscaler]|down|status|kubeconfig|build`."""
 
 import argparse
 from pathlib import Path
 
-from distillery.devcluster.binaries import ensure_built
+from distillery.devcluster.binaries import ALL_TARGETS, KARPENTER_TARGETS, KUEUE_TARGETS, ensure_built
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, PROFILES, profile_path
 
@@ -18,14 +18,23 @@ def main(argv: list[str]) -> int:
                        help="node labels and taints as this kind of cluster sets them on GPU nodes "
                             "(gfd: NVIDIA GPU feature discovery; aks, eks, gke: the managed clouds)")
     nodes.add_argument("--nodepools", type=Path, help="node pool YAML of your own (see nodepools-gfd.yaml)")
+    up.add_argument("--autoscaler", action="store_true",
+                    help="also run Karpenter (kwok provider, built on first use): the profile's GPU pools become "
+                         "NodePools for westus3 H100 and eastus2 A100 that start at zero nodes")
+    up.add_argument("--kueue", action="store_true",
+                    help="also run Kueue (built on first use) with a ClusterQueue of 16 H100s in westus3; "
+                         "`kubectl apply` a LocalQueue per namespace (see README)")
     sub.add_parser("down", help="stop every component and delete the cluster's data")
     sub.add_parser("status", help="show which components run")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
-    sub.add_parser("build", help="only build the binaries")
+    build = sub.add_parser("build", help="only build the binaries")
+    build.add_argument("--kueue", action="store_true", help="Kueue too (otherwise built on first use)")
+    build.add_argument("--autoscaler", action="store_true", help="Karpenter too (otherwise built on first use)")
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        ensure_built()
+        optional = (KUEUE_TARGETS if args.kueue else ()) + (KARPENTER_TARGETS if args.autoscaler else ())
+        ensure_built(ALL_TARGETS + optional)
         return 0
     if args.command == "up":
         nodepools = args.nodepools or profile_path(args.profile)
@@ -33,7 +42,7 @@ def main(argv: list[str]) -> int:
         nodepools = DEFAULT_NODEPOOLS
     cluster = DevCluster(args.name, nodepools)
     if args.command == "up":
-        print(cluster.up())
+        print(cluster.up(with_kueue=args.kueue, with_autoscaler=args.autoscaler))
     elif args.command == "down":
         cluster.down()
     elif args.command == "kubeconfig":

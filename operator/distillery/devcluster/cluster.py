@@ -13,16 +13,27 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from distillery.devcluster.binaries import CLUSTER_TARGETS, Binaries, cache_dir, ensure_built
+from distillery.devcluster import karpenter, kueue
+from distillery.devcluster.binaries import (
+    CLUSTER_TARGETS,
+    KARPENTER_TARGETS,
+    KUEUE_TARGETS,
+    Binaries,
+    cache_dir,
+    ensure_built,
+)
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, POOL_LABEL, NodePools, node_manifests
 from distillery.devcluster.pki import Pki
 from distillery.workloads.environment import free_port
 
 STAGES_DIR = Path(__file__).with_name("stages")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+OPTIONAL_COMPONENTS = ("kueue", "karpenter")
+"""Started on request (`up --kueue`); stopped before the control plane they depend on."""
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 STORAGE_CLASS = {
@@ -92,7 +103,8 @@ class DevCluster:
 
     def running(self) -> dict[str, bool]:
         state = self.state()
-        return {c: bool(state and c in state.pids and _alive(state.pids[c])) for c in COMPONENTS}
+        started = [c for c in OPTIONAL_COMPONENTS if state and c in state.pids]
+        return {c: bool(state and c in state.pids and _alive(state.pids[c])) for c in (*COMPONENTS, *started)}
 
     def api_url(self) -> str:
         state = self.state()
@@ -106,12 +118,16 @@ class DevCluster:
         except OSError:
             return False
 
-    def up(self, timeout: float = 120) -> Path:
+    def up(self, timeout: float = 120, with_kueue: bool = False, with_autoscaler: bool = False) -> Path:
         """Start whatever is not running; return the kubeconfig path. Idempotent."""
         binaries = ensure_built(CLUSTER_TARGETS)
         if all(self.running().values()) and self.ready():
             self._create_nodes()
             self._wait(self._nodes_ready, timeout, "nodes Ready")
+            if with_kueue:
+                self.start_kueue(timeout)
+            if with_autoscaler:
+                self.start_karpenter(timeout)
             _log(f"already up; kubeconfig: {self.kubeconfig}")
             return self.kubeconfig
         started = time.monotonic()
@@ -142,8 +158,116 @@ class DevCluster:
         self._create_nodes()
         self._wait(self._nodes_ready, timeout, "nodes Ready")
         self._wait(self._default_service_account, timeout, "default ServiceAccount")
+        if with_kueue:
+            self.start_kueue(timeout)
+        if with_autoscaler:
+            self.start_karpenter(timeout)
         _log(f"up in {time.monotonic() - started:.1f}s; kubeconfig: {self.kubeconfig}")
         return self.kubeconfig
+
+    def start_kueue(self, timeout: float = 120) -> None:
+        """Kueue's manager with its CRDs, webhooks and the westus3 ClusterQueue (see devcluster/kueue.py).
+        Idempotent; builds Kueue on first use."""
+        binaries = ensure_built(KUEUE_TARGETS)
+        state = self.state()
+        if state is None:
+            raise RuntimeError(f"cluster {self.name!r} is not up")
+        pools = NodePools.load(self.nodepools)
+        if "kueue" in state.pids and _alive(state.pids["kueue"]):
+            self._apply(*kueue.queue_objects(pools))
+            return
+        started = time.monotonic()
+        for port in ("kueue_webhook", "kueue_health"):
+            state.ports[port] = free_port()
+        cert_dir = self.dir / "kueue-certs"
+        etc = self.dir / "kueue-etc"
+        cert, key = self.pki.serving_certificate("kueue-webhook")
+        for directory in (cert_dir, etc / kueue.METRICS_CERT_DIR):
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "tls.crt").write_bytes(cert)
+            (directory / "tls.key").write_bytes(key)
+            (directory / "tls.key").chmod(0o600)
+        base = f"https://127.0.0.1:{state.ports['kueue_webhook']}"
+        ca = self.pki.ca_crt.read_bytes()
+        crds = kueue.crds(binaries.kueue_crds, base, ca)
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue.NAMESPACE}}
+        self._apply(namespace, *crds)
+        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
+                     *[f"crd/{c['metadata']['name']}" for c in crds])
+        config = self.dir / "kueue-config.yaml"
+        config.write_text(yaml.safe_dump(kueue.configuration(state.ports["kueue_webhook"],
+                                                             state.ports["kueue_health"], cert_dir)))
+        state.pids["kueue"] = self._spawn("kueue", [
+            *kueue.with_etc_overlay(etc), str(binaries.kueue), f"--config={config}",
+            # The on-demand visibility API is an aggregated API server with certificates of its own under
+            # /visibility; nothing here reads pending workloads through it.
+            "--feature-gates=VisibilityOnDemand=false"], {"KUBECONFIG": str(self.kubeconfig)})
+        state.save(self.state_file)
+        self._wait(lambda: self._healthy(state.ports["kueue_health"]), timeout, "Kueue /readyz")
+        self._apply(*kueue.webhook_configurations(binaries.kueue_webhooks.read_text(), base, ca))
+        # Kueue's own webhooks admit these: the first apply that passes proves the apiserver reaches them.
+        self._wait(lambda: self._apply(*kueue.queue_objects(pools), check=False), timeout,
+                   "Kueue's webhooks to admit the ClusterQueue")
+        _log(f"kueue up in {time.monotonic() - started:.1f}s: ClusterQueue {kueue.CLUSTER_QUEUE} with "
+             f"{kueue.GPU_QUOTA} H100s in {kueue.REGION}")
+
+    def start_karpenter(self, timeout: float = 120) -> None:
+        """Karpenter (kwok provider) with NodePools for westus3 H100 and eastus2 A100 that start at zero nodes:
+        the profile's static GPU nodes go, its CPU nodes stay. Idempotent; builds Karpenter on first use."""
+        binaries = ensure_built(KARPENTER_TARGETS)
+        state = self.state()
+        if state is None:
+            raise RuntimeError(f"cluster {self.name!r} is not up")
+        if not ("karpenter" in state.pids and _alive(state.pids["karpenter"])):
+            started = time.monotonic()
+            crds = [yaml.safe_load(p.read_text()) for p in sorted(binaries.karpenter_crds.glob("*.yaml"))]
+            self._apply(*crds)
+            self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
+                         *[f"crd/{c['metadata']['name']}" for c in crds])
+            types = self.dir / "karpenter-instance-types.json"
+            types.write_text(json.dumps(karpenter.instance_types()))
+            for port in ("karpenter_metrics", "karpenter_health"):
+                state.ports[port] = free_port()
+            state.pids["karpenter"] = self._spawn("karpenter", [str(binaries.karpenter)], {
+                "KUBECONFIG": str(self.kubeconfig), "INSTANCE_TYPES_FILE_PATH": str(types),
+                "METRICS_PORT": str(state.ports["karpenter_metrics"]),
+                "HEALTH_PROBE_PORT": str(state.ports["karpenter_health"]),
+                "DISABLE_LEADER_ELECTION": "true", "SYSTEM_NAMESPACE": "kube-system",
+                # Decide on pending pods after 1 s of quiet, at most 3 s: the defaults batch for 10 s.
+                "BATCH_IDLE_DURATION": "1s", "BATCH_MAX_DURATION": "3s"})
+            state.save(self.state_file)
+            self._wait(lambda: self._healthy(state.ports["karpenter_health"]), timeout, "Karpenter /readyz")
+            _log(f"karpenter up in {time.monotonic() - started:.1f}s")
+        self._apply(karpenter.node_class(), *karpenter.node_pools())
+        self.kubectl("patch", "kwoknodeclass", karpenter.NODE_CLASS, "--subresource=status", "--type=merge",
+                     "-p", json.dumps(karpenter.node_class_ready()))
+        self._create_nodes()
+
+    def stop_karpenter(self, timeout: float = 120) -> None:
+        """Remove the NodePools (Karpenter deletes its nodes), stop Karpenter, bring back the static GPU nodes."""
+        state = self.state()
+        if state is None or "karpenter" not in state.pids:
+            return
+        self.kubectl("delete", "nodepools.karpenter.sh", "--all", f"--timeout={int(timeout)}s", check=False)
+        self._wait(lambda: not self.kubectl("get", "nodeclaims.karpenter.sh", "-o", "name",
+                                            check=False).stdout.strip(), timeout, "Karpenter's nodes to go")
+        self._stop(state.pids.pop("karpenter"))
+        state.save(self.state_file)
+        self._create_nodes()
+        self._wait(self._nodes_ready, timeout, "nodes Ready")
+
+    def _apply(self, *manifests: dict[str, Any], check: bool = True) -> bool:
+        result = self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=distillery-dev-cluster",
+                              "-f", "-", input=yaml.safe_dump_all(manifests), check=check)
+        return result.returncode == 0
+
+    @staticmethod
+    def _healthy(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def use_nodepools(self, nodepools: Path, timeout: float = 120) -> None:
         """Swap the simulated nodes for another profile's without restarting the control plane."""
@@ -155,7 +279,7 @@ class DevCluster:
         """Stop every component and delete the cluster's data (PKI is kept)."""
         state = self.state()
         if state:
-            for name in reversed(COMPONENTS):
+            for name in (*OPTIONAL_COMPONENTS, *reversed(COMPONENTS)):
                 pid = state.pids.get(name)
                 if pid and _alive(pid):
                     self._stop(pid)
@@ -170,11 +294,11 @@ class DevCluster:
             input=input, capture_output=True, text=True, check=check,
         )
 
-    def _spawn(self, name: str, args: list[str]) -> int:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.dir,
+            start_new_session=True, cwd=self.dir, env=os.environ | env if env else None,
         )
         log.close()
         return proc.pid
@@ -309,6 +433,10 @@ class DevCluster:
     def _create_nodes(self) -> None:
         """Make the simulated nodes exactly the node-pool file's: apply its nodes, delete other pools' nodes."""
         pools = NodePools.load(self.nodepools)
+        state = self.state()
+        if state is not None and "karpenter" in state.pids:
+            # Karpenter's NodePools stand in for the GPU pools, from zero nodes.
+            pools = NodePools(pools=[p for p in pools.pools if not p.gpus])
         nodes = node_manifests(pools)
         # Our volume stages bind claims of these classes, so workspaces bind like on a real cluster.
         doc = yaml.safe_dump_all([STORAGE_CLASS, DISK_STORAGE_CLASS, *nodes])

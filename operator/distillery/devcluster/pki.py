@@ -98,6 +98,19 @@ class Pki:
         cert = self._signed(subject, key, ExtendedKeyUsageOID.CLIENT_AUTH).sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _private_pem(key)
 
+    def serving_certificate(self, name: str, address: str = "127.0.0.1") -> tuple[bytes, bytes]:
+        """(certificate, key) PEM for a server on this machine that the apiserver calls (an admission or
+        conversion webhook), signed by the cluster CA so that a webhook's caBundle is the CA itself."""
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        assert isinstance(ca_key, rsa.RSAPrivateKey)
+        key = _new_key()
+        cert = (self._signed(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key,
+                             ExtendedKeyUsageOID.SERVER_AUTH)
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
     def _signed(self, subject: x509.Name, key: rsa.RSAPrivateKey,
                 usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
         ca = x509.load_pem_x509_certificate(self.ca_crt.read_bytes())

@@ -58,8 +58,9 @@ def _job(owner: Owner, name: str, stage: str, spec: DistillationSpec, config: Op
         "completionMode": "Indexed",
         "backoffLimit": backoff_limit,
         "podFailurePolicy": failure_policy(pod_spec["containers"][0]["name"]),
-        # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data.
-        "suspend": spec.suspend,
+        # Stage pods are resumable: a suspended Job keeps its place, the workspace keeps the data. Kueue
+        # admits only Jobs created suspended and un-suspends them itself.
+        "suspend": spec.suspend or bool(spec.scheduling.queue_name),
         "template": {"metadata": pod_metadata(owner, stage, spec, config),
                      "spec": {**pod_spec, "serviceAccountName": Names(owner.name).workload}},
     }

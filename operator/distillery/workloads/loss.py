@@ -49,7 +49,7 @@ def _liger_loss() -> Any:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     except ImportError:
         return None
-    return liger_fused_linear_cross_entropy
+    return liger_fused_linear_cross_entropy  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 
 class PackedCausalLMLoss(torch.nn.Module):
