@@ -269,8 +269,13 @@ class ChartIdentity:
         self.kubeconfig.chmod(0o600)
         # RBAC reaches the authorizer through an informer: the bindings just applied may not be in force yet.
         # Start nothing as this identity until every rule it was given answers yes.
-        grants = self.granted()
-        self.kube.wait_for(lambda: all(self.can(*g) for g in grants), 30, what=f"RBAC in force for {self.account}")
+        pending = self.granted()
+
+        def in_force() -> bool:
+            pending[:] = [g for g in pending if not self.can(*g)]
+            return not pending
+
+        self.kube.wait_for(in_force, 120, what=f"RBAC in force for {self.account}")
 
     def granted(self) -> list[tuple[str, ...]]:
         """`kubectl auth can-i` arguments for each verb and resource the chart's roles grant."""
