@@ -279,6 +279,8 @@ class ChartIdentity:
 
     def granted(self) -> list[tuple[str, ...]]:
         """`kubectl auth can-i` arguments for each verb and resource the chart's roles grant."""
+        # The server answers `no` for a type it does not serve (Kueue's Workloads without Kueue installed).
+        served = set(self.kube.run("api-resources", "-o", "name").stdout.split())
         checks: list[tuple[str, ...]] = []
         for doc in self.rbac:
             if doc["kind"] not in ("Role", "ClusterRole"):
@@ -290,7 +292,8 @@ class ChartIdentity:
                         name, _, sub = resource.partition("/")
                         target = f"{name}.{group}" if group else name
                         extra = (f"--subresource={sub}",) if sub else ()
-                        checks += [(verb, target, *extra, *scope) for verb in rule.get("verbs") or []]
+                        if target in served:
+                            checks += [(verb, target, *extra, *scope) for verb in rule.get("verbs") or []]
         return checks
 
     def delete(self) -> None:
