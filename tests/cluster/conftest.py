@@ -97,10 +97,14 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.run("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
-def crd(kube: Kube) -> None:
+def install_crd(kube: Kube) -> None:
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kube.run("wait", "--for=condition=Established", "crd/distillations.distillery.dev", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def crd(kube: Kube) -> None:
+    install_crd(kube)
 
 
 

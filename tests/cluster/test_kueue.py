@@ -1,19 +1,42 @@
 """Kueue (the real manager, v0.17) gates the stage Jobs: the operator queues, Kueue admits."""
 
 import json
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from distillery.devcluster import kueue as devkueue
 from distillery.devcluster.cluster import DevCluster
-from tests.cluster.conftest import Kube, OperatorProcess
+from tests.cluster.conftest import Kube, OperatorProcess, install_crd
 from tests.cluster.test_operator import condition, distillation
 
 pytestmark = pytest.mark.cluster
 
 OPERATOR_MANAGER = "distillery-operator"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DevCluster]:
+    """A cluster of its own: Kueue's webhooks (failurePolicy Fail) must not outlive these tests on the cluster
+    every other test shares, where a stopped Kueue would refuse every Job."""
+    c = DevCluster(os.environ.get("DISTILLERY_TEST_CLUSTER", "test") + "-kueue")
+    c.up()
+    yield c
+    if not os.environ.get("DISTILLERY_KEEP_CLUSTER"):
+        c.down()
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: DevCluster) -> Kube:
+    return Kube(cluster)
+
+
+@pytest.fixture(scope="module")
+def crd(kube: Kube) -> None:
+    install_crd(kube)
 
 
 @pytest.fixture(scope="module")
