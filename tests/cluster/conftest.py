@@ -74,13 +74,18 @@ class Kube:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[DevCluster]:
-    c = DevCluster(os.environ.get("DISTILLERY_TEST_CLUSTER", "test"))
+def running_cluster(suffix: str = "") -> Iterator[DevCluster]:
+    """A local control plane for a fixture: up, then down unless DISTILLERY_KEEP_CLUSTER is set."""
+    c = DevCluster(os.environ.get("DISTILLERY_TEST_CLUSTER", "test") + suffix)
     c.up()
     yield c
     if not os.environ.get("DISTILLERY_KEEP_CLUSTER"):
         c.down()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[DevCluster]:
+    yield from running_cluster()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Kueue (the real manager, v0.17) gates the stage Jobs: the operator queues, Kueue admits."""
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +9,7 @@ import pytest
 
 from distillery.devcluster import kueue as devkueue
 from distillery.devcluster.cluster import DevCluster
-from tests.cluster.conftest import Kube, OperatorProcess, install_crd
+from tests.cluster.conftest import Kube, OperatorProcess, install_crd, running_cluster
 from tests.cluster.test_operator import condition, distillation
 
 pytestmark = pytest.mark.cluster
@@ -22,11 +21,7 @@ OPERATOR_MANAGER = "distillery-operator"
 def cluster() -> Iterator[DevCluster]:
     """A cluster of its own: Kueue's webhooks (failurePolicy Fail) must not outlive these tests on the cluster
     every other test shares, where a stopped Kueue would refuse every Job."""
-    c = DevCluster(os.environ.get("DISTILLERY_TEST_CLUSTER", "test") + "-kueue")
-    c.up()
-    yield c
-    if not os.environ.get("DISTILLERY_KEEP_CLUSTER"):
-        c.down()
+    yield from running_cluster("-kueue")
 
 
 @pytest.fixture(scope="module")

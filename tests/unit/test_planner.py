@@ -114,6 +114,15 @@ class World:
                 if isinstance(a, Create)]
 
 
+def labeling_world() -> World:
+    """A Distillation whose teacher serves and whose labeling Job has just been created."""
+    w = World(make_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    return w
+
+
 def run_to_success(w: World) -> None:
     w.step()
     w.make_available("demo-teacher")
@@ -169,10 +178,7 @@ def test_happy_path_runs_stages_in_order_and_reports_results() -> None:
 
 
 def test_teacher_is_removed_as_soon_as_labeling_is_done() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     w.complete_job("demo-label")
     result = w.step()
     assert Delete("Deployment", "demo-teacher") in result.actions
@@ -240,10 +246,7 @@ def test_failed_training_ends_failed_and_stalled_and_creates_nothing_more() -> N
 
 
 def test_failed_labeling_releases_the_teacher() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     w.fail_job("demo-label")
     w.step()
     assert w.reason("Failed") == "LabelingFailed"
@@ -251,10 +254,7 @@ def test_failed_labeling_releases_the_teacher() -> None:
 
 
 def test_suspend_pauses_jobs_frees_the_teacher_and_resume_continues() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     assert w.has("Job", "demo-label")
     w.spec = w.spec.model_copy(update={"suspend": True})
     result = w.step()
@@ -390,10 +390,7 @@ def test_an_operator_setting_reaches_the_servers_that_already_run() -> None:
 
 
 def test_restart_with_finished_stage_and_vanished_job_does_not_redo_it() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     w.complete_job("demo-label")
     w.step()
     # A new operator process: same status, the finished Job was garbage-collected (TTL).
@@ -405,10 +402,7 @@ def test_restart_with_finished_stage_and_vanished_job_does_not_redo_it() -> None
 
 
 def test_restart_mid_stage_recreates_nothing_that_exists() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     restarted = World(make_spec())
     restarted.children, restarted.status, restarted.now = w.children, w.status, w.now
     result = restarted.step()
@@ -519,10 +513,7 @@ def test_a_stage_pod_the_scheduler_cannot_place_is_reported_not_failed() -> None
 
 
 def test_a_restart_after_the_teacher_was_released_does_not_start_it_again() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     w.complete_job("demo-label")
     status_before = w.status.model_copy(deep=True)
     w.step()
@@ -536,10 +527,7 @@ def test_a_restart_after_the_teacher_was_released_does_not_start_it_again() -> N
 
 
 def test_a_stage_pod_that_cannot_start_gives_the_kubelets_reason() -> None:
-    w = World(make_spec())
-    w.step()
-    w.make_available("demo-teacher")
-    w.step()
+    w = labeling_world()
     w.step()
     w.pods.append(w.job_pod("demo-label", "labeling", {"containerStatuses": [{"restartCount": 0, "state": {
         "waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}}}]}))
