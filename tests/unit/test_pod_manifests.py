@@ -168,3 +168,10 @@ def test_training_pods_get_time_to_checkpoint_and_torchrun_waits_for_it() -> Non
     assert 600 <= shutdown < 1200
     assert pod["containers"][0]["command"] == ["distillery", "launch"]
     assert make_spec().student.termination_grace_seconds >= 300
+
+
+def test_a_kd_teacher_serves_as_many_logprobs_as_the_labeler_asks_for() -> None:
+    kd = make_spec(student={"model": "meta-llama/Llama-3.2-1B-Instruct", "loss": {"type": "kd", "topLogprobs": 12}})
+    args = pods(kd)["teacher"]["containers"][0]["args"]
+    assert args[args.index("--max-logprobs") + 1] == "12"
+    assert "--max-logprobs" not in pods(make_spec())["teacher"]["containers"][0]["args"]

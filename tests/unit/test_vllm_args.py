@@ -95,3 +95,10 @@ def test_the_operators_environment_does_not_change_its_manifests() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     args, mount = json.loads(out.stdout)
     assert args[0] == "/mnt/pvc/m/x" and mount == "/mnt/pvc/m"
+
+
+def test_logit_distillation_states_the_teachers_logprobs_limit_before_user_flags() -> None:
+    args = teacher_vllm_args(model="Qwen/Qwen2.5-72B-Instruct", served_model_name="teacher", max_logprobs=8,
+                             extra_args=["--max-logprobs", "20"])["args"]
+    assert flag(args, "--max-logprobs") == "8" and args[-2:] == ["--max-logprobs", "20"]
+    assert "--max-logprobs" not in teacher_vllm_args(model="m", served_model_name="t")["args"]

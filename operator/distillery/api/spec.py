@@ -87,6 +87,9 @@ class TeacherEndpoint(ApiModel):
     """Model name to send in each request."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the bearer token."""
+    logprobs: bool = True
+    """Whether the endpoint returns log-probabilities (`logprobs`, `top_logprobs`); false refuses
+    student.loss kd, which needs them."""
 
 
 class ServerSecurityContext(ApiModel):
@@ -216,6 +219,31 @@ class TrainingMethod(StrEnum):
     FULL = "full"
 
 
+class LossType(StrEnum):
+    SFT = "sft"
+    KD = "kd"
+
+
+MAX_TOP_LOGPROBS = 20
+"""The OpenAI API's bound on top_logprobs, and vLLM's default --max-logprobs."""
+
+
+class LossSpec(ApiModel):
+    """What the student learns from: the teacher's text (sft), or also its next-token distribution (kd)."""
+
+    type: LossType = LossType.SFT
+    """sft: cross-entropy on the teacher's answers. kd: the labeler also stores the teacher's top-k
+    log-probabilities of every generated token, and each answer token whose teacher distribution lines up with
+    the student's tokens is trained on (1 - weight) x cross-entropy + weight x temperature^2 x KL(teacher ||
+    student) over those k tokens."""
+    weight: float = Field(0.5, ge=0, le=1)
+    """kd: the share of the KL term in the loss of an answer token."""
+    temperature: float = Field(1.0, gt=0, le=10)
+    """kd: the softmax temperature of both distributions; the KL term is scaled by its square."""
+    top_logprobs: int = Field(5, ge=1, le=MAX_TOP_LOGPROBS)
+    """kd: how many of the teacher's most likely tokens are stored at each generated token (k)."""
+
+
 class StudentSpec(ApiModel):
     model: str = Field(min_length=1, max_length=512)
     """Student model id or URI (hf://, pvc://), e.g. Qwen/Qwen2.5-1.5B-Instruct."""
@@ -246,6 +274,8 @@ class StudentSpec(ApiModel):
     """Time a training pod gets after SIGTERM (suspend, node drain, preemption) to write its checkpoint."""
     image: str | None = Field(None, min_length=1, max_length=512)
     """Training and evaluation image; default: the operator's trainerImage."""
+    loss: LossSpec = Field(default_factory=LossSpec)
+    """sft (the default) or kd, logit distillation from the teacher's top-k log-probabilities."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -360,6 +390,14 @@ class StorageSpec(ApiModel):
     (AKS azurefile-csi, EKS efs-sc, GKE Filestore)."""
 
 
+KD_NEEDS_LOGPROBS = ("student.loss.type kd needs the teacher's log-probabilities, and "
+                     "teacher.endpoint.logprobs says the endpoint does not return them")
+# Defaults are applied before CEL runs, so student.loss.type and endpoint.logprobs are always set; the has()
+# guards keep the rule valid when spec.teacher is absent.
+KD_NEEDS_LOGPROBS_RULE = ("self.student.loss.type != 'kd' || !has(self.teacher) || !has(self.teacher.endpoint) "
+                          "|| self.teacher.endpoint.logprobs")
+
+
 class DistillationSpec(ApiModel):
     """A distillation run: teacher labels the dataset, the student is fine-tuned, evaluated and served."""
 
@@ -389,6 +427,7 @@ class DistillationSpec(ApiModel):
                     "prompt.chainOfDensity is only valid for task summarization", ".prompt.chainOfDensity"),
                 cel("self.task != 'custom' || has(self.prompt.userTemplate)",
                     "task custom needs prompt.userTemplate", ".prompt.userTemplate"),
+                cel(KD_NEEDS_LOGPROBS_RULE, KD_NEEDS_LOGPROBS, ".student.loss.type"),
             ]
         }
     )
@@ -399,6 +438,9 @@ class DistillationSpec(ApiModel):
             raise ValueError("prompt.chainOfDensity is only valid for task summarization")
         if self.task == Task.CUSTOM and not self.prompt.user_template:
             raise ValueError("task custom needs prompt.userTemplate")
+        endpoint = self.teacher.endpoint
+        if self.student.loss.type == LossType.KD and endpoint is not None and not endpoint.logprobs:
+            raise ValueError(KD_NEEDS_LOGPROBS)
         return self
 
 

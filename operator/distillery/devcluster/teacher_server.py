@@ -8,6 +8,11 @@ answers slower than the client's timeout, malformed answers) are drawn per
 request, deterministically from the prompt and how often it was asked, so a
 retry of the same prompt can succeed where the first request failed.
 
+A request with `logprobs: true` gets OpenAI-shaped `logprobs.content[].top_logprobs` for each answer: the
+answer's tokens under a real tokenizer (`logprobs="tiny"`: the tiny models' own, so they match a tiny student's
+vocabulary; `"foreign"`: one trained on other text, as a teacher of another model family has; `"off"`: none,
+as an endpoint that does not return them), each with a deterministic made-up distribution over k tokens.
+
     async with TeacherServer(faults=FaultConfig(rate_limit=0.2)) as server:
         client = OpenAIChatClient(server.url, "teacher")
 
@@ -17,7 +22,9 @@ retry of the same prompt can succeed where the first request failed.
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
+import math
 import re
 import signal
 import sys
@@ -33,6 +40,7 @@ from typing import Any, Literal, Self
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from distillery.devcluster.tiny import DEFAULT_CORPUS, build_tokenizer
 from distillery.workloads.tasks import Message, Row, TaskDefinition
 from distillery.workloads.tasks.conversation import REPLY_MARKER
 from distillery.workloads.tasks.multiple_choice import LETTERS
@@ -169,10 +177,49 @@ def _count_tokens(text: str) -> int:
     return len(text.split())
 
 
+LogprobsMode = Literal["tiny", "foreign", "off"]
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's bound; vLLM's default --max-logprobs."""
+# Another family's tokenizer: trained on the answers' own words, so it has whole-word tokens (" reason",
+# " evidence") that the tiny models' vocabulary lacks.
+_FOREIGN_CORPUS = (_RATIONALE, "Answer: entailment neutral contradiction", "Thoughts: the user wants a direct answer.",
+                   "Key points: the main facts. Summary: Reply: Here is a helpful answer about")
+
+
+class TokenLogprobsMaker:
+    """OpenAI `logprobs.content` for a text: its tokens under `tokenizer`, and at each a deterministic
+    distribution: the token itself at 0.5-0.9, then k-1 other tokens of the vocabulary at halving shares."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from distillery.workloads.teacher_logprobs import token_bytes_table
+
+        self.tokenizer = tokenizer
+        self.bytes = token_bytes_table(tokenizer)
+        added = set(getattr(tokenizer, "added_tokens_decoder", {}))
+        self.candidates = sorted(index for index in self.bytes if index not in added)
+
+    def entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        data = self.bytes[token_id]
+        return {"token": data.decode(errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+    def content(self, text: str, k: int) -> list[dict[str, Any]]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        content = []
+        for position, token_id in enumerate(ids):
+            share = 0.5 + 0.4 * _unit(text, position)
+            start = int(_unit(text, position, "alternatives") * len(self.candidates))
+            others = [c for c in itertools.islice(itertools.cycle(self.candidates), start, start + k + 1)
+                      if c != token_id][:max(0, k - 1)]
+            top = [(token_id, share)] + [(other, (1 - share) * 0.5 ** (j + 1)) for j, other in enumerate(others)]
+            content.append({**self.entry(token_id, math.log(share)),
+                            "top_logprobs": [self.entry(i, math.log(p)) for i, p in top[:k]]})
+        return content
+
+
 class TeacherServer:
     def __init__(self, responder: Responder | None = None, faults: FaultConfig | None = None, *,
                  model: str = "teacher", host: str = "127.0.0.1", port: int = 0,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, logprobs: LogprobsMode = "tiny") -> None:
         self.responder = responder or TaskAwareResponder()
         self.api_key = api_key
         """When set, requests must carry `Authorization: Bearer <api_key>`."""
@@ -185,6 +232,16 @@ class TeacherServer:
         self.total_requests = 0
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        self.logprobs: LogprobsMode = logprobs
+        """Which tokens answer a request for log-probabilities; see the module docstring."""
+        self._logprobs_maker: TokenLogprobsMaker | None = None
+
+    def logprobs_maker(self) -> TokenLogprobsMaker:
+        """Built on the first request that asks for log-probabilities: training a tokenizer takes a moment."""
+        if self._logprobs_maker is None:
+            corpus = _FOREIGN_CORPUS if self.logprobs == "foreign" else DEFAULT_CORPUS
+            self._logprobs_maker = TokenLogprobsMaker(build_tokenizer(corpus))
+        return self._logprobs_maker
 
     @property
     def url(self) -> str:
@@ -249,8 +306,11 @@ class TeacherServer:
             messages = [{"role": str(m["role"]), "content": str(m.get("content") or "")}
                         for m in body["messages"]]
             n = int(body.get("n") or 1)
+            top_logprobs = int(body.get("top_logprobs") or 0)
         except (ValueError, KeyError, TypeError):
             return _error(400, "invalid_request_error", "body must be JSON with a messages list")
+        if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            return _error(400, "invalid_request_error", f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         if body.get("stream"):
             return _error(400, "invalid_request_error", "streaming is not supported by this test server")
         key = prompt_key(messages)
@@ -289,11 +349,19 @@ class TeacherServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish,
+                         **self._choice_logprobs(body, t, top_logprobs)}
                         for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
+
+    def _choice_logprobs(self, body: dict[str, Any], text: str, k: int) -> dict[str, Any]:
+        if not body.get("logprobs"):
+            return {}
+        if self.logprobs == "off":
+            return {"logprobs": None}
+        return {"logprobs": {"content": self.logprobs_maker().content(text, k)}}
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
@@ -335,6 +403,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--malformed", type=float, default=0, help="share of requests answered malformed")
     parser.add_argument("--no-n", action="store_true", help="ignore the n parameter (one choice per request)")
     parser.add_argument("--lookup", type=Path, help="JSON object: teacher prompt's last turn -> gold answer")
+    parser.add_argument("--logprobs", choices=["tiny", "foreign", "off"], default="tiny",
+                        help="tokens of the log-probabilities it returns: the tiny models' vocabulary, another one, "
+                             "or none")
     return parser.parse_args(argv)
 
 
@@ -346,7 +417,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     lookup = json.loads(args.lookup.read_text()) if args.lookup else None
     server = TeacherServer(TaskAwareResponder(lookup), faults,
-                           model=args.model, host=args.host, port=args.port)
+                           model=args.model, host=args.host, port=args.port, logprobs=args.logprobs)
     url = await server.start()
     print(f"teacher_server listening on {url}", flush=True)
     stop = asyncio.Event()

@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.spec import DistillationSpec
+from distillery.api.spec import DistillationSpec, LossType
 from distillery.resources.common import (
     Names,
     Owner,
@@ -28,7 +28,9 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     t = spec.teacher
     assert t.model is not None, "an endpoint teacher has no Deployment"
     served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
-                               tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT)
+                               tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT,
+                               max_logprobs=spec.student.loss.top_logprobs
+                               if spec.student.loss.type == LossType.KD else None)
     hub_env, cache_volumes, cache_mounts = hub_access(spec, t.hub_token_secret_ref)
     env: list[dict[str, Any]] = [*served["env"], *hub_env]
     volumes, mounts = pvc_source_volumes(t.model)

@@ -13,14 +13,18 @@ VLLM_PORT = 8000
 
 
 def teacher_vllm_args(*, model: str, served_model_name: str, tensor_parallel_size: int = 1,
-                      extra_args: Sequence[str] = (), port: int = VLLM_PORT) -> dict[str, Any]:
+                      extra_args: Sequence[str] = (), port: int = VLLM_PORT,
+                      max_logprobs: int | None = None) -> dict[str, Any]:
     """Arguments and environment for the `vllm/vllm-openai` image serving a teacher.
 
     `model` is a spec reference (hub id, hf://, pvc://). `extra_args` come last so a user's
     flag overrides ours (vLLM's argparse keeps the last value). A hub token, if any, is the
     manifest's to add as a secretKeyRef env (HF_TOKEN); it is not a plain value.
-    Returns {"args": [...], "env": [{"name", "value"}, ...]}.
+    `max_logprobs` (logit distillation's top_logprobs) is passed as --max-logprobs: vLLM refuses a request
+    asking for more than that many (its default, 20, is the OpenAI bound too; stating it keeps the labeler's k
+    and the server's limit one value). Returns {"args": [...], "env": [{"name", "value"}, ...]}.
     """
+    logprobs = ["--max-logprobs", str(max_logprobs)] if max_logprobs is not None else []
     # `vllm serve` takes the model positionally; its --model option is deprecated and slated for removal.
     args = [
         resolve_model_ref(model),
@@ -28,6 +32,7 @@ def teacher_vllm_args(*, model: str, served_model_name: str, tensor_parallel_siz
         "--tensor-parallel-size", str(tensor_parallel_size),
         "--host", "0.0.0.0",
         "--port", str(port),
+        *logprobs,
         *extra_args,
     ]
     return {"args": args, "env": _vllm_env(model)}

@@ -4,8 +4,12 @@ Each example is the student's SHORT prompt rendered with the tokenizer's chat
 template up to the assistant turn (exactly what the server feeds the model at
 inference), followed by the target and the end-of-turn token. Only the target and
 that token carry a loss; the prompt is masked with -100.
+
+With student.loss kd an example also carries, at each answer token, the teacher's top-k distribution mapped to
+student ids, where the teacher's tokens line up with the student's (`StudentVocabulary.align`).
 """
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 
 from distillery.workloads.labeler import LabelRecord, read_labels
 from distillery.workloads.tasks import MissingColumn, Parsed, TaskDefinition
+from distillery.workloads.teacher_logprobs import StudentVocabulary, TopK
 
 IGNORE_INDEX = -100
 PAD_MULTIPLE = 64
@@ -25,6 +30,8 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     """IGNORE_INDEX where no loss is taken (prompt), else the token id."""
+    teacher_top: list[TopK | None] | None = None
+    """student.loss kd, per token of input_ids: the teacher's distribution over that token, where it has one."""
 
 
 @dataclass
@@ -38,10 +45,20 @@ class FinetuneSet:
     """Examples cut at max_seq_length that still kept answer tokens."""
     dropped: int = 0
     """Examples whose prompt alone filled max_seq_length: no answer token left to learn from."""
+    kd: bool = False
+    """Built for student.loss kd: the counts below apply."""
+    kd_examples: int = 0
+    """Examples with the teacher's distribution at their answer tokens."""
+    kd_unaligned: int = 0
+    """Examples trained on cross-entropy alone: the teacher's tokens do not line up with the student's."""
+    kd_missing: int = 0
+    """Examples trained on cross-entropy alone: their label was stored without log-probabilities."""
 
     def summary(self) -> dict[str, int]:
+        kd = {"kd_examples": self.kd_examples, "kd_unaligned": self.kd_unaligned,
+              "kd_missing": self.kd_missing} if self.kd else {}
         return {"examples": len(self.examples), "rejected": self.rejected, "bad_rows": self.bad_rows,
-                "truncated": self.truncated, "dropped": self.dropped}
+                "truncated": self.truncated, "dropped": self.dropped, **kd}
 
 
 def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -64,9 +81,22 @@ def encode_example(tokenizer: Any, messages: Sequence[dict[str, str]], target: s
     return Example(input_ids, labels), len(prompt) + len(answer) > max_seq_length
 
 
+def with_teacher(example: Example, aligned: list[TopK]) -> Example:
+    """`example` with the teacher's distribution at its answer tokens; the end-of-turn token gets none."""
+    prompt = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    top: list[TopK | None] = [None] * prompt + list(aligned)
+    return Example(example.input_ids, example.labels, (top + [None] * len(example.input_ids))[:len(example.input_ids)])
+
+
 def build_finetune_set(records: Iterable[LabelRecord], task: TaskDefinition, tokenizer: Any,
-                       max_seq_length: int, include_rationale: bool) -> FinetuneSet:
-    result = FinetuneSet()
+                       max_seq_length: int, include_rationale: bool,
+                       vocabulary: StudentVocabulary | None = None) -> FinetuneSet:
+    """With `vocabulary` (student.loss kd) the teacher's tokens are checked against it first
+    (VocabularyMismatch), and examples get the teacher's distributions where they line up."""
+    result = FinetuneSet(kd=vocabulary is not None)
+    if vocabulary is not None:
+        records = list(records)
+        vocabulary.check(r.logprobs for r in records if r.status == "ok" and r.logprobs is not None)
     for record in records:
         if record.status != "ok":
             result.rejected += 1
@@ -82,15 +112,25 @@ def build_finetune_set(records: Iterable[LabelRecord], task: TaskDefinition, tok
             result.dropped += 1
             continue
         result.truncated += truncated
+        if vocabulary is not None:
+            aligned = None
+            if record.logprobs is None:
+                result.kd_missing += 1
+            elif (aligned := vocabulary.align(target, tokenizer(target, add_special_tokens=False)["input_ids"],
+                                              record.logprobs)) is None:
+                result.kd_unaligned += 1
+            else:
+                result.kd_examples += 1
+                example = with_teacher(example, aligned)
         result.examples.append(example)
     return result
 
 
 def load_finetune_set(labels_dir: Path, task: TaskDefinition, tokenizer: Any, max_seq_length: int,
-                      include_rationale: bool) -> FinetuneSet:
+                      include_rationale: bool, vocabulary: StudentVocabulary | None = None) -> FinetuneSet:
     """The fine-tuning set from `<labels_dir>/train-shard-*.jsonl`, in row_id order."""
     return build_finetune_set(read_labels(labels_dir, "train"), task, tokenizer, max_seq_length,
-                              include_rationale)
+                              include_rationale, vocabulary)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -131,6 +171,8 @@ def pack(examples: Sequence[Example], pad_token_id: int, row_capacity: int) -> d
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     loss_positions: list[int] = []
     loss_targets: list[int] = []
+    kd_rows: list[int] = []
+    kd_top: list[TopK] = []
     for r, row in enumerate(rows):
         start = 0
         for i in row:
@@ -142,8 +184,21 @@ def pack(examples: Sequence[Example], pad_token_id: int, row_capacity: int) -> d
                 if target != IGNORE_INDEX:
                     loss_positions.append(r * width + start + t)
                     loss_targets.append(target)
+                    top = example.teacher_top[t + 1] if example.teacher_top is not None else None
+                    if top is not None and top[0]:
+                        kd_rows.append(len(loss_targets) - 1)
+                        kd_top.append(top)
             start += n
         position_ids[r, start:] = torch.arange(width - start)
-    return {"input_ids": input_ids, "position_ids": position_ids,
-            "loss_positions": torch.tensor(loss_positions, dtype=torch.long),
-            "loss_targets": torch.tensor(loss_targets, dtype=torch.long)}
+    batch = {"input_ids": input_ids, "position_ids": position_ids,
+             "loss_positions": torch.tensor(loss_positions, dtype=torch.long),
+             "loss_targets": torch.tensor(loss_targets, dtype=torch.long)}
+    if kd_rows:
+        # kd_rows index loss_targets; a position with fewer than k teacher tokens is padded with -inf, which
+        # gives the padding no weight in the teacher's distribution.
+        k = max(len(ids) for ids, _ in kd_top)
+        batch["kd_rows"] = torch.tensor(kd_rows, dtype=torch.long)
+        batch["kd_ids"] = torch.tensor([ids + [0] * (k - len(ids)) for ids, _ in kd_top], dtype=torch.long)
+        batch["kd_logprobs"] = torch.tensor([lps + [-math.inf] * (k - len(lps)) for _, lps in kd_top],
+                                            dtype=torch.float32)
+    return batch

@@ -13,6 +13,11 @@ is waited out with capped backoff for up to teacher.outageBudgetSeconds, and the
 in flight are asked again when it is back. Past the budget, or on 401/403/404, rows
 are not recorded: the stage exits 4 and a rerun retries them. Exit 3 means too few
 rows got a valid answer.
+
+With student.loss kd each request also asks for the top-k log-probabilities of every generated token
+(`logprobs`, `top_logprobs`), and an accepted record carries those of the chosen answer (`logprobs`) in the
+same line, so they survive a restart exactly as the label does. An answer returned without them is treated
+as malformed: asked again, then rejected.
 """
 
 import argparse
@@ -38,6 +43,7 @@ from distillery.api.pipeline import (
     PipelineConfig,
     TeacherClientConfig,
 )
+from distillery.api.spec import LossType
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import workspace_layout
 from distillery.workloads.openai_client import (
@@ -54,6 +60,7 @@ from distillery.workloads.progress import (
     write_termination_message,
 )
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
+from distillery.workloads.teacher_logprobs import TokenLogprobs
 
 log = logging.getLogger("distillery.labeler")
 
@@ -67,6 +74,7 @@ FSYNC_INTERVAL_S = 0.5
 OUTAGE_BACKOFF_BASE_S = 2.0
 OUTAGE_BACKOFF_MAX_S = 60.0
 TRUNCATED = "truncated: the answer reached max_tokens (finish_reason length)"
+NO_LOGPROBS = "the teacher returned no log-probabilities (logprobs.content), which student.loss kd needs"
 
 outage_sleep = asyncio.sleep
 """How an outage waits between probes of the teacher (tests replace it to restart the teacher meanwhile)."""
@@ -88,6 +96,8 @@ class LabelRecord(BaseModel):
     tokens_out: int
     status: Status
     reason: str | None = None
+    logprobs: TokenLogprobs | None = None
+    """student.loss kd: the teacher's tokens of `raw` and its top-k log-probabilities at each."""
 
 
 def shard_path(labels_dir: Path, split: str, index: int) -> Path:
@@ -238,6 +248,8 @@ class Labeler:
         # A wrong key, URL or model name fails every row; stop after this many in a row instead.
         self.unavailable_limit = max(8, 2 * self.teacher.concurrency)
         self.outage = TeacherOutage(self.teacher.outage_budget_seconds)
+        loss = cfg.student.loss
+        self.top_logprobs = loss.top_logprobs if loss.type == LossType.KD else None
 
     async def label_all(self, pending: Iterator[tuple[str, dict[str, Any]]],
                         writers: dict[str, LabelWriter]) -> None:
@@ -260,7 +272,7 @@ class Labeler:
 
     async def _request(self, messages: list[dict[str, str]], n: int) -> ChatResult:
         async with self.requests:
-            return await self.client.chat(messages, self.teacher.sampling, n=n)
+            return await self.client.chat(messages, self.teacher.sampling, n=n, top_logprobs=self.top_logprobs)
 
     async def sample(self, messages: list[dict[str, str]]) -> ChatResult:
         """self_consistency samples: one request with `n`, topped up by single requests when the
@@ -274,7 +286,8 @@ class Labeler:
                                 finish_reasons=[reason for part in parts for reason in part.finish_reasons][:n],
                                 tokens_in=sum(p.tokens_in for p in parts),
                                 tokens_out=sum(p.tokens_out for p in parts),
-                                requests=sum(p.requests for p in parts))
+                                requests=sum(p.requests for p in parts),
+                                logprobs=[lp for part in parts for lp in part.logprobs][:n])
         self.counters.tokens_in += result.tokens_in
         self.counters.tokens_out += result.tokens_out
         return result
@@ -283,11 +296,11 @@ class Labeler:
         tokens_in = tokens_out = 0
 
         def record(status: Status, attempts: int, parsed: Parsed | None = None,
-                   raw: str = "", reason: str | None = None) -> LabelRecord:
+                   raw: str = "", reason: str | None = None, logprobs: TokenLogprobs | None = None) -> LabelRecord:
             return LabelRecord(
                 split=split, row_id=row[ROW_ID], row=row, answer=parsed.answer if parsed else "",
                 rationale=parsed.rationale if parsed else "", raw=raw, attempts=attempts,
-                tokens_in=tokens_in, tokens_out=tokens_out, status=status, reason=reason,
+                tokens_in=tokens_in, tokens_out=tokens_out, status=status, reason=reason, logprobs=logprobs,
             )
 
         try:
@@ -318,19 +331,28 @@ class Labeler:
             tokens_in += sample.tokens_in
             tokens_out += sample.tokens_out
             votes: list[tuple[Parsed, str]] = []
-            for text, finish in zip(sample.texts, sample.finish_reasons, strict=True):
+            vote_logprobs: list[TokenLogprobs | None] = []
+            choice_logprobs = sample.logprobs or [None] * len(sample.texts)
+            for text, finish, logprobs in zip(sample.texts, sample.finish_reasons, choice_logprobs, strict=True):
                 # A cut-off answer may still parse, but trained on it (then end-of-turn) the student
                 # learns to stop mid-sentence.
                 if finish == "length":
                     reason, raw = TRUNCATED, text
                     continue
+                if self.top_logprobs is not None and logprobs is None:
+                    reason, raw = NO_LOGPROBS, text
+                    continue
                 try:
                     votes.append((self.task.parse(text, row), text))
                 except MalformedAnswer as err:
                     reason, raw = err.reason, text
+                    continue
+                vote_logprobs.append(logprobs)
             if votes:
-                parsed, text = majority(votes)
-                return record("ok", attempt, parsed, raw=text)
+                chosen = majority(votes)
+                parsed, text = chosen
+                logprobs = vote_logprobs[next(i for i, vote in enumerate(votes) if vote is chosen)]
+                return record("ok", attempt, parsed, raw=text, logprobs=logprobs)
         return record("rejected", self.teacher.max_attempts, raw=raw, reason=reason or "no answer")
 
 

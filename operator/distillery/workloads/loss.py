@@ -4,6 +4,12 @@
 16k tokens that is 10 GB, nearly all of it for prompt tokens that carry no loss. Here the decoder's hidden
 state is gathered at the answer positions only, and the vocabulary projection and cross-entropy run either
 fused (Liger Kernel, on CUDA) or in checkpointed chunks, so no more than one chunk of logits ever exists.
+
+Logit distillation (student.loss kd) adds, at each answer token with a teacher distribution over k tokens,
+weight x (T^2 x KL - CE) to that token's cross-entropy, so the token's loss is (1 - weight) x CE + weight x T^2 x KL.
+That correction runs in checkpointed chunks over those tokens alone, on CPU and CUDA alike: Liger's fused kernels
+distil from a teacher's full logits, not from k log-probabilities, so the cross-entropy stays Liger's on CUDA and
+the KD tokens' logits are computed a second time, one chunk at a time.
 """
 
 from typing import Any
@@ -44,6 +50,59 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, target
     return total
 
 
+def distillation_kl(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """Per position, KL(p || q) over the teacher's k tokens: p is the teacher's top-k renormalised at
+    `temperature` (softmax of logprob / T over the k), q the student's softmax of logits / T over its whole
+    vocabulary, read at those k ids. -inf teacher log-probabilities (padding) get no weight."""
+    teacher = torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
+    student = torch.log_softmax(logits.float() / temperature, dim=-1).gather(1, teacher_ids)
+    # exp(-inf) is 0, but 0 x (-inf - q) is nan: padding's log-probability is replaced before the product.
+    finite = torch.where(torch.isfinite(teacher), teacher, 0.0)
+    return (teacher.exp() * (finite - student)).sum(-1)
+
+
+def _chunk_kd_correction(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                         teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    kl = distillation_kl(logits, teacher_ids, teacher_logprobs, temperature)
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    return (temperature ** 2 * kl - ce).sum()
+
+
+def chunked_kd_correction(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                          teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float,
+                          chunk: int) -> torch.Tensor:
+    """Summed T^2 x KL - CE over the KD positions `hidden`, `chunk` at a time (as chunked_cross_entropy)."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        end = start + chunk
+        total = total + checkpoint(_chunk_kd_correction, lm_head, hidden[start:end], targets[start:end],
+                                   teacher_ids[start:end], teacher_logprobs[start:end], temperature,
+                                   use_reentrant=False)
+    return total
+
+
+def answer_loss_sum(selected: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, chunk: int,
+                    fused: Any = None, kd: tuple[float, float] | None = None, kd_rows: torch.Tensor | None = None,
+                    kd_ids: torch.Tensor | None = None, kd_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed loss of the answer positions `selected` (hidden states): cross-entropy, fused by `fused` (Liger)
+    when given; with `kd` (weight, temperature) and KD positions, each of those contributes
+    (1 - weight) x CE + weight x T^2 x KL instead."""
+    total: torch.Tensor
+    if fused is not None:
+        total = fused(selected, lm_head.weight, targets, lm_head.bias, reduction="sum")
+    else:
+        total = chunked_cross_entropy(selected, lm_head, targets, chunk)
+    if kd is not None and kd_rows is not None and kd_ids is not None and kd_logprobs is not None and kd_rows.numel():
+        weight, temperature = kd
+        total = total + weight * chunked_kd_correction(selected.index_select(0, kd_rows), lm_head,
+                                                       targets.index_select(0, kd_rows), kd_ids, kd_logprobs,
+                                                       temperature, chunk)
+    return total
+
+
 def _liger_loss() -> Any:
     try:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
@@ -59,9 +118,11 @@ class PackedCausalLMLoss(torch.nn.Module):
     `model.`; the decoder and lm_head are looked up on each call rather than registered a second time.
     """
 
-    def __init__(self, model: Any, fused: bool) -> None:
+    def __init__(self, model: Any, fused: bool, kd: tuple[float, float] | None = None) -> None:
+        """`kd`: (weight, temperature) of logit distillation, for batches that carry teacher distributions."""
         super().__init__()
         self.model = model
+        self.kd = kd
         config = self._causal_lm().config
         if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1):
             raise UnsupportedModel(f"{config.model_type} scales or caps its logits after lm_head; the trainer's "
@@ -77,7 +138,8 @@ class PackedCausalLMLoss(torch.nn.Module):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, loss_positions: torch.Tensor,
-                loss_targets: torch.Tensor) -> torch.Tensor:
+                loss_targets: torch.Tensor, kd_rows: torch.Tensor | None = None, kd_ids: torch.Tensor | None = None,
+                kd_logprobs: torch.Tensor | None = None) -> torch.Tensor:
         causal_lm = self._causal_lm()
         # No attention_mask and no cache: only then does transformers derive the per-example block-diagonal
         # mask from position_ids (verified on 5.24, sdpa and eager; with a cache it attends across examples).
@@ -85,9 +147,6 @@ class PackedCausalLMLoss(torch.nn.Module):
                                          use_cache=False).last_hidden_state
         selected = hidden.flatten(0, 1).index_select(0, loss_positions)
         lm_head = causal_lm.get_output_embeddings()
-        total: torch.Tensor
-        if self.liger is not None:
-            total = self.liger(selected, lm_head.weight, loss_targets, lm_head.bias, reduction="sum")
-        else:
-            total = chunked_cross_entropy(selected, lm_head, loss_targets, self.chunk)
+        total = answer_loss_sum(selected, lm_head, loss_targets, self.chunk, self.liger, self.kd, kd_rows, kd_ids,
+                                kd_logprobs)
         return total / max(1, loss_targets.numel())

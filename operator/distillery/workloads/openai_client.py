@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,6 +20,7 @@ import aiohttp
 
 from distillery.api.pipeline import TEACHER_API_KEY_ENV
 from distillery.api.spec import Sampling
+from distillery.workloads.teacher_logprobs import TokenLogprobs
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -38,6 +39,9 @@ class ChatResult:
     tokens_out: int
     requests: int
     """HTTP requests this call made, retries included."""
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    """Per choice, when the request asked for top_logprobs: the generated tokens' log-probabilities, None for a
+    choice the server returned without them."""
 
 
 class TeacherError(Exception):
@@ -73,7 +77,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def request_body(model: str, messages: Sequence[dict[str, str]], sampling: Sampling,
-                 n: int) -> dict[str, Any]:
+                 n: int, top_logprobs: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "messages": list(messages),
@@ -89,6 +93,9 @@ def request_body(model: str, messages: Sequence[dict[str, str]], sampling: Sampl
         body["stop"] = list(sampling.stop)
     if n > 1:
         body["n"] = n
+    if top_logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = top_logprobs
     return body
 
 
@@ -149,12 +156,14 @@ class OpenAIChatClient:
         """Full jitter: uniform in [0, base * 2^retry], capped, so retries of many rows spread out."""
         return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** retry))
 
-    async def chat(self, messages: Sequence[dict[str, str]], sampling: Sampling, n: int = 1) -> ChatResult:
-        body = request_body(self.model, messages, sampling, n)
+    async def chat(self, messages: Sequence[dict[str, str]], sampling: Sampling, n: int = 1,
+                   top_logprobs: int | None = None) -> ChatResult:
+        """`top_logprobs` asks for the k most likely tokens at each generated token (ChatResult.logprobs)."""
+        body = request_body(self.model, messages, sampling, n, top_logprobs)
         last = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
             try:
-                texts, reasons, tokens_in, tokens_out = await self._post(body)
+                texts, reasons, tokens_in, tokens_out, logprobs = await self._post(body)
             except _Retryable as err:
                 last = err.reason
                 if attempt == self.max_attempts:
@@ -162,10 +171,12 @@ class OpenAIChatClient:
                 wait = err.wait_s if err.wait_s is not None else self.backoff_s(attempt - 1)
                 await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
                 continue
-            return ChatResult(texts, reasons, tokens_in, tokens_out, attempt)
+            return ChatResult(texts, reasons, tokens_in, tokens_out, attempt,
+                              logprobs if top_logprobs is not None else [])
         raise TeacherUnavailable(f"{self.max_attempts} attempts failed, last: {last}")
 
-    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], int, int]:
+    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], int, int,
+                                                          list[TokenLogprobs | None]]:
         self.requests_sent += 1
         try:
             async with self.session.post(self.url, json=body, timeout=self.timeout) as response:
@@ -189,13 +200,17 @@ class OpenAIChatClient:
         return parse_completion(payload)
 
 
-def parse_completion(payload: Any) -> tuple[list[str], list[str], int, int]:
-    """(texts, finish reasons, prompt tokens, completion tokens) of a chat completion body."""
+def parse_completion(payload: Any) -> tuple[list[str], list[str], int, int, list[TokenLogprobs | None]]:
+    """(texts, finish reasons, prompt tokens, completion tokens, per-choice log-probabilities) of a chat
+    completion body."""
     try:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
         texts = [choice["message"].get("content") or "" for choice in choices]
         reasons = [str(choice.get("finish_reason") or "stop") for choice in choices]
-    except (KeyError, TypeError, AttributeError):
+        logprobs = [TokenLogprobs.from_openai(choice["logprobs"]["content"])
+                    if (choice.get("logprobs") or {}).get("content") is not None else None for choice in choices]
+    except (KeyError, TypeError, AttributeError, ValueError):
         raise _Retryable(f"unexpected completion shape: {str(payload)[:200]}") from None
     usage = payload.get("usage") or {}
-    return texts, reasons, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return (texts, reasons, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+            logprobs)

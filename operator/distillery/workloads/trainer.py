@@ -13,6 +13,10 @@ and continues with the next optimizer step: the data order is a pure function of
 
 stdout carries one JSON object per line (`event`: start, resume, step, checkpoint,
 terminated); the last line is the final summary, also written as the termination message.
+
+Exit codes: 2 a configuration error, found before any GPU work (a model that does not load, a checkpoint this
+run cannot resume, with student.loss kd a student whose vocabulary lacks the teacher's tokens or no example whose
+teacher tokens line up); 3 no trainable example; 143 stopped by SIGTERM after checkpointing.
 """
 
 import argparse
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
-from distillery.api.spec import StudentSpec, TrainingMethod
+from distillery.api.spec import LossType, StudentSpec, TrainingMethod
 from distillery.workloads.environment import free_port, workspace_layout
 from distillery.workloads.finetune_data import Example, load_finetune_set, pack
 from distillery.workloads.loss import PackedCausalLMLoss, UnsupportedModel
@@ -46,6 +50,7 @@ from distillery.workloads.memory import (
 )
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer, prepare_model
 from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.teacher_logprobs import StudentVocabulary, VocabularyMismatch
 
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_PREFIX = "step-"
@@ -407,7 +412,8 @@ def build_student(student: StudentSpec, dtype: torch.dtype, cuda: bool, budget: 
         # Non-reentrant: works with frozen embeddings (LoRA) without forcing their outputs to need gradients.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # ZeRO-3 partitions lm_head's weight, which the fused kernel would read whole.
-    return PackedCausalLMLoss(model, fused=cuda and student.zero_stage < 3), checkpointing
+    kd = (student.loss.weight, student.loss.temperature) if student.loss.type == LossType.KD else None
+    return PackedCausalLMLoss(model, fused=cuda and student.zero_stage < 3, kd=kd), checkpointing
 
 
 @dataclass
@@ -501,10 +507,19 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     # Data first: a wrong model or empty labels fail fast, before any process group exists.
     tokenizer = load_tokenizer(student.model)
     task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+    # student.loss kd: a student that lacks the teacher's tokens fails here (VocabularyMismatch), before any GPU work.
+    vocabulary = StudentVocabulary(tokenizer) if student.loss.type == LossType.KD else None
     data = load_finetune_set(layout.labels_dir, task, tokenizer, student.max_seq_length,
-                             student.include_rationale)
+                             student.include_rationale, vocabulary)
     if not data.examples:
         return EXIT_NO_DATA, {"error": f"no trainable examples in {layout.labels_dir}", **data.summary()}
+    if vocabulary is not None and not data.kd_examples:
+        return EXIT_CONFIG, {"error": (
+            f"student.loss kd: no example has the teacher's log-probabilities lined up with its answer tokens "
+            f"({data.kd_missing} labels stored without log-probabilities, {data.kd_unaligned} whose trained text is "
+            f"not a run of whole teacher tokens that the student tokenizes the same way; the answer alone usually "
+            f"starts inside a teacher token, student.includeRationale trains on the whole reply)"),
+            **data.summary()}
 
     dist = init_distributed(cuda)
     stop = StopRequested()
@@ -587,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         code, summary = train(cfg, workspace_layout(cfg), args.max_steps)
-    except (ModelLoadError, ResumeError, UnsupportedModel) as err:
+    except (ModelLoadError, ResumeError, UnsupportedModel, VocabularyMismatch) as err:
         code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         write_termination_message(summary)
