@@ -76,12 +76,30 @@ def test_invalid_manifest_is_rejected_naming_the_field(kube: Kube, crd: None, na
     assert expected in result.stderr, f"{what}: {result.stderr}"
 
 
+def test_kd_from_an_endpoint_without_logprobs_is_refused_naming_both_fields(kube: Kube, crd: None,
+                                                                         namespace: str) -> None:
+    endpoint = {"endpoint": {"url": "https://api.example.com/v1", "model": "m", "logprobs": False}}
+    student = {"model": "Qwen/Qwen2.5-1.5B-Instruct", "loss": {"type": "kd", "temperature": 2}}
+    refused = kube.apply(distillation("kd-no-logprobs", teacher=endpoint, student=student), namespace=namespace,
+                         server_side=False, check=False)
+    assert refused.returncode != 0
+    assert "spec.student.loss.type" in refused.stderr and "teacher.endpoint.logprobs" in refused.stderr
+    too_many = kube.apply(distillation("kd-k", student={**student, "loss": {"type": "kd", "topLogprobs": 21}}),
+                          namespace=namespace, server_side=False, check=False)
+    assert too_many.returncode != 0 and "spec.student.loss.topLogprobs" in too_many.stderr
+    kube.apply(distillation("kd-ok", teacher={"endpoint": {**endpoint["endpoint"], "logprobs": True}},
+                            student=student), namespace=namespace)
+    loss = kube.get("distillation", "kd-ok", namespace)["spec"]["student"]["loss"]
+    assert loss == {"type": "kd", "weight": 0.5, "temperature": 2, "topLogprobs": 5}
+
+
 def test_a_valid_manifest_is_accepted_and_defaulted(kube: Kube, crd: None, namespace: str) -> None:
     kube.apply(distillation("good"), namespace=namespace)
     spec = kube.get("distillation", "good", namespace)["spec"]
     assert spec["student"]["method"] == "lora" and spec["student"]["lora"]["rank"] == 16
     assert spec["teacher"]["sampling"]["temperature"] == 0.2
     assert spec["evaluation"]["baselines"] == ["teacher", "base-student"]
+    assert spec["student"]["loss"]["type"] == "sft"
 
 
 def test_spec_is_immutable_except_suspend_and_serving(kube: Kube, crd: None, namespace: str) -> None:

@@ -555,3 +555,26 @@ def test_capacity_check_none_creates_gpu_pods_on_a_pool_that_has_no_nodes_yet() 
     w.complete_job("demo-label")
     w.step()
     assert w.has("Job", "demo-train") and w.reason("Reconciling") == "Progressing"
+
+
+def test_a_kd_training_stage_says_how_many_examples_the_teachers_distribution_reached() -> None:
+    w = labeling_world()
+    w.complete_job("demo-label")
+    w.step()
+    w.complete_job("demo-train", json.dumps({"steps": 12, "final_loss": 0.9, "examples": 24, "kd_examples": 23,
+                                             "kd_unaligned": 1, "kd_missing": 0}), "training")
+    w.step()
+    assert w.status.stages["training"].message == (
+        "12 optimizer steps, final loss 0.9, logit distillation on 23 of 24 examples")
+
+
+def test_a_student_without_the_teachers_vocabulary_fails_training_with_the_reason() -> None:
+    w = labeling_world()
+    w.complete_job("demo-label")
+    w.step()
+    reason = "student.loss kd: the student's tokenizer lacks 46 of the 173 distinct tokens the teacher returned"
+    w.fail_job("demo-train")
+    w.pods.append(w.job_pod("demo-train", "training", {
+        "containerStatuses": [{"state": {"terminated": {"exitCode": 2, "message": json.dumps({"error": reason})}}}]}))
+    w.step()
+    assert w.reason("Stalled") == "TrainingFailed" and reason in w.status.stages["training"].message

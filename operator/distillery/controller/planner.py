@@ -409,7 +409,10 @@ class _Pass:
         if stage == Stage.LABELING and "rows_ok" in summary:
             return f"{summary['rows_ok']} rows labeled, {summary.get('rows_rejected', 0)} rejected"
         if stage == Stage.TRAINING and "steps" in summary:
-            return f"{summary['steps']} optimizer steps, final loss {summary.get('final_loss', '?')}"
+            # student.loss kd: how many examples the teacher's distribution reached (the rest trained on text alone).
+            kd = (f", logit distillation on {summary['kd_examples']} of {summary.get('examples', '?')} examples"
+                  if "kd_examples" in summary else "")
+            return f"{summary['steps']} optimizer steps, final loss {summary.get('final_loss', '?')}{kd}"
         if stage == Stage.EVALUATION and self.status.results:
             return ", ".join(f"{r.model} {r.score:.2f}" for r in self.status.results)
         return f"{stage.value} job completed"
