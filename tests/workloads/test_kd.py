@@ -225,3 +225,19 @@ def test_the_answer_alone_starts_inside_a_teacher_token_and_is_not_aligned() -> 
     assert vocabulary.align(text, ids, logprobs) == [([i], [-0.1]) for i in ids]
     answer = "entailment"
     assert vocabulary.align(answer, tokenizer(answer, add_special_tokens=False)["input_ids"], logprobs) is None
+
+
+def test_a_token_the_server_could_not_spell_is_neither_a_mismatch_nor_a_distillation_target() -> None:
+    """vLLM renders each token with decode(): a fragment of a multi-byte character arrives as U+FFFD."""
+    tokenizer = build_tokenizer()
+    vocabulary = StudentVocabulary(tokenizer)
+    text = "Answer: 5"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    table = token_bytes_table(tokenizer)
+    tokens = [table[i].decode("latin-1") for i in ids]
+    lossy = "\ufffd".encode().decode("latin-1")
+    logprobs = TokenLogprobs(tokens=tokens, top=[[(t, -0.2), (lossy, -1.9)] for t in tokens])
+    assert vocabulary.check([logprobs]) == len(set(tokens)) + 1
+    assert vocabulary.align(text, ids, logprobs) == [([i], [-0.2]) for i in ids]
+    generated = TokenLogprobs(tokens=[*tokens[:-1], lossy], top=[[(t, -0.2)] for t in tokens])
+    assert vocabulary.align(text, ids, generated) is None

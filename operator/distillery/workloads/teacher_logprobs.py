@@ -102,6 +102,13 @@ def token_bytes_table(tokenizer: Any) -> dict[int, bytes]:
     return table
 
 
+LOSSY = "\ufffd".encode()
+"""U+FFFD in a token: a server that renders each token as text (vLLM's `tokenizer.decode` of one id) cannot
+spell a fragment of a multi-byte character and sends the replacement character instead. Such a token says
+nothing about the vocabulary: it is left out of the check, out of the top-k, and an example whose trained text
+contains one is not aligned."""
+
+
 class VocabularyMismatch(ValueError):
     """The teacher returned tokens the student's vocabulary does not have."""
 
@@ -115,13 +122,18 @@ class StudentVocabulary:
         for index, data in sorted(token_bytes_table(tokenizer).items()):
             self.ids.setdefault(data, index)
 
+    def id(self, token: str) -> int | None:
+        """The student id of a stored teacher token; None for one it lacks or a lossy one (see LOSSY)."""
+        data = text_bytes(token)
+        return None if LOSSY in data else self.ids.get(data)
+
     def check(self, logprobs: Iterable[TokenLogprobs]) -> int:
         """The number of distinct teacher tokens seen; VocabularyMismatch if the student lacks any of them."""
         seen: set[str] = set()
         for entry in logprobs:
             seen.update(entry.tokens)
             seen.update(token for top in entry.top for token, _ in top)
-        missing = sorted(token for token in seen if text_bytes(token) not in self.ids)
+        missing = sorted(token for token in seen if LOSSY not in text_bytes(token) and self.id(token) is None)
         if missing:
             shown = ", ".join(repr(text_bytes(t).decode(errors="replace")) for t in missing[:5])
             raise VocabularyMismatch(
@@ -148,7 +160,10 @@ class StudentVocabulary:
         if not want or at < 0 or at not in starts or at + len(want) not in ends:
             return None
         first, last = starts.index(at), ends.index(at + len(want))
-        if [self.ids.get(piece) for piece in pieces[first:last + 1]] != list(student_ids):
+        if [self.id(token) for token in logprobs.tokens[first:last + 1]] != list(student_ids):
             return None
-        return [([self.ids[text_bytes(token)] for token, _ in top], [logprob for _, logprob in top])
-                for top in logprobs.top[first:last + 1]]
+        aligned: list[TopK] = []
+        for top in logprobs.top[first:last + 1]:
+            kept = [(index, logprob) for token, logprob in top if (index := self.id(token)) is not None]
+            aligned.append(([index for index, _ in kept], [logprob for _, logprob in kept]))
+        return aligned
