@@ -669,7 +669,8 @@ def test_a_teacher_that_judges_serves_until_evaluation_is_over() -> None:
         {"model": "distilled-student", "prompt": "short", "score": 41.2, "rows": 10, "judge": 72.5,
          "unjudged": 1}]}), "evaluation")
     result = w.step()
-    assert {Delete("Deployment", "demo-teacher"), Delete("Service", "demo-teacher")} <= set(result.actions)
+    deleted = [a for a in result.actions if isinstance(a, Delete)]
+    assert deleted == [Delete("Deployment", "demo-teacher"), Delete("Service", "demo-teacher")]
     assert w.status.stages["teacher"].state == StageState.REMOVED
     assert "after evaluation" in (w.status.stages["teacher"].message or "")
     assert [(r.model, r.score, r.judge, r.unjudged) for r in w.status.results] == [
