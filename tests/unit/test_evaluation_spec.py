@@ -6,8 +6,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from distillery.api.config import OperatorConfig
 from distillery.api.crd import crd
 from distillery.api.spec import DistillationSpec
+from distillery.cli.status import render
+from distillery.resources import student
+from distillery.resources.common import Owner
 
 ENDPOINT = {"url": "https://judge.example.com/v1", "model": "judge"}
 
@@ -70,3 +74,28 @@ def test_valid_judge_gate_and_persona_are_accepted() -> None:
     # A persona without a judge is allowed: it shapes labeling, training and serving; adherence is then not scored.
     DistillationSpec.model_validate(spec(prompt={"persona": {"name": "Ada"}}))
     DistillationSpec.model_validate(spec(task="nli", evaluation={"gate": {"minScore": 60}}))
+
+
+def test_the_served_student_renders_prompts_with_the_trainers_persona_template() -> None:
+    owner = Owner("chat", "team-a", "uid-1")
+    plain = DistillationSpec.model_validate(spec())
+    with_persona = DistillationSpec.model_validate(spec(prompt={"persona": {"name": "Ada"}}))
+    args = student.student_deployment(owner, with_persona, OperatorConfig())["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args[args.index("--chat-template") + 1] == "/workspace/train/adapter/chat_template.jinja"
+    assert "--chat-template" not in student.student_deployment(owner, plain, OperatorConfig())["spec"][
+        "template"]["spec"]["containers"][0]["args"]
+
+
+def test_distillery_status_shows_the_judges_columns_beside_the_reference_metric() -> None:
+    results = [{"model": "teacher", "prompt": "cot", "metric": "token_f1", "score": 41.5, "rows": 8, "judge": 82.5,
+                "persona": 100.0, "unjudged": 0},
+               {"model": "distilled-student", "prompt": "short", "metric": "token_f1", "score": 30.0, "rows": 8,
+                "judge": 61.25, "unjudged": 2}]
+    text = render({"metadata": {"name": "chat", "namespace": "a"}, "spec": {"task": "conversation"},
+                   "status": {"phase": "Succeeded", "results": results}})
+    lines = [line.split() for line in text.splitlines()]
+    assert ["MODEL", "PROMPT", "METRIC", "SCORE", "ROWS", "JUDGE", "PERSONA", "UNJUDGED"] in lines
+    assert ["teacher", "cot", "token_f1", "41.50", "8", "82.50", "100.00", "0"] in lines
+    assert ["distilled-student", "short", "token_f1", "30.00", "8", "61.25", "-", "2"] in lines
+    assert "teacher cot 41.50 judge 82.50 / distilled-student short 30.00 judge 61.25" in text
