@@ -5,6 +5,9 @@ trainer's saved chat template makes the persona the default system message."""
 import asyncio
 import json
 import shutil
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from distillery.api.spec import (
 )
 from distillery.devcluster.teacher_server import FaultConfig, TeacherServer
 from distillery.workloads import evaluator, labeler
+from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import build_finetune_set, prompt_ids
 from distillery.workloads.labeler import read_labels
 from distillery.workloads.models import load_tokenizer
@@ -231,3 +235,42 @@ def test_a_persona_with_quotes_and_non_ascii_survives_the_template() -> None:
     rendered = ImmutableSandboxedEnvironment().from_string(template).render(messages=[{"role": "user",
                                                                                       "content": "hi"}])
     assert rendered == f"[system:{persona_system(odd)}][user:hi]"
+
+
+def test_the_cpu_server_answers_in_character_with_the_persona_template(tmp_path: Path, model_dir: Path) -> None:
+    """`distillery serve --chat-template`, as vLLM's flag: a request without a system message is rendered with
+    the persona's system turn (the prompt's token count says so), one with its own system message is not."""
+    template = tmp_path / "chat_template.jinja"
+    tokenizer = load_tokenizer(str(model_dir))
+    template.write_text(persona_chat_template(tokenizer.chat_template, ADA))
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([tm.PYTHON, "-m", "distillery.cli", "serve", "--model", str(model_dir),
+                                 "--chat-template", str(template), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=tm.subprocess_env(tmp_path / "t-log"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()[-4000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+
+        def prompt_tokens(messages: list[dict[str, str]]) -> int:
+            body = json.dumps({"model": str(model_dir), "messages": messages, "max_tokens": 1}).encode()
+            req = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as response:
+                return int(json.loads(response.read())["usage"]["prompt_tokens"])
+
+        caller = [{"role": "user", "content": QUESTIONS[2]}]
+        assert prompt_tokens(caller) == len(prompt_ids(tokenizer, [
+            {"role": "system", "content": persona_system(ADA)}, *caller]))
+        own = [{"role": "system", "content": "Be terse."}, *caller]
+        assert prompt_tokens(own) == len(prompt_ids(tokenizer, own))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
