@@ -690,3 +690,44 @@ def test_an_endpoint_judge_lets_the_teacher_go_after_labeling() -> None:
     w.step()
     env = w.children[("Job", "demo-eval")]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "judge", "key": "k"}}} in env
+
+
+def test_a_judging_teacher_is_removed_while_suspended_and_evaluation_resumes_once_it_serves_again() -> None:
+    w = World(judge_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.complete_job("demo-train")
+    w.step()
+    assert w.has("Job", "demo-eval")
+    w.spec = judge_spec(suspend=True)
+    w.step()
+    assert not w.has("Deployment", "demo-teacher") and w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    w.spec = judge_spec()
+    w.step()
+    # The teacher is back, not yet serving: the evaluation stays suspended and says why it waits.
+    assert w.has("Deployment", "demo-teacher") and w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    assert w.cond("TeacherReady") == "False" and w.status.stages["teacher"].state == StageState.SUCCEEDED
+    w.make_available("demo-teacher")
+    w.step()
+    assert not w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    assert w.cond("TeacherReady") == "True"
+
+
+def test_evaluation_waits_for_a_judging_teacher_that_lost_its_pods() -> None:
+    w = World(judge_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.children[("Deployment", "demo-teacher")]["status"] = {"observedGeneration": 1, "availableReplicas": 0}
+    w.complete_job("demo-train")
+    w.step()
+    assert not w.has("Job", "demo-eval")
+    assert w.status.stages["evaluation"].state == StageState.WAITING and w.reason("Evaluated") == "WaitingForJudge"
+    w.make_available("demo-teacher")
+    w.step()
+    assert w.has("Job", "demo-eval")

@@ -309,7 +309,8 @@ class _Pass:
         if self.ready_for(Stage.EVALUATION):
             if not self.spec.evaluation.enabled:
                 self.finish(Stage.EVALUATION, StageState.SKIPPED, "evaluation disabled")
-            elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1):
+            elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1) and not (
+                    self.obs.eval_job is None and self.wait_for_judge()):
                 self.stage_job(Stage.EVALUATION, self.obs.eval_job, jobs.evaluation_job, self.evaluation_summary,
                                gpus=1)
             if self.done(Stage.EVALUATION) and self.judge_uses_teacher():
@@ -343,6 +344,8 @@ class _Pass:
         if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
             if (t.keep_after_labeling or self.judge_holds_teacher()) and self.obs.teacher is not None:
                 self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
+            if self.judge_holds_teacher():
+                self.judging_teacher()
             return
         if self.obs.teacher is None:
             if self.wait_for_gpus(Stage.TEACHER, t.gpu_type, t.gpus):
@@ -400,6 +403,31 @@ class _Pass:
 
     def judge_holds_teacher(self) -> bool:
         return self.judge_uses_teacher() and not self.done(Stage.EVALUATION)
+
+    def judge_ready(self) -> bool:
+        view = self.obs.teacher
+        return not self.judge_holds_teacher() or (view is not None and view.available)
+
+    def judging_teacher(self) -> None:
+        """After labeling, the judging teacher serves on until evaluation is done; removed while suspended, it
+        comes back on resume."""
+        if self.obs.teacher is None:
+            self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
+            self.apply(teacher.teacher_service(self.owner))
+        if self.judge_ready():
+            self.cond("TeacherReady", True, "Serving", "serving as the evaluation judge")
+        else:
+            reason, message = self.not_ready(Stage.TEACHER, self.obs.teacher,
+                                             "the teacher, which judges the evaluation, is not serving yet")
+            self.cond("TeacherReady", False, reason, message)
+
+    def wait_for_judge(self) -> bool:
+        """The evaluation Job starts only once the teacher that judges it serves."""
+        if self.judge_ready():
+            return False
+        self.start(Stage.EVALUATION, StageState.WAITING, "waiting for the teacher, which judges the evaluation")
+        self.cond("Evaluated", False, "WaitingForJudge", "waiting for the teacher, which judges the evaluation")
+        return True
 
     def quality_gate(self) -> bool:
         """True when the student may be served: no evaluation.gate, or the evaluation met it. A student that
@@ -629,6 +657,9 @@ class _Pass:
             # Labeling resumes only against a serving teacher, or its retries would reject good rows.
             if stage == Stage.LABELING and not self.done(Stage.TEACHER):
                 continue
+            # Likewise an evaluation the teacher judges, or its replies would go unjudged.
+            if stage == Stage.EVALUATION and not self.judge_ready():
+                continue
             if view is not None and view.suspended and not view.finished:
                 self.actions.append(Patch("Job", name, {"spec": {"suspend": False}}))
                 self.event("Resumed", f"Resumed {stage.value} job {name}")
@@ -660,6 +691,10 @@ class _Pass:
             record = self.stage(Stage.TEACHER)
             record.state, record.message = StageState.PENDING, "removed while suspended"
             self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")
+        elif self.obs.teacher is not None and self.done(Stage.LABELING) and self.judge_holds_teacher():
+            # Labeling is done, so its stage record stays; the judge comes back on resume (judging_teacher).
+            self.delete("Deployment", self.names.teacher)
+            self.cond("TeacherReady", False, "Suspended", "the judging teacher is removed while suspended")
         if self.obs.student is not None:
             # The builder scales the student to zero while spec.suspend is set.
             self.apply(student.student_deployment(self.owner, self.spec, self.config))
