@@ -40,3 +40,37 @@ def test_real_workloads_take_a_distillation_to_succeeded_with_results(
     assert scores["distilled-student"] > scores["base-student"]
     pods = kube.get("pods", namespace=namespace, selector="distillery.dev/stage=training")["items"]
     assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_a_student_that_misses_the_quality_gate_is_not_served(
+        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+    """The real pipeline with a gate the tiny student cannot pass: the Distillation fails with QualityGateFailed
+    and the numbers, no student Deployment is made, and the trained adapter is left in the workspace."""
+    config = tmp_path / "operator.yaml"
+    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
+    operator = OperatorProcess(kube.kubeconfig, tmp_path, config)
+    operator.start()
+    manifest = local_sample()
+    manifest["metadata"]["namespace"] = namespace
+    manifest["metadata"]["name"] = "gated"
+    manifest["spec"]["evaluation"] = {"gate": {"minScore": 100}}
+    workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
+    try:
+        workloads.start()
+        kube.apply(models_claim(namespace), manifest, namespace=namespace)
+        dist = kube.wait_for(lambda: ((d := kube.get("distillation", "gated", namespace)).get("status") or {})
+                             .get("phase") in ("Succeeded", "Failed") and d, 600, interval=2,
+                             what="a finished pipeline")
+    finally:
+        workloads.stop()
+        operator.stop()
+    status = dist["status"]
+    distilled = next(r["score"] for r in status["results"] if r["model"] == "distilled-student")
+    assert distilled < 100, f"the tiny student scored {distilled}: this gate no longer tests a failing student"
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "QualityGateFailed")
+    assert f"distilled-student accuracy {distilled:.2f} is below minScore 100" in failed["message"]
+    assert kube.get("deployment", "gated-student", namespace) is None
+    adapters = list((tmp_path / "local").rglob("train/adapter/adapter_config.json"))
+    assert adapters, "the trained adapter is not in the workspace"

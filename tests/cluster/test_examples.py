@@ -30,6 +30,7 @@ def test_example_validates_against_the_models(path: Path) -> None:
 
 def test_every_task_has_an_example() -> None:
     tasks = [load(p)["spec"]["task"] for p in EXAMPLES]
+    # Every task has an example; features (a judge and a gate, a persona) add examples of a task.
     assert set(tasks) == {t.value for t in Task}
     assert "summarization-cod.yaml" in {p.name for p in EXAMPLES}
     assert load(REPO / "examples" / "summarization-cod.yaml")["spec"]["prompt"]["chainOfDensity"] is True
@@ -51,6 +52,22 @@ def test_conjnli_rows_are_premise_hypothesis_label() -> None:
     rows = spec["dataset"]["train"]["rows"] + spec["dataset"]["validation"]["rows"]
     assert all(set(row) == {"premise", "hypothesis", "label"} for row in rows)
     assert {row["label"] for row in rows} == {"entailment", "neutral", "contradiction"}
+
+
+def test_the_judge_gate_and_persona_examples_make_judge_and_persona_prompts() -> None:
+    gated = DistillationSpec.model_validate(load(REPO / "examples" / "conversation-judge-gate.yaml")["spec"])
+    assert gated.evaluation.judge is not None and gated.evaluation.judge.teacher
+    assert gated.evaluation.gate is not None and gated.evaluation.gate.min_gap_closed == 0.6
+    persona = DistillationSpec.model_validate(load(REPO / "examples" / "persona.yaml")["spec"])
+    assert persona.prompt.persona is not None and persona.evaluation.judge is not None
+    for spec in (gated, persona):
+        task = get_task(spec.task, spec.prompt, spec.dataset.columns)
+        for row in (spec.dataset.validation.rows if spec.dataset.validation else None) or []:
+            reference = task.reference(row)
+            assert reference and reference in task.judge_messages(row, "a reply", reference)[-1]["content"]
+    system = get_task(persona.task, persona.prompt, {}).student_messages(
+        {"messages": [{"role": "user", "content": "hi"}]})[0]
+    assert system["role"] == "system" and system["content"].startswith("You are Ada.")
 
 
 def test_custom_answer_pattern_extracts_the_category() -> None:

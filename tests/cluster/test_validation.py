@@ -64,6 +64,19 @@ INVALID = [
     ("unknown field", "spec.teacher.temprature", 0.5, "temprature"),
     ("bad toleration effect", "spec.scheduling", {"tolerations": [{"key": "a", "effect": "Sometimes"}]},
      "spec.scheduling.tolerations[0].effect"),
+    ("judge with neither teacher nor endpoint", "spec.evaluation", {"judge": {"maxAttempts": 2}},
+     "exactly one of evaluation.judge.teacher and evaluation.judge.endpoint must be set"),
+    ("judge for nli", "spec.evaluation", {"judge": {"teacher": True}},
+     "spec.evaluation.judge: Invalid value: evaluation.judge is only valid for the open-ended tasks"),
+    ("persona for nli", "spec.prompt", {"persona": {"name": "Ada"}},
+     "spec.prompt.persona: Invalid value: prompt.persona is only valid for the open-ended tasks"),
+    ("empty gate", "spec.evaluation", {"gate": {}}, "evaluation.gate needs minScore or minGapClosed"),
+    ("gate without evaluation", "spec.evaluation", {"enabled": False, "gate": {"minScore": 50}},
+     "spec.evaluation.gate: Invalid value: evaluation.gate needs evaluation.enabled"),
+    ("gap gate without the teacher baseline", "spec.evaluation",
+     {"baselines": ["base-student"], "gate": {"minGapClosed": 0.5}},
+     "spec.evaluation.gate.minGapClosed: Invalid value: evaluation.gate.minGapClosed needs both"),
+    ("gap share above 1", "spec.evaluation", {"gate": {"minGapClosed": 1.5}}, "spec.evaluation.gate.minGapClosed"),
 ]
 
 

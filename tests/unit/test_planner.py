@@ -7,10 +7,20 @@ from typing import Any
 import pytest
 
 from distillery.api.config import OperatorConfig
-from distillery.api.spec import DistillationSpec
-from distillery.api.status import DistillationStatus, Phase, StageState
+from distillery.api.spec import DistillationSpec, GateSpec
+from distillery.api.status import DistillationStatus, ModelScore, Phase, StageState
 from distillery.controller.observe import NodeView, observe
-from distillery.controller.planner import Apply, Create, Delete, Patch, Plan, gpu_pool_fits, plan
+from distillery.controller.planner import (
+    Apply,
+    Create,
+    Delete,
+    Patch,
+    Plan,
+    gap_closed,
+    gate_verdict,
+    gpu_pool_fits,
+    plan,
+)
 from distillery.resources.common import STAGE_LABEL, Owner
 
 OWNER = Owner("demo", "team-a", "uid-1")
@@ -578,3 +588,169 @@ def test_a_student_without_the_teachers_vocabulary_fails_training_with_the_reaso
         "containerStatuses": [{"state": {"terminated": {"exitCode": 2, "message": json.dumps({"error": reason})}}}]}))
     w.step()
     assert w.reason("Stalled") == "TrainingFailed" and reason in w.status.stages["training"].message
+
+
+# Evaluation judge and quality gate ---------------------------------------------------------------
+
+def test_gap_closed_of_the_seeds_conjnli_table_is_64_5_percent() -> None:
+    # The seed's ConjNLI table: base student 52.81, distilled 63.88, teacher 69.98.
+    assert gap_closed(52.81, 69.98, 63.88) == pytest.approx(0.6447, abs=1e-4)
+    assert f"{gap_closed(52.81, 69.98, 63.88):.1%}" == "64.5%"
+    assert gap_closed(70.0, 69.98, 71.0) is None  # a teacher that does not beat the base leaves no gap
+
+
+def conjnli_scores() -> list[ModelScore]:
+    return [ModelScore(model="teacher", prompt="cot", metric="accuracy", score=69.98, rows=256),
+            ModelScore(model="base-student", prompt="cot", metric="accuracy", score=52.81, rows=256),
+            ModelScore(model="distilled-student", prompt="short", metric="accuracy", score=63.88, rows=256)]
+
+
+@pytest.mark.parametrize(("gate", "passed", "words"), [
+    ({"minGapClosed": 0.6}, True, "closes 64.5% of the gap from base-student 52.81 to teacher 69.98, at least "
+                                  "minGapClosed 60.0%"),
+    ({"minGapClosed": 0.7}, False, "closes 64.5% of the gap from base-student 52.81 to teacher 69.98, below "
+                                   "minGapClosed 70.0%"),
+    ({"minScore": 60}, True, "distilled-student accuracy 63.88 is at least minScore 60"),
+    ({"minScore": 65}, False, "distilled-student accuracy 63.88 is below minScore 65"),
+    ({"minScore": 60, "minGapClosed": 0.7}, False, "below minGapClosed 70.0%"),
+])
+def test_gate_verdict_gives_the_numbers(gate: dict[str, Any], passed: bool, words: str) -> None:
+    ok, message = gate_verdict(GateSpec.model_validate(gate), conjnli_scores())
+    assert ok is passed
+    assert words in message
+
+
+def test_a_gap_gate_without_the_teachers_score_fails_and_says_why() -> None:
+    scores = [s for s in conjnli_scores() if s.model != "teacher"]
+    ok, message = gate_verdict(GateSpec(min_gap_closed=0.5), scores)
+    assert not ok and "needs the teacher score" in message
+    ok, message = gate_verdict(GateSpec(min_score=1), [])
+    assert not ok and "no score for the distilled student" in message
+
+
+def run_to_evaluated(w: World) -> None:
+    """Every stage up to a finished evaluation with the seed's ConjNLI numbers."""
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.complete_job("demo-train")
+    w.step()
+    w.complete_job("demo-eval", json.dumps({"metric": "accuracy", "results": [
+        {"model": s.model, "prompt": s.prompt, "score": s.score, "rows": s.rows} for s in conjnli_scores()]}),
+        "evaluation")
+    w.step()
+
+
+def test_a_student_that_misses_the_gate_is_not_served_and_the_distillation_fails() -> None:
+    w = World(make_spec(**{"evaluation.gate": {"minGapClosed": 0.7}}))
+    run_to_evaluated(w)
+    assert not w.has("Deployment", "demo-student") and "Deployment/demo-student" not in w.created()
+    assert w.status.phase == Phase.FAILED
+    for type_ in ("Failed", "Stalled"):
+        assert (w.cond(type_), w.reason(type_)) == ("True", "QualityGateFailed")
+    assert (w.cond("StudentReady"), w.reason("StudentReady")) == ("False", "QualityGateFailed")
+    assert w.cond("Evaluated") == "True" and w.cond("Succeeded") == "False"
+    message = next(c.message for c in w.status.conditions if c.type == "Failed")
+    assert "closes 64.5% of the gap" in message and "below minGapClosed 70.0%" in message
+    assert w.status.stages["serving"].state == StageState.FAILED
+    assert any(e.reason == "QualityGateFailed" for p in w.history for e in p.events)
+    # Nothing is deleted from the workspace: the claim that holds the adapter is never touched.
+    assert not any(isinstance(a, Delete) and a.kind == "PersistentVolumeClaim" for p in w.history for a in p.actions)
+    # Later passes keep the verdict and create nothing.
+    result = w.step()
+    assert not [a for a in result.actions if isinstance(a, Create)]
+    assert w.reason("Failed") == "QualityGateFailed"
+
+
+def test_a_student_that_meets_the_gate_is_served() -> None:
+    w = World(make_spec(**{"evaluation.gate": {"minScore": 60, "minGapClosed": 0.6}}))
+    run_to_success(w)
+    assert w.has("Deployment", "demo-student") and w.status.phase == Phase.SUCCEEDED
+    assert any(e.reason == "QualityGatePassed" for p in w.history for e in p.events)
+
+
+def judge_spec(**overrides: Any) -> DistillationSpec:
+    return make_spec(**{"task": "conversation", "evaluation.judge": {"teacher": True}, **overrides})
+
+
+def test_a_teacher_that_judges_serves_until_evaluation_is_over() -> None:
+    w = World(judge_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    assert w.has("Deployment", "demo-teacher") and w.cond("TeacherReady") == "True"
+    w.complete_job("demo-train")
+    w.step()
+    assert w.has("Job", "demo-eval") and w.has("Deployment", "demo-teacher")
+    pipeline = json.loads(w.children[("ConfigMap", "demo-pipeline")]["data"]["pipeline.json"])
+    assert pipeline["judge"]["baseUrl"] == "http://demo-teacher.team-a.svc:8000/v1"
+    w.complete_job("demo-eval", json.dumps({"metric": "token_f1", "results": [
+        {"model": "distilled-student", "prompt": "short", "score": 41.2, "rows": 10, "judge": 72.5,
+         "unjudged": 1}]}), "evaluation")
+    result = w.step()
+    deleted = [a for a in result.actions if isinstance(a, Delete)]
+    assert deleted == [Delete("Deployment", "demo-teacher"), Delete("Service", "demo-teacher")]
+    assert w.status.stages["teacher"].state == StageState.REMOVED
+    assert "after evaluation" in (w.status.stages["teacher"].message or "")
+    assert [(r.model, r.score, r.judge, r.unjudged) for r in w.status.results] == [
+        ("distilled-student", 41.2, 72.5, 1)]
+
+
+def test_an_endpoint_judge_lets_the_teacher_go_after_labeling() -> None:
+    w = World(judge_spec(**{"evaluation.judge": {"endpoint": {"url": "https://judge.example.com/v1", "model": "j",
+                                                              "apiKeySecretRef": {"name": "judge", "key": "k"}}}}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    assert not w.has("Deployment", "demo-teacher")
+    w.complete_job("demo-train")
+    w.step()
+    env = w.children[("Job", "demo-eval")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "judge", "key": "k"}}} in env
+
+
+def test_a_judging_teacher_is_removed_while_suspended_and_evaluation_resumes_once_it_serves_again() -> None:
+    w = World(judge_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.complete_job("demo-train")
+    w.step()
+    assert w.has("Job", "demo-eval")
+    w.spec = judge_spec(suspend=True)
+    w.step()
+    assert not w.has("Deployment", "demo-teacher") and w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    w.spec = judge_spec()
+    w.step()
+    # The teacher is back, not yet serving: the evaluation stays suspended and says why it waits.
+    assert w.has("Deployment", "demo-teacher") and w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    assert w.cond("TeacherReady") == "False" and w.status.stages["teacher"].state == StageState.SUCCEEDED
+    w.make_available("demo-teacher")
+    w.step()
+    assert not w.children[("Job", "demo-eval")]["spec"]["suspend"]
+    assert w.cond("TeacherReady") == "True"
+
+
+def test_evaluation_waits_for_a_judging_teacher_that_lost_its_pods() -> None:
+    w = World(judge_spec())
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    w.children[("Deployment", "demo-teacher")]["status"] = {"observedGeneration": 1, "availableReplicas": 0}
+    w.complete_job("demo-train")
+    w.step()
+    assert not w.has("Job", "demo-eval")
+    assert w.status.stages["evaluation"].state == StageState.WAITING and w.reason("Evaluated") == "WaitingForJudge"
+    w.make_available("demo-teacher")
+    w.step()
+    assert w.has("Job", "demo-eval")

@@ -33,6 +33,8 @@ PVC_BASE_ENV = "DISTILLERY_PVC_BASE"
 """Overrides where pod programs find `pvc://` claims (see `api.modelref`)."""
 JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
+JUDGE_API_KEY_ENV = "JUDGE_API_KEY"
+"""The evaluation judge's bearer token, when its endpoint has one."""
 
 
 class TeacherClientConfig(ApiModel):
@@ -48,6 +50,19 @@ class TeacherClientConfig(ApiModel):
     min_success_ratio: float = 0.9
     outage_budget_seconds: float = 1800
     """How long the labeler waits out an unreachable teacher before leaving its rows for a rerun."""
+
+
+class JudgeClientConfig(ApiModel):
+    """How the evaluator reaches the judge (evaluation.judge resolved to a URL and model name)."""
+
+    base_url: str
+    """OpenAI-compatible base URL including /v1."""
+    model: str
+    api_key_env: str = JUDGE_API_KEY_ENV
+    """The environment variable holding its bearer token, if it has one."""
+    max_attempts: int = 3
+    concurrency: int = 8
+    request_timeout_seconds: float = 300
 
 
 class WorkspaceLayout(ApiModel):
@@ -93,6 +108,8 @@ class PipelineConfig(ApiModel):
     student: StudentSpec
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     workspace: WorkspaceLayout = Field(default_factory=WorkspaceLayout)
+    judge: JudgeClientConfig | None = None
+    """evaluation.judge resolved; None without a judge."""
     label_shards: int = Field(1, ge=1)
     """Completions of the labeling Indexed Job; pod i labels rows where row_index % shards == i."""
     seed: int = 1234

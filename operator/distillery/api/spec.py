@@ -34,6 +34,22 @@ class Task(StrEnum):
     CUSTOM = "custom"
 
 
+OPEN_ENDED_TASKS = frozenset({Task.CONVERSATION, Task.SUMMARIZATION})
+"""Tasks whose outputs a judge scores (they have a judge prompt) and that may carry a persona."""
+
+
+class Persona(ApiModel):
+    """A character the student is distilled into: the teacher labels in it, the student is trained with it
+    as its system message and served with it as the default system message."""
+
+    name: str = Field(min_length=1, max_length=128)
+    """What the assistant calls itself, e.g. Ada."""
+    traits: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=16)
+    """Character traits, e.g. ["curious", "patient with beginners"]."""
+    tone: str | None = Field(None, min_length=1, max_length=256)
+    """How it speaks, e.g. "warm and concise"."""
+
+
 class PromptSpec(ApiModel):
     """How the teacher is prompted (elaborate) and how the student is trained and served (short)."""
 
@@ -55,6 +71,9 @@ class PromptSpec(ApiModel):
     """Custom task: a regular expression whose first group extracts the answer from the teacher's output."""
     self_consistency: int = Field(1, ge=1, le=16)
     """Sample the teacher this many times per row and keep the majority answer."""
+    persona: Persona | None = None
+    """A system persona for open-ended tasks (conversation, summarization): the teacher labels in character,
+    the student is trained and served with it; evaluation.judge scores how well replies keep to it."""
 
 
 class SecretKeyRef(ApiModel):
@@ -300,12 +319,73 @@ class Baseline(StrEnum):
     BASE_STUDENT = "base-student"
 
 
+class JudgeSpec(ApiModel):
+    """A model that scores open-ended outputs (conversation, summarization) with the task's judge prompt, 0 to
+    10 per reply, next to the reference metric: the teacher (kept running through evaluation when it is served
+    in-cluster) or an OpenAI-compatible endpoint."""
+
+    teacher: bool = False
+    """The teacher judges (its endpoint, or the in-cluster teacher, which then stays up until evaluation ends)."""
+    endpoint: TeacherEndpoint | None = None
+    """Another OpenAI-compatible endpoint judges."""
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Requests per reply (transport errors and replies without a valid score); a reply still unscored after
+    them counts as unjudged and is reported, not guessed."""
+    concurrency: int = Field(8, ge=1, le=256)
+    """Judge requests in flight."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("(has(self.teacher) && self.teacher) != has(self.endpoint)",
+                    "exactly one of evaluation.judge.teacher and evaluation.judge.endpoint must be set"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "JudgeSpec":
+        if self.teacher == (self.endpoint is not None):
+            raise ValueError("exactly one of evaluation.judge.teacher and evaluation.judge.endpoint must be set")
+        return self
+
+
+class GateSpec(ApiModel):
+    """What the distilled student must reach, on the task's main metric, to be served."""
+
+    min_score: float | None = Field(None, ge=0, le=100)
+    """Lowest acceptable score of the distilled student (percent, the task's main metric)."""
+    min_gap_closed: float | None = Field(None, ge=0, le=1)
+    """Lowest acceptable share of the gap from the base student to the teacher that distillation closes:
+    (distilled - base) / (teacher - base); e.g. 0.6. Needs both evaluation.baselines."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.minScore) || has(self.minGapClosed)",
+                    "evaluation.gate needs minScore or minGapClosed"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "GateSpec":
+        if self.min_score is None and self.min_gap_closed is None:
+            raise ValueError("evaluation.gate needs minScore or minGapClosed")
+        return self
+
+
 class EvaluationSpec(ApiModel):
     enabled: bool = True
     baselines: list[Baseline] = Field(
         default_factory=lambda: [Baseline.TEACHER, Baseline.BASE_STUDENT], max_length=2
     )
     max_rows: int | None = Field(None, ge=1, le=10_000_000)
+    judge: JudgeSpec | None = None
+    """Score open-ended outputs with a judge model too (and persona adherence when prompt.persona is set)."""
+    gate: GateSpec | None = None
+    """A quality gate: a student that misses it is not served and the Distillation fails with
+    QualityGateFailed; its adapter stays in the workspace."""
 
 
 class ServingSpec(ApiModel):
@@ -428,6 +508,18 @@ class DistillationSpec(ApiModel):
                 cel("self.task != 'custom' || has(self.prompt.userTemplate)",
                     "task custom needs prompt.userTemplate", ".prompt.userTemplate"),
                 cel(KD_NEEDS_LOGPROBS_RULE, KD_NEEDS_LOGPROBS, ".student.loss.type"),
+                cel("!has(self.evaluation.judge) || self.task in ['conversation', 'summarization']",
+                    "evaluation.judge is only valid for the open-ended tasks conversation and summarization",
+                    ".evaluation.judge"),
+                cel("!has(self.prompt.persona) || self.task in ['conversation', 'summarization']",
+                    "prompt.persona is only valid for the open-ended tasks conversation and summarization",
+                    ".prompt.persona"),
+                cel("!has(self.evaluation.gate) || self.evaluation.enabled",
+                    "evaluation.gate needs evaluation.enabled", ".evaluation.gate"),
+                cel("!has(self.evaluation.gate) || !has(self.evaluation.gate.minGapClosed) || "
+                    "('teacher' in self.evaluation.baselines && 'base-student' in self.evaluation.baselines)",
+                    "evaluation.gate.minGapClosed needs both teacher and base-student in evaluation.baselines",
+                    ".evaluation.gate.minGapClosed"),
             ]
         }
     )
@@ -441,6 +533,17 @@ class DistillationSpec(ApiModel):
         endpoint = self.teacher.endpoint
         if self.student.loss.type == LossType.KD and endpoint is not None and not endpoint.logprobs:
             raise ValueError(KD_NEEDS_LOGPROBS)
+        ev = self.evaluation
+        if ev.judge is not None and self.task not in OPEN_ENDED_TASKS:
+            raise ValueError("evaluation.judge is only valid for the open-ended tasks conversation and summarization")
+        if self.prompt.persona is not None and self.task not in OPEN_ENDED_TASKS:
+            raise ValueError("prompt.persona is only valid for the open-ended tasks conversation and summarization")
+        if ev.gate is not None and not ev.enabled:
+            raise ValueError("evaluation.gate needs evaluation.enabled")
+        if ev.gate is not None and ev.gate.min_gap_closed is not None and not {
+                Baseline.TEACHER, Baseline.BASE_STUDENT} <= set(ev.baselines):
+            raise ValueError("evaluation.gate.minGapClosed needs both teacher and base-student in "
+                             "evaluation.baselines")
         return self
 
 

@@ -105,12 +105,24 @@ class ModelScore(StatusModel):
     metric: str
     score: float
     rows: int
+    judge: float | None = None
+    """evaluation.judge's mean score of the replies, 0-100 (ten times the mean 0-10 score)."""
+    persona: float | None = None
+    """evaluation.judge's mean persona-adherence score, 0-100 (prompt.persona set)."""
+    unjudged: int | None = None
+    """Replies the judge gave no valid score for after evaluation.judge.maxAttempts (left out of the means)."""
 
 
 def results_line(results: Sequence[ModelScore]) -> str:
     """'teacher cot 69.98 / base-student cot 52.81 / distilled-student short 63.88': the Progress column of
     a finished Distillation and the line under `distillery status`'s results table."""
-    return " / ".join(f"{r.model} {r.prompt} {r.score:.2f}" for r in results)
+    return " / ".join(f"{r.model} {r.prompt} {_score_text(r)}" for r in results)
+
+
+def _score_text(result: ModelScore) -> str:
+    """The main score, and the judge's beside it when there is one: '41.20 judge 72.50'."""
+    main = f"{result.score:.2f}"
+    return main if result.judge is None else f"{main} judge {result.judge:.2f}"
 
 
 class DistillationStatus(StatusModel):

@@ -99,8 +99,16 @@ def _results(results: list[dict[str, Any]] | None) -> list[str]:
         return []
     rows = [[r["model"], r.get("prompt", ""), r.get("metric", ""), f"{r['score']:.2f}", _count(r.get("rows"))]
             for r in results]
+    headers = ["MODEL", "PROMPT", "METRIC", "SCORE", "ROWS"]
+    # evaluation.judge's columns, only when it judged: the reference metric stays the first score.
+    for key, header in (("judge", "JUDGE"), ("persona", "PERSONA"), ("unjudged", "UNJUDGED")):
+        if any(r.get(key) is not None for r in results):
+            headers.append(header)
+            for row, r in zip(rows, results, strict=True):
+                value = r.get(key)
+                row.append("-" if value is None else _count(value) if key == "unjudged" else f"{value:.2f}")
     line = results_line([ModelScore.model_validate(r) for r in results])
-    return ["Results:", *text_table(["MODEL", "PROMPT", "METRIC", "SCORE", "ROWS"], rows), "  " + line]
+    return ["Results:", *text_table(headers, rows), "  " + line]
 
 
 def _needs_attention(condition: dict[str, Any], stages: dict[str, Any]) -> bool:

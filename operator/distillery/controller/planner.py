@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.spec import DistillationSpec
+from distillery.api.spec import DistillationSpec, GateSpec
 from distillery.api.status import (
     STAGE_CONDITION,
     DistillationStatus,
@@ -103,6 +103,52 @@ def gpu_pool_fits(nodes: tuple[NodeView, ...], config: OperatorConfig, region: s
     return fitting >= pods
 
 
+QUALITY_GATE_FAILED = "QualityGateFailed"
+
+
+def gap_closed(base: float, teacher: float, distilled: float) -> float | None:
+    """The share of the base student's gap to the teacher that distillation closed; None when the teacher does
+    not beat the base student (there is no gap to close)."""
+    if teacher <= base:
+        return None
+    return (distilled - base) / (teacher - base)
+
+
+def gate_verdict(gate: GateSpec, results: list[ModelScore]) -> tuple[bool, str]:
+    """(passed, the numbers): evaluation.gate checked against the evaluation's main metric."""
+    scores = {r.model: r for r in results}
+    distilled = scores.get("distilled-student")
+    if distilled is None:
+        return False, "the evaluation reported no score for the distilled student"
+    metric = distilled.metric
+    parts, passed = [], True
+    if gate.min_score is not None:
+        ok = distilled.score >= gate.min_score
+        passed &= ok
+        parts.append(f"distilled-student {metric} {distilled.score:.2f} is {'at least' if ok else 'below'} "
+                     f"minScore {gate.min_score:g}")
+    if gate.min_gap_closed is not None:
+        base, teacher = scores.get("base-student"), scores.get("teacher")
+        if base is None or teacher is None:
+            missing = " and ".join(m for m, r in (("base-student", base), ("teacher", teacher)) if r is None)
+            passed = False
+            parts.append(f"minGapClosed needs the {missing} score, which the evaluation did not report "
+                         "(a teacher is scored only on rows with gold answers)")
+        else:
+            share = gap_closed(base.score, teacher.score, distilled.score)
+            if share is None:
+                passed = False
+                parts.append(f"teacher {metric} {teacher.score:.2f} does not beat base-student {base.score:.2f}: "
+                             f"there is no gap for minGapClosed {gate.min_gap_closed:.0%} to measure")
+            else:
+                ok = share >= gate.min_gap_closed
+                passed &= ok
+                parts.append(f"distilled-student {metric} {distilled.score:.2f} closes {share:.1%} of the gap from "
+                             f"base-student {base.score:.2f} to teacher {teacher.score:.2f}, "
+                             f"{'at least' if ok else 'below'} minGapClosed {gate.min_gap_closed:.1%}")
+    return passed, "; ".join(parts)
+
+
 def _summary(messages: list[str]) -> dict[str, Any]:
     """Merge the JSON termination messages of a stage's pods (one per shard or node)."""
     merged: dict[str, Any] = {}
@@ -123,6 +169,19 @@ def _summary(messages: list[str]) -> dict[str, Any]:
     return merged
 
 
+def _judge_scores(entry: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.judge's numbers in one evaluator result entry, those that are numbers."""
+    found: dict[str, Any] = {}
+    for key in ("judge", "persona"):
+        value = entry.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found[key] = round(float(value), 2)
+    unjudged = entry.get("unjudged")
+    if isinstance(unjudged, int) and not isinstance(unjudged, bool):
+        found["unjudged"] = unjudged
+    return found
+
+
 class _Pass:
     """One reconcile pass; mutates a copy of the status and collects actions and events."""
 
@@ -138,6 +197,7 @@ class _Pass:
             self.status.stages.setdefault(stage.value, StageStatus())
         self.actions: list[Action] = []
         self.events: list[Event] = []
+        self.teacher_released = False
 
     # helpers -------------------------------------------------------------
     def stage(self, stage: Stage) -> StageStatus:
@@ -242,17 +302,20 @@ class _Pass:
         self.resume_jobs()
         if self.obs.label_job is not None or self.ready_for(Stage.LABELING):
             self.stage_job(Stage.LABELING, self.obs.label_job, jobs.labeling_job, self.labeling_summary)
-        if self.done(Stage.LABELING):
+        if self.done(Stage.LABELING) and not self.judge_holds_teacher():
             self.release_teacher()
         if self.ready_for(Stage.TRAINING):
             self.training()
         if self.ready_for(Stage.EVALUATION):
             if not self.spec.evaluation.enabled:
                 self.finish(Stage.EVALUATION, StageState.SKIPPED, "evaluation disabled")
-            elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1):
+            elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1) and not (
+                    self.obs.eval_job is None and self.wait_for_judge()):
                 self.stage_job(Stage.EVALUATION, self.obs.eval_job, jobs.evaluation_job, self.evaluation_summary,
                                gpus=1)
-        if self.ready_for(Stage.SERVING):
+            if self.done(Stage.EVALUATION) and self.judge_uses_teacher():
+                self.release_teacher()
+        if self.ready_for(Stage.SERVING) and self.quality_gate():
             self.serving()
         self.live_progress()
 
@@ -279,8 +342,10 @@ class _Pass:
         # between deleting the teacher and writing that status must not start it again).
         label_job = self.obs.label_job
         if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
-            if t.keep_after_labeling and self.obs.teacher is not None:
+            if (t.keep_after_labeling or self.judge_holds_teacher()) and self.obs.teacher is not None:
                 self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
+            if self.judge_holds_teacher():
+                self.judging_teacher()
             return
         if self.obs.teacher is None:
             if self.wait_for_gpus(Stage.TEACHER, t.gpu_type, t.gpus):
@@ -330,10 +395,68 @@ class _Pass:
             return "ProgressDeadlineExceeded", default
         return "Starting", default
 
+    def judge_uses_teacher(self) -> bool:
+        """evaluation.judge is the in-cluster teacher: it serves until evaluation is over."""
+        judge = self.spec.evaluation.judge
+        return (judge is not None and judge.teacher and self.spec.evaluation.enabled
+                and self.spec.teacher.endpoint is None)
+
+    def judge_holds_teacher(self) -> bool:
+        return self.judge_uses_teacher() and not self.done(Stage.EVALUATION)
+
+    def judge_ready(self) -> bool:
+        view = self.obs.teacher
+        return not self.judge_holds_teacher() or (view is not None and view.available)
+
+    def judging_teacher(self) -> None:
+        """After labeling, the judging teacher serves on until evaluation is done; removed while suspended, it
+        comes back on resume."""
+        if self.obs.teacher is None:
+            self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
+            self.apply(teacher.teacher_service(self.owner))
+        if self.judge_ready():
+            self.cond("TeacherReady", True, "Serving", "serving as the evaluation judge")
+        else:
+            reason, message = self.not_ready(Stage.TEACHER, self.obs.teacher,
+                                             "the teacher, which judges the evaluation, is not serving yet")
+            self.cond("TeacherReady", False, reason, message)
+
+    def wait_for_judge(self) -> bool:
+        """The evaluation Job starts only once the teacher that judges it serves."""
+        if self.judge_ready():
+            return False
+        self.start(Stage.EVALUATION, StageState.WAITING, "waiting for the teacher, which judges the evaluation")
+        self.cond("Evaluated", False, "WaitingForJudge", "waiting for the teacher, which judges the evaluation")
+        return True
+
+    def quality_gate(self) -> bool:
+        """True when the student may be served: no evaluation.gate, or the evaluation met it. A student that
+        misses it is not served; the Distillation fails with QualityGateFailed and the numbers, and the
+        trained adapter stays in the workspace."""
+        gate = self.spec.evaluation.gate
+        if gate is None or self.stage(Stage.EVALUATION).state == StageState.SKIPPED:
+            return True
+        passed, message = gate_verdict(gate, self.status.results or [])
+        record = self.stage(Stage.SERVING)
+        if passed:
+            if record.state == StageState.PENDING:
+                self.event("QualityGatePassed", message)
+            return True
+        if record.state != StageState.FAILED:
+            record.state, record.message = StageState.FAILED, f"quality gate failed: {message}"
+            record.start_time = record.start_time or self.now
+            record.completion_time = self.now
+            self.event(QUALITY_GATE_FAILED, f"the student is not served: {message}; the trained adapter stays in "
+                                            f"the workspace", warning=True)
+        self.cond("StudentReady", False, QUALITY_GATE_FAILED, record.message or message)
+        return False
+
     def release_teacher(self) -> None:
-        """Give the teacher's GPUs back once labeling is over (or failed), unless asked to keep it."""
-        if self.spec.teacher.endpoint is not None or self.spec.teacher.keep_after_labeling:
+        """Give the teacher's GPUs back once labeling is over (or failed), unless asked to keep it; a teacher
+        that judges the evaluation goes once evaluation is over."""
+        if self.spec.teacher.endpoint is not None or self.spec.teacher.keep_after_labeling or self.teacher_released:
             return
+        self.teacher_released = True
         if self.obs.teacher is not None:
             self.delete("Deployment", self.names.teacher)
         if ("Service", self.names.teacher) in self.obs.applied:
@@ -344,7 +467,9 @@ class _Pass:
             t = self.spec.teacher
             record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
             record.state = StageState.REMOVED
-            record.message = "teacher removed after labeling to free its GPUs"
+            record.message = ("teacher removed after evaluation, which it judged, to free its GPUs"
+                              if self.judge_uses_teacher() and self.done(Stage.EVALUATION)
+                              else "teacher removed after labeling to free its GPUs")
             self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
 
     def stage_job(self, stage: Stage, view: JobView | None, build: JobBuilder,
@@ -479,7 +604,8 @@ class _Pass:
         for r in summary.get("results") or []:
             try:
                 scores.append(ModelScore(model=str(r["model"]), prompt=str(r.get("prompt", "")), metric=metric,
-                                         score=round(float(r["score"]), 2), rows=int(r.get("rows", 0))))
+                                         score=round(float(r["score"]), 2), rows=int(r.get("rows", 0)),
+                                         **_judge_scores(r)))
             except (KeyError, TypeError, ValueError):
                 continue
         if scores:
@@ -534,6 +660,9 @@ class _Pass:
             # Labeling resumes only against a serving teacher, or its retries would reject good rows.
             if stage == Stage.LABELING and not self.done(Stage.TEACHER):
                 continue
+            # Likewise an evaluation the teacher judges, or its replies would go unjudged.
+            if stage == Stage.EVALUATION and not self.judge_ready():
+                continue
             if view is not None and view.suspended and not view.finished:
                 self.actions.append(Patch("Job", name, {"spec": {"suspend": False}}))
                 self.event("Resumed", f"Resumed {stage.value} job {name}")
@@ -565,6 +694,10 @@ class _Pass:
             record = self.stage(Stage.TEACHER)
             record.state, record.message = StageState.PENDING, "removed while suspended"
             self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")
+        elif self.obs.teacher is not None and self.done(Stage.LABELING) and self.judge_holds_teacher():
+            # Labeling is done, so its stage record stays; the judge comes back on resume (judging_teacher).
+            self.delete("Deployment", self.names.teacher)
+            self.cond("TeacherReady", False, "Suspended", "the judging teacher is removed while suspended")
         if self.obs.student is not None:
             # The builder scales the student to zero while spec.suspend is set.
             self.apply(student.student_deployment(self.owner, self.spec, self.config))
@@ -580,6 +713,9 @@ class _Pass:
     def conclude_failed(self, stage: Stage) -> Plan:
         message = self.stage(stage).message or f"{stage.value} failed"
         reason = f"{stage.value.capitalize()}Failed"
+        student_ready = get_condition(self.status.conditions, "StudentReady")
+        if stage == Stage.SERVING and student_ready is not None and student_ready.reason == QUALITY_GATE_FAILED:
+            reason = QUALITY_GATE_FAILED
         self.status.phase = Phase.FAILED
         self.status.progress_summary = f"failed at {stage.value}"
         self.cond("Failed", True, reason, message)

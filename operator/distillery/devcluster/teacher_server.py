@@ -43,8 +43,11 @@ from pydantic import BaseModel, Field, ValidationError
 from distillery.devcluster.tiny import DEFAULT_CORPUS, build_tokenizer
 from distillery.workloads.tasks import Message, Row, TaskDefinition
 from distillery.workloads.tasks.conversation import REPLY_MARKER
+from distillery.workloads.tasks.judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER
+from distillery.workloads.tasks.metrics import token_f1
 from distillery.workloads.tasks.multiple_choice import LETTERS
 from distillery.workloads.tasks.nli import LABELS
+from distillery.workloads.tasks.persona import IN_CHARACTER
 from distillery.workloads.tasks.summarization import COD_KEY, COD_MISSING_KEY, SUMMARY_MARKER
 
 Outcome = Literal["ok", "400", "429", "500", "503", "slow", "malformed", "length"]
@@ -115,10 +118,39 @@ _RATIONALE = "Let me reason step by step. I read the input carefully and weigh t
 _WORDS_LIMIT = re.compile(r"at most (\d+) words")
 _ROUNDS = re.compile(r"following two steps (\d+) times")
 _OPTION = re.compile(r"^([A-Z])\. ", re.M)
+_PERSONA_NAME = re.compile(rf"{re.escape(IN_CHARACTER)}(.+?) in every reply")
+
+
+def _section(text: str, tag: str) -> str | None:
+    match = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S)
+    return match.group(1) if match else None
+
+
+def persona_name(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The persona a prompt's system message carries (workloads/tasks/persona.py), if any."""
+    system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+    match = _PERSONA_NAME.search(system)
+    return match.group(1) if match else None
+
+
+def judge_reply(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A judge's verdict by a rule a test can recompute: the candidate's token F1 against the reference, times
+    ten and rounded; for the persona rubric, 10 when the reply names the persona and 0 otherwise."""
+    text = str(messages[-1].get("content", "")) if messages else ""
+    persona = _section(text, "persona")
+    if persona is not None:
+        match = _PERSONA_NAME.search(persona)
+        name = match.group(1) if match else ""
+        in_character = bool(name) and name.lower() in (_section(text, "reply") or "").lower()
+        return (f"The reply {'speaks' if in_character else 'does not speak'} as {name}.\n"
+                f"{SCORE_MARKER}: {MAX_SCORE if in_character else 0}")
+    overlap = token_f1(_section(text, "candidate") or "", _section(text, "reference") or "")
+    return f"The candidate shares {overlap:.0%} of its words with the reference.\n{SCORE_MARKER}: {round(10 * overlap)}"
 
 
 class TaskAwareResponder:
-    """Well-formed chain-of-thought answers for the built-in tasks' teacher prompts.
+    """Well-formed chain-of-thought answers for the built-in tasks' teacher prompts, and a judge's verdicts
+    for their judge prompts (`judge_reply`).
 
     The task is recognised from the instruction its prompt ends with; the answer is the
     lookup's gold answer for the prompt's last turn, else one picked by hashing the prompt.
@@ -128,6 +160,8 @@ class TaskAwareResponder:
         self.lookup = dict(lookup or {})
 
     def __call__(self, ctx: ResponderContext) -> str:
+        if ctx.messages and ctx.messages[0].get("content", "").startswith(JUDGE_ROLE):
+            return judge_reply(ctx.messages)
         last = ctx.messages[-1]["content"] if ctx.messages else ""
         everything = "\n".join(m.get("content", "") for m in ctx.messages)
         gold = self.lookup.get(last)
@@ -137,7 +171,10 @@ class TaskAwareResponder:
         if f"'{SUMMARY_MARKER}:'" in last:
             return f"Key points: the main facts.\n{SUMMARY_MARKER}: {gold or self._lead(last)}"
         if f"'{REPLY_MARKER}:'" in everything:
-            return f"Thoughts: the user wants a direct answer.\n{REPLY_MARKER}: {gold or self._echo(last)}"
+            # In character when the system message carries a persona, so persona adherence has something to see.
+            name = persona_name(ctx.messages)
+            voice = f"{name} here. " if name else ""
+            return f"Thoughts: the user wants a direct answer.\n{REPLY_MARKER}: {voice}{gold or self._echo(last)}"
         if all(f"'Answer: {label}'" in last for label in LABELS):
             return f"{_RATIONALE}\nAnswer: {gold or LABELS[pick % len(LABELS)]}"
         if "choice letter" in last:

@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.pipeline import TEACHER_API_KEY_ENV
+from distillery.api.pipeline import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
 from distillery.resources.common import (
@@ -172,6 +172,14 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
 
 def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     env, volumes, mounts = _volumes(owner, spec, model=True)
+    judge = spec.evaluation.judge
+    if judge is not None:
+        # The judge's key: its endpoint's own, or the teacher endpoint's when the teacher judges.
+        key_ref = judge.endpoint.api_key_secret_ref if judge.endpoint is not None else (
+            spec.teacher.endpoint.api_key_secret_ref if spec.teacher.endpoint is not None else None)
+        if key_ref is not None:
+            env.append({"name": JUDGE_API_KEY_ENV if judge.endpoint is not None else TEACHER_API_KEY_ENV,
+                        "valueFrom": {"secretKeyRef": key_ref.to_wire()}})
     container = _container("evaluator", spec.student.image or config.trainer_image, ["distillery", "evaluate"],
                            ["--config", config_path()], [*env, *workload_env(owner)],
                            gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)

@@ -23,6 +23,8 @@ from distillery.resources.vllm import VLLM_PORT, student_vllm_args
 
 STAGE = "serving"
 SERVED_NAME = "student"
+PERSONA_TEMPLATE_FILE = "chat_template.jinja"
+"""Where transformers' save_pretrained writes a tokenizer's chat template, beside the trainer's adapter."""
 
 
 def student_endpoint(owner: Owner) -> str:
@@ -44,6 +46,10 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         served = student_vllm_args(base_model=st.model, served_model_name=SERVED_NAME,
                                    adapter_path=str(layout.adapter_dir), lora_rank=st.lora.rank, gpus=sv.gpus,
                                    port=VLLM_PORT)
+    if spec.prompt.persona is not None:
+        # vLLM renders prompts with --chat-template before the served model's own tokenizer template, and for
+        # a LoRA adapter that would be the base model's: the trainer's template carries the persona.
+        served["args"] += ["--chat-template", str(layout.adapter_dir / PERSONA_TEMPLATE_FILE)]
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
     src_vols, src_mounts = pvc_source_volumes(st.model)

@@ -3,7 +3,14 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.pipeline import CONFIG_FILE, PipelineConfig, TeacherClientConfig
+from distillery.api.pipeline import (
+    CONFIG_FILE,
+    JUDGE_API_KEY_ENV,
+    TEACHER_API_KEY_ENV,
+    JudgeClientConfig,
+    PipelineConfig,
+    TeacherClientConfig,
+)
 from distillery.api.spec import AccessMode, DistillationSpec
 from distillery.resources.common import Names, Owner, metadata
 from distillery.resources.vllm import VLLM_PORT
@@ -61,6 +68,21 @@ def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
     )
 
 
+def judge_client(owner: Owner, spec: DistillationSpec) -> JudgeClientConfig | None:
+    """evaluation.judge as the evaluator reaches it: the teacher's own address (and key), or its endpoint."""
+    judge = spec.evaluation.judge
+    if judge is None:
+        return None
+    if judge.endpoint is not None:
+        base_url, model, key_env = judge.endpoint.url.rstrip("/"), judge.endpoint.model, JUDGE_API_KEY_ENV
+    else:
+        teacher = teacher_client(owner, spec)
+        base_url, model, key_env = teacher.base_url, teacher.model, TEACHER_API_KEY_ENV
+    return JudgeClientConfig(base_url=base_url, model=model, api_key_env=key_env, max_attempts=judge.max_attempts,
+                             concurrency=judge.concurrency,
+                             request_timeout_seconds=spec.teacher.request_timeout_seconds)
+
+
 def label_shards(spec: DistillationSpec) -> int:
     """One labeling pod per teacher replica keeps every replica busy without overloading any."""
     return spec.teacher.replicas if spec.teacher.model else max(1, min(8, spec.teacher.concurrency // 64))
@@ -76,6 +98,7 @@ def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
         dataset=spec.dataset,
         student=spec.student,
         evaluation=spec.evaluation,
+        judge=judge_client(owner, spec),
         label_shards=label_shards(spec),
     )
 

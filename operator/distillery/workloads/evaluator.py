@@ -9,6 +9,10 @@ References are the gold answers; a row without one is scored against the teacher
 answer for the students (and not for the teacher itself), which the output reports as
 "reference": "teacher" (or "mixed" when only some rows have gold answers).
 Generation is greedy and batched, with a bounded number of new tokens.
+
+With evaluation.judge, open-ended outputs are also scored by a judge model with the task's judge prompt
+(0-10 per reply, reported as 0-100 beside the reference metric; the teacher only on rows with gold
+answers), and with prompt.persona by a persona rubric; replies it leaves unscored are counted.
 """
 
 import argparse
@@ -20,16 +24,18 @@ from typing import Any
 
 import torch
 
-from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig
-from distillery.api.spec import Baseline, TrainingMethod
+from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, JudgeClientConfig, PipelineConfig
+from distillery.api.spec import Baseline, Persona, TrainingMethod
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import workspace_layout
 from distillery.workloads.finetune_data import prompt_ids
+from distillery.workloads.judging import JudgeTally, judge, mean_percent
 from distillery.workloads.labeler import read_labels
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer
 from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
 from distillery.workloads.report import text_table
-from distillery.workloads.tasks import MissingColumn, Row, TaskDefinition, get_task
+from distillery.workloads.tasks import Message, MissingColumn, Row, TaskDefinition, get_task
+from distillery.workloads.tasks.judge import persona_judge_messages
 
 SHORT_MAX_NEW_TOKENS = 256
 COT_MAX_NEW_TOKENS = 1024
@@ -99,7 +105,45 @@ def score_entry(task: TaskDefinition, model: str, prompt: str, predictions: Sequ
 def format_table(results: Sequence[dict[str, Any]], metric: str) -> str:
     rows = [[e["model"], e["prompt"], "n/a" if e["score"] is None else f"{e['score']:.2f}", e["rows"]]
             for e in results]
-    return "\n".join(text_table(["MODEL", "PROMPT", metric.upper(), "ROWS"], rows, indent=""))
+    headers = ["MODEL", "PROMPT", metric.upper(), "ROWS"]
+    # The judge's columns appear when it judged; the reference metric keeps its place.
+    for key in ("judge", "persona", "unjudged"):
+        if any(key in e for e in results):
+            headers.append(key.upper())
+            for row, e in zip(rows, results, strict=True):
+                value = e.get(key)
+                row.append("n/a" if value is None else value if key == "unjudged" else f"{value:.2f}")
+    return "\n".join(text_table(headers, rows, indent=""))
+
+
+def judge_results(judge_cfg: JudgeClientConfig, persona: Persona | None, task: TaskDefinition,
+                  rows: Sequence[EvalRow], predictions: dict[str, list[str]],
+                  results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adds the judge's score (and persona adherence) to each result entry; returns the judge's tally. The
+    teacher is judged on the rows with gold answers only, as its reference metric is."""
+    plan: list[tuple[dict[str, Any], str, list[list[Message] | None]]] = []
+    for entry in results:
+        answers = predictions.get(entry["model"])
+        if answers is None:
+            continue
+        picked = [(r, a) for r, a in zip(rows, answers, strict=True) if entry["model"] != "teacher" or r.gold]
+        if not picked:
+            continue
+        plan.append((entry, "judge", [task.judge_messages(r.row, a, r.reference) if a else None
+                                      for r, a in picked]))
+        if persona is not None:
+            plan.append((entry, "persona", [
+                persona_judge_messages(persona, task.student_messages(r.row)[-1]["content"], a) if a else None
+                for r, a in picked]))
+    tally = JudgeTally()
+    scores = judge(judge_cfg, [p for _, _, prompts in plan for p in prompts], tally)
+    start = 0
+    for entry, key, prompts in plan:
+        chunk = scores[start:start + len(prompts)]
+        start += len(prompts)
+        entry[key] = mean_percent(chunk)
+        entry["unjudged"] = entry.get("unjudged", 0) + sum(score is None for score in chunk)
+    return {"model": judge_cfg.model, **tally.summary()}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -165,6 +209,8 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[s
     kind = "gold" if len(gold_rows) == len(rows) else "teacher" if not gold_rows else "mixed"
     summary = {"metric": metric, "rows": len(rows), "reference": kind, "gold_rows": len(gold_rows),
                "results": results}
+    if cfg.judge is not None:
+        summary["judge"] = judge_results(cfg.judge, cfg.prompt.persona, task, rows, predictions, results)
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(layout.eval_dir / "results.json", summary)
     with open(layout.eval_dir / "predictions.jsonl", "w") as handle:

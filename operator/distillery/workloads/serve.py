@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -120,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--served-model-name", help="name clients send as `model` (default: --model)")
+    parser.add_argument("--chat-template", type=Path,
+                        help="a Jinja chat template file that replaces the tokenizer's, as vLLM's flag does")
     args = parser.parse_args(argv)
     try:
         tokenizer = load_tokenizer(args.model)
+        if args.chat_template is not None:
+            tokenizer.chat_template = args.chat_template.read_text()
         model = load_model(args.model, adapter=args.adapter, merge=True)
-    except ModelLoadError as err:
+    except (ModelLoadError, OSError) as err:
         print(f"distillery serve: {err}", file=sys.stderr)
         return 2
     model.eval()

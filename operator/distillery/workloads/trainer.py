@@ -20,6 +20,7 @@ teacher tokens line up); 3 no trainable example; 143 stopped by SIGTERM after ch
 """
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from distillery.workloads.memory import (
 )
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer, prepare_model
 from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.tasks.persona import persona_chat_template
 from distillery.workloads.teacher_logprobs import StudentVocabulary, VocabularyMismatch
 
 CHECKPOINTS_KEPT = 2
@@ -329,8 +331,14 @@ def _unwrapped(state_dict: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def save_outputs(engine: Any, tokenizer: Any, cfg: PipelineConfig, layout: WorkspaceLayout, dist: DistEnv,
                  dtype: torch.dtype) -> dict[str, str]:
-    """Collective. The adapter (or the full model) in adapter_dir; merged weights when asked."""
+    """Collective. The adapter (or the full model) in adapter_dir; merged weights when asked. Both carry the
+    tokenizer, with prompt.persona as its chat template's default system message."""
     student = cfg.student
+    if cfg.prompt.persona is not None:
+        # The served student falls back to the persona it was trained with when a caller sends no system
+        # message: vLLM renders prompts with this template (resources/vllm.py passes it as --chat-template).
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.chat_template = persona_chat_template(tokenizer.chat_template, cfg.prompt.persona)
     # ZeRO-3 shards the weights over ranks; gather them (every rank must take part).
     state_dict = engine._zero3_consolidated_16bit_state_dict() if student.zero_stage == 3 else None
     outputs: dict[str, str] = {}

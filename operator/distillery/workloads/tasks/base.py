@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.api.spec import PromptSpec
+from distillery.workloads.tasks.persona import persona_system, with_persona
 
 Message = dict[str, str]
 Row = Mapping[str, Any]
@@ -127,6 +128,20 @@ class TaskDefinition(ABC):
     def student_messages(self, row: Row) -> list[Message]:
         """The short prompt the student is trained and served with."""
 
+    def persona_messages(self, messages: list[Message]) -> list[Message]:
+        """The student's messages under prompt.persona: its system message first, before any of the row's."""
+        persona = self.prompt.persona
+        if persona is None:
+            return messages
+        if messages and messages[0]["role"] == "system":
+            return [{"role": "system", "content": with_persona(persona, messages[0]["content"]) or ""},
+                    *messages[1:]]
+        return [{"role": "system", "content": persona_system(persona)}, *messages]
+
+    def judge_messages(self, row: Row, reply: str, reference: str) -> list[Message]:
+        """The prompt evaluation.judge scores a reply with (open-ended tasks only)."""
+        raise ValueError(f"{type(self).__name__} has no judge prompt: its answers are checked, not judged")
+
     def cot_prefix(self) -> str:
         return "Think step by step and show your reasoning. " if self.prompt.chain_of_thought else ""
 
@@ -218,13 +233,15 @@ class SingleTurnTask(TaskDefinition):
         else:
             body = self.body(row)
         # The format instruction goes in the user turn so a custom system prompt cannot drop it.
+        system = with_persona(self.prompt.persona, self.prompt.system_template or self.default_system) or ""
         return [
-            {"role": "system", "content": self.prompt.system_template or self.default_system},
+            {"role": "system", "content": system},
             {"role": "user", "content": f"{body}\n\n{self.teacher_instruction()}"},
         ]
 
     def student_messages(self, row: Row) -> list[Message]:
         if self.prompt.student_template:
-            return [{"role": "user", "content": format_template(self.prompt.student_template, row,
-                                                                "prompt.studentTemplate")}]
-        return [{"role": "user", "content": f"{self.body(row)}\n\n{self.student_instruction()}"}]
+            return self.persona_messages([{"role": "user", "content": format_template(
+                self.prompt.student_template, row, "prompt.studentTemplate")}])
+        return self.persona_messages([{"role": "user", "content": f"{self.body(row)}\n\n"
+                                                                  f"{self.student_instruction()}"}])

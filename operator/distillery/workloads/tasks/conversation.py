@@ -14,7 +14,9 @@ from distillery.workloads.tasks.base import (
     check_lengths,
     split_on_last_marker,
 )
+from distillery.workloads.tasks.judge import judge_system, section
 from distillery.workloads.tasks.metrics import mean_percent, token_f1
+from distillery.workloads.tasks.persona import with_persona
 
 REPLY_MARKER = "Reply"
 
@@ -58,10 +60,20 @@ class ConversationTask(TaskDefinition):
         if history[0]["role"] == "system":
             system = f"{system}\n\n{history[0]['content']}"
             history = history[1:]
-        return [{"role": "system", "content": system}, *history]
+        return [{"role": "system", "content": with_persona(self.prompt.persona, system) or ""}, *history]
 
     def student_messages(self, row: Row) -> list[Message]:
-        return self.turns(row)[0]
+        return self.persona_messages(self.turns(row)[0])
+
+    def judge_messages(self, row: Row, reply: str, reference: str) -> list[Message]:
+        history, _ = self.turns(row)
+        transcript = "\n".join(f"{turn['role']}: {turn['content']}" for turn in history)
+        system = judge_system("an assistant's next reply in a conversation",
+                              "Judge whether the candidate reply answers the user's last message helpfully, "
+                              "correctly and honestly, in a fitting length and register.")
+        user = "\n\n".join([section("conversation", transcript), section("reference", reference),
+                             section("candidate", reply)])
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def normalize(self, answer: str, row: Row | None = None) -> str:
         reply = answer.strip()

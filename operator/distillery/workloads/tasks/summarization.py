@@ -7,6 +7,7 @@ from typing import Any
 
 from distillery.workloads.tasks.base import (
     MalformedAnswer,
+    Message,
     Parsed,
     Row,
     Score,
@@ -14,6 +15,7 @@ from distillery.workloads.tasks.base import (
     check_lengths,
     split_on_last_marker,
 )
+from distillery.workloads.tasks.judge import judge_system, section
 from distillery.workloads.tasks.metrics import rouge
 
 SUMMARY_MARKER = "Summary"
@@ -105,6 +107,15 @@ class SummarizationTask(SingleTurnTask):
         if not drafts:
             raise MalformedAnswer(f"chain-of-density JSON has no {COD_KEY!r}")
         return drafts
+
+    def judge_messages(self, row: Row, reply: str, reference: str) -> list[Message]:
+        system = judge_system("summaries",
+                              "Judge whether the candidate summary is faithful to the article (no invented or "
+                              "contradicted facts), covers its main points and is concise, within "
+                              f"{self.prompt.max_summary_words} words.")
+        user = "\n\n".join([section("article", self.body(row).removeprefix("Article:\n")),
+                             section("reference", reference), section("candidate", reply)])
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def reference(self, row: Row) -> str | None:
         gold = self.optional_column(row, "summary", "reference", "highlights", "abstract")
