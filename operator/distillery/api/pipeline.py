@@ -16,6 +16,7 @@ from distillery.api.spec import (
     EvaluationSpec,
     PromptSpec,
     Sampling,
+    StrategyMode,
     StudentSpec,
     Task,
 )
@@ -25,6 +26,7 @@ CONFIG_FILE = "pipeline.json"
 WORKSPACE_DIR = "/workspace"
 # The environment a stage pod gets from its manifest (or from the local kubelet, which runs pods here).
 TEACHER_API_KEY_ENV = "TEACHER_API_KEY"
+JUDGE_API_KEY_ENV = "JUDGE_API_KEY"
 PROGRESS_CONFIGMAP_ENV = "DISTILLERY_PROGRESS_CONFIGMAP"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
 WORKSPACE_ENV = "DISTILLERY_WORKSPACE"
@@ -33,6 +35,11 @@ PVC_BASE_ENV = "DISTILLERY_PVC_BASE"
 """Overrides where pod programs find `pvc://` claims (see `api.modelref`)."""
 JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
+
+
+def teacher_api_key_env(name: str) -> str:
+    """The environment variable with the bearer token of the endpoint teacher `name` in spec.teachers."""
+    return f"{TEACHER_API_KEY_ENV}_{name.upper().replace('-', '_')}"
 
 
 class TeacherClientConfig(ApiModel):
@@ -48,6 +55,10 @@ class TeacherClientConfig(ApiModel):
     min_success_ratio: float = 0.9
     outage_budget_seconds: float = 1800
     """How long the labeler waits out an unreachable teacher before leaving its rows for a rerun."""
+    name: str | None = None
+    """The teacher's name in spec.teachers (several teachers only)."""
+    api_key_env: str | None = None
+    """The environment variable holding this teacher's bearer token; unset: TEACHER_API_KEY."""
 
 
 class WorkspaceLayout(ApiModel):
@@ -93,6 +104,12 @@ class PipelineConfig(ApiModel):
     student: StudentSpec
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     workspace: WorkspaceLayout = Field(default_factory=WorkspaceLayout)
+    teachers: list[TeacherClientConfig] | None = None
+    """spec.teachers in order, each asked for every row; `teacher` is then the first of them."""
+    teacher_strategy: StrategyMode | None = None
+    """How the teachers' replies combine (with `teachers`)."""
+    judge: TeacherClientConfig | None = None
+    """The judge of teacherStrategy.mode judge."""
     label_shards: int = Field(1, ge=1)
     """Completions of the labeling Indexed Job; pod i labels rows where row_index % shards == i."""
     seed: int = 1234
