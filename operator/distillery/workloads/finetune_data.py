@@ -76,13 +76,17 @@ def build_finetune_set(records: Iterable[LabelRecord], task: TaskDefinition, tok
         except MissingColumn:
             result.bad_rows += 1
             continue
-        target = task.target(Parsed(record.answer, record.rationale), include_rationale)
-        example, truncated = encode_example(tokenizer, messages, target, max_seq_length)
-        if example is None:
-            result.dropped += 1
-            continue
-        result.truncated += truncated
-        result.examples.append(example)
+        # teacherStrategy all: every teacher's valid reply is an example of its own.
+        replies = [Parsed(record.answer, record.rationale),
+                   *(Parsed(a.answer, a.rationale) for a in record.alternatives or [])]
+        for reply in replies:
+            example, truncated = encode_example(tokenizer, messages, task.target(reply, include_rationale),
+                                                max_seq_length)
+            if example is None:
+                result.dropped += 1
+                continue
+            result.truncated += truncated
+            result.examples.append(example)
     return result
 
 
