@@ -1,5 +1,6 @@
 """spec.teachers: validation (pydantic mirror of the CEL rules), manifests, the pipeline contract and the planner."""
 
+import copy
 import json
 from typing import Any
 
@@ -10,11 +11,13 @@ from distillery.api.crd import MAX_NAME_LENGTH, spec_schema
 from distillery.api.pipeline import PipelineConfig, teacher_api_key_env
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import StageState
+from distillery.cli.status import render
 from distillery.controller.observe import NodeView
 from distillery.controller.planner import Create, Delete, gpu_pool_fits_all
 from distillery.resources import jobs, teacher, workspace
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL, TEACHER_LABEL, Owner
 from tests.unit.test_planner import A100, CONFIG, H100, OWNER, World, make_spec
+from tests.unit.test_status_view import SUCCEEDED
 
 BIG = {"name": "big", "model": "meta-llama/Llama-3.3-70B-Instruct", "gpus": 4, "tensorParallelSize": 4}
 OTHER = {"name": "other", "model": "Qwen/Qwen2.5-72B-Instruct", "gpus": 4, "tensorParallelSize": 4}
@@ -220,3 +223,28 @@ def test_live_labeling_reports_fill_per_teacher_status() -> None:
     assert (stats["big"].rows_answered, stats["big"].rows_agreed, stats["big"].agreement_rate) == (4, 2, 0.5)
     assert stats["other"].rows_answered == 0 and stats["other"].agreement_rate is None
     assert w.status.progress is not None and w.status.progress.rows_disagreed == 2
+
+
+def test_distillery_status_shows_each_teacher_and_the_disagreements() -> None:
+    obj = copy.deepcopy(SUCCEEDED)
+    del obj["spec"]["teacher"]
+    obj["spec"]["teachers"] = [BIG, HOSTED]
+    obj["spec"]["teacherStrategy"] = {"mode": "judge", "judge": {"teacher": "big"}}
+    obj["status"]["progress"]["rowsDisagreed"] = 17
+    obj["status"]["teachers"] = [
+        {"name": "big", "rowsAnswered": 990, "rowsAgreed": 950, "agreementRate": 0.9596, "tokensIn": 120000,
+         "tokensOut": 45000, "gpuHours": 3.5},
+        {"name": "hosted", "rowsAnswered": 1000, "rowsAgreed": 900, "agreementRate": 0.9, "tokensIn": 121000,
+         "tokensOut": 51000}]
+    text = render(obj)
+    assert "Teachers:   2, strategy judge by big" in text
+    assert "    big: meta-llama/Llama-3.3-70B-Instruct on 4x H100, tensor parallel 4" in text
+    assert "    hosted: gpt-x at https://api.example.com/v1" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.strip().startswith("TEACHER"))
+    assert header.split() == ["TEACHER", "ANSWERED", "AGREED", "AGREEMENT", "TOKENS", "IN", "TOKENS", "OUT",
+                              "GPU-HOURS"]
+    assert next(line for line in lines if line.strip().startswith("big ")).split() == [
+        "big", "990", "950", "96.0%", "120,000", "45,000", "3.50"]
+    assert next(line for line in lines if line.strip().startswith("hosted ")).split()[-1] == "-"
+    assert "rows where the teachers disagreed: 17" in text
