@@ -74,3 +74,45 @@ def test_a_student_that_misses_the_quality_gate_is_not_served(
     assert kube.get("deployment", "gated-student", namespace) is None
     adapters = list((tmp_path / "local").rglob("train/adapter/adapter_config.json"))
     assert adapters, "the trained adapter is not in the workspace"
+
+
+def test_two_teachers_vote_and_the_pipeline_succeeds_with_per_teacher_status(
+        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+    """Two in-cluster teachers (two Deployments, started together) vote; the second answers wrong on a share of
+    the rows, so some rows tie and are rejected, and both teachers' agreement reaches the status."""
+    config = tmp_path / "operator.yaml"
+    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
+    operator = OperatorProcess(kube.kubeconfig, tmp_path, config)
+    operator.start()
+    manifest = local_sample()
+    manifest["metadata"]["namespace"] = namespace
+    manifest["metadata"]["name"] = "nli-two-teachers"
+    member = manifest["spec"].pop("teacher")
+    manifest["spec"]["teachers"] = [{**member, "name": "right"}, {**member, "name": "sloppy", "minSuccessRatio": 0.5}]
+    manifest["spec"]["teacherStrategy"] = {"mode": "vote"}
+    manifest["spec"]["teachers"][0]["minSuccessRatio"] = 0.5
+    workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
+    name = manifest["metadata"]["name"]
+    try:
+        workloads.start()
+        kube.apply(models_claim(namespace), manifest, namespace=namespace)
+        kube.wait_for(lambda: {"nli-two-teachers-teacher-0", "nli-two-teachers-teacher-1"} <= {
+            d["metadata"]["name"] for d in kube.get("deployments", namespace=namespace)["items"]},
+            120, interval=1, what="both teachers' Deployments")
+        dist = kube.wait_for(lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
+                             in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
+    finally:
+        workloads.stop()
+        operator.stop()
+    status = dist["status"]
+    assert status["phase"] == "Succeeded", status
+    progress = status["progress"]
+    assert progress["rowsLabeled"] + progress["rowsRejected"] == 36
+    assert 0 < progress["rowsDisagreed"] == progress["rowsRejected"], "two teachers that disagree tie"
+    teachers = {t["name"]: t for t in status["teachers"]}
+    assert teachers["right"]["rowsAnswered"] == teachers["sloppy"]["rowsAnswered"] == 36
+    assert teachers["right"]["rowsAgreed"] == teachers["sloppy"]["rowsAgreed"] == progress["rowsLabeled"]
+    assert teachers["right"]["gpuHours"] > 0 and teachers["sloppy"]["gpuHours"] > 0
+    assert status["stages"]["teacher"]["state"] == "Removed"
+    assert not [d for d in kube.get("deployments", namespace=namespace)["items"]
+                if d["metadata"]["name"].startswith(f"{name}-teacher")], "teachers removed together"

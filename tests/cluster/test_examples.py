@@ -25,12 +25,13 @@ def test_example_validates_against_the_models(path: Path) -> None:
     assert (doc["apiVersion"], doc["kind"]) == (f"{GROUP}/{VERSION}", KIND)
     assert "namespace" not in doc["metadata"], "examples go wherever `kubectl apply -n` puts them"
     spec = DistillationSpec.model_validate(doc["spec"])
-    assert spec.teacher.gpus % spec.teacher.tensor_parallel_size == 0
+    assert all(t.gpus % t.tensor_parallel_size == 0 for t in spec.teacher_list())
 
 
 def test_every_task_has_an_example() -> None:
     tasks = [load(p)["spec"]["task"] for p in EXAMPLES]
-    # Every task has an example; features (a judge and a gate, a persona) add examples of a task.
+    # Every task has an example; features (several teachers, logit distillation, a judge and a gate, a persona)
+    # add examples of a task.
     assert set(tasks) == {t.value for t in Task}
     assert "summarization-cod.yaml" in {p.name for p in EXAMPLES}
     assert load(REPO / "examples" / "summarization-cod.yaml")["spec"]["prompt"]["chainOfDensity"] is True

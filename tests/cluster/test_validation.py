@@ -160,3 +160,63 @@ def test_every_child_of_the_longest_name_is_valid(kube: Kube, crd: None, namespa
         assert result.returncode == 0, f"{child['kind']} {child['metadata']['name']}: {result.stderr}"
     last_host = f"{name}-train-{spec.student.nodes - 1}"
     assert len(last_host) <= 63, last_host
+
+
+def several_teachers(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    """A Distillation with two in-cluster teachers that vote."""
+    manifest = distillation(name)
+    spec = manifest["spec"]
+    member = spec.pop("teacher")
+    spec["teachers"] = [{**member, "name": "llama"}, {**member, "name": "qwen", "model": "Qwen/Qwen2.5-72B-Instruct"}]
+    spec["teacherStrategy"] = {"mode": "vote"}
+    for key, value in spec_overrides.items():
+        if value is _DELETE:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return manifest
+
+
+_MEMBER = {"name": "a", "model": "m"}
+SEVERAL_INVALID = [
+    ("teacher and teachers", {"teacher": {"model": "m"}}, "spec.teacher: Invalid value"),
+    ("one teacher in teachers", {"teachers": [_MEMBER]}, "spec.teachers"),
+    ("five teachers", {"teachers": [{**_MEMBER, "name": f"t{i}"} for i in range(5)]}, "spec.teachers"),
+    ("duplicate names", {"teachers": [_MEMBER, _MEMBER]}, "spec.teachers: Invalid value"),
+    ("teacher name with a dot", {"teachers": [_MEMBER, {**_MEMBER, "name": "b.c"}]}, "spec.teachers[1].name"),
+    ("member with model and endpoint", {"teachers": [_MEMBER, {**_MEMBER, "name": "b", "endpoint": {
+        "url": "https://x.example/v1", "model": "m"}}]}, "teacher.model and teacher.endpoint"),
+    ("teachers without a strategy", {"teacherStrategy": _DELETE}, "spec.teacherStrategy: Invalid value"),
+    ("vote on an open-ended task", {"task": "conversation"}, "spec.teacherStrategy.mode: Invalid value"),
+    ("judge mode without a judge", {"teacherStrategy": {"mode": "judge"}}, "spec.teacherStrategy.judge"),
+    ("judge naming no teacher", {"teacherStrategy": {"mode": "judge", "judge": {"teacher": "gpt"}}},
+     "spec.teacherStrategy.judge.teacher: Invalid value"),
+    ("unknown strategy", {"teacherStrategy": {"mode": "average"}}, "spec.teacherStrategy.mode"),
+]
+
+
+@pytest.mark.parametrize(("what", "overrides", "expected"), SEVERAL_INVALID, ids=[i[0] for i in SEVERAL_INVALID])
+def test_several_teachers_bad_combinations_are_refused_naming_the_field(
+        kube: Kube, crd: None, namespace: str, what: str, overrides: dict[str, Any], expected: str) -> None:
+    result = kube.apply(several_teachers("bad", **overrides), namespace=namespace, server_side=False, check=False)
+    assert result.returncode != 0, f"{what}: accepted"
+    assert expected in result.stderr, f"{what}: {result.stderr}"
+
+
+def test_several_teachers_are_accepted_and_every_child_of_the_longest_name_is_valid(
+        kube: Kube, crd: None, namespace: str) -> None:
+    kube.apply(several_teachers("judged", task="conversation",
+                                teacherStrategy={"mode": "judge", "judge": {"teacher": "qwen"}}), namespace=namespace)
+    assert kube.get("distillation", "judged", namespace)["spec"]["teachers"][1]["sampling"]["temperature"] == 0.2
+    name = "n" * MAX_NAME_LENGTH
+    spec = DistillationSpec.model_validate(several_teachers(name)["spec"])
+    owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
+    children = [workspace.pipeline_configmap(owner, spec), jobs.labeling_job(owner, spec, CONFIG),
+                *(build for i in teacher.served_teachers(spec)
+                  for build in (teacher.teacher_deployment(owner, spec, CONFIG, i),
+                                teacher.teacher_service(owner, spec, i)))]
+    for child in children:
+        child["metadata"].pop("ownerReferences")
+        result = kube.run("create", "--dry-run=server", "-f", "-", "-n", namespace, input=json.dumps(child),
+                          check=False)
+        assert result.returncode == 0, f"{child['kind']} {child['metadata']['name']}: {result.stderr}"

@@ -34,7 +34,7 @@ def test_schema_is_structural_and_documented() -> None:
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert _walk(schema) == []
     spec = schema["properties"]["spec"]
-    assert spec["required"] == ["task", "region", "teacher", "dataset", "student"]
+    assert spec["required"] == ["task", "region", "dataset", "student"]
     assert "description" in spec["properties"]["region"]
     assert spec["properties"]["student"]["properties"]["lora"]["properties"]["rank"]["description"]
 

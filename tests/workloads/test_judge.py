@@ -19,8 +19,8 @@ from distillery.api.pipeline import JudgeClientConfig, PipelineConfig, TeacherCl
 from distillery.api.spec import (
     DatasetSpec,
     DataSource,
+    EvaluationJudgeSpec,
     EvaluationSpec,
-    JudgeSpec,
     Persona,
     PromptSpec,
     StudentSpec,
@@ -59,7 +59,7 @@ def conversation_config(workspace: Path, model: Path | str, url: str, persona: P
                                     request_timeout_seconds=5, min_success_ratio=0.5),
         dataset=DatasetSpec(train=DataSource(rows=chat_rows()), validation=DataSource(rows=chat_rows())),
         student=StudentSpec(model=str(model), **student),
-        evaluation=EvaluationSpec(baselines=list(baselines), judge=JudgeSpec(teacher=True)),
+        evaluation=EvaluationSpec(baselines=list(baselines), judge=EvaluationJudgeSpec(teacher=True)),
         judge=JudgeClientConfig(base_url=url, model="teacher", max_attempts=max_attempts, concurrency=4,
                                 request_timeout_seconds=5),
         workspace=WorkspaceLayout(root=str(workspace)), seed=7)

@@ -16,6 +16,7 @@ from distillery.api.spec import (
     EvaluationSpec,
     PromptSpec,
     Sampling,
+    StrategyMode,
     StudentSpec,
     Task,
 )
@@ -34,7 +35,13 @@ PVC_BASE_ENV = "DISTILLERY_PVC_BASE"
 JOB_COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
 TERMINATION_MESSAGE_ENV = "TERMINATION_MESSAGE_PATH"
 JUDGE_API_KEY_ENV = "JUDGE_API_KEY"
-"""The evaluation judge's bearer token, when its endpoint has one."""
+"""A judge endpoint's bearer token: teacherStrategy.judge in the labeling pod, evaluation.judge in the
+evaluation pod."""
+
+
+def teacher_api_key_env(name: str) -> str:
+    """The environment variable with the bearer token of the endpoint teacher `name` in spec.teachers."""
+    return f"{TEACHER_API_KEY_ENV}_{name.upper().replace('-', '_')}"
 
 
 class TeacherClientConfig(ApiModel):
@@ -50,6 +57,10 @@ class TeacherClientConfig(ApiModel):
     min_success_ratio: float = 0.9
     outage_budget_seconds: float = 1800
     """How long the labeler waits out an unreachable teacher before leaving its rows for a rerun."""
+    name: str | None = None
+    """The teacher's name in spec.teachers (several teachers only)."""
+    api_key_env: str | None = None
+    """The environment variable holding this teacher's bearer token; unset: TEACHER_API_KEY."""
 
 
 class JudgeClientConfig(ApiModel):
@@ -110,6 +121,12 @@ class PipelineConfig(ApiModel):
     workspace: WorkspaceLayout = Field(default_factory=WorkspaceLayout)
     judge: JudgeClientConfig | None = None
     """evaluation.judge resolved; None without a judge."""
+    teachers: list[TeacherClientConfig] | None = None
+    """spec.teachers in order, each asked for every row; `teacher` is then the first of them."""
+    teacher_strategy: StrategyMode | None = None
+    """How the teachers' replies combine (with `teachers`)."""
+    strategy_judge: TeacherClientConfig | None = None
+    """The judge of teacherStrategy.mode judge (the labeler's, not evaluation.judge)."""
     label_shards: int = Field(1, ge=1)
     """Completions of the labeling Indexed Job; pod i labels rows where row_index % shards == i."""
     seed: int = 1234

@@ -183,6 +183,79 @@ class TeacherSpec(ApiModel):
         return self
 
 
+TeacherName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")]
+"""A DNS-1035 label: it becomes a pod label value and names the teacher in status and in the labels files."""
+CHECKABLE_TASKS = ("math", "nli", "multiple-choice")
+"""Tasks whose answers compare as equal or not, so teachers can vote on them."""
+
+
+class NamedTeacherSpec(TeacherSpec):
+    """One of several teachers (spec.teachers): a teacher with a name, served in-cluster (its own Deployment,
+    Service and GPUs) or an existing endpoint."""
+
+    name: TeacherName
+    """Unique among spec.teachers; shown in status and recorded with each teacher's answers."""
+
+
+class StrategyMode(StrEnum):
+    VOTE = "vote"
+    JUDGE = "judge"
+    ALL = "all"
+
+
+class StrategyJudgeSpec(ApiModel):
+    """The model that picks the best of the teachers' replies (teacherStrategy.mode judge)."""
+
+    teacher: TeacherName | None = None
+    """The name of one of spec.teachers."""
+    endpoint: TeacherEndpoint | None = None
+    """An existing OpenAI-compatible endpoint."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.teacher) != has(self.endpoint)",
+                    "exactly one of teacherStrategy.judge.teacher and teacherStrategy.judge.endpoint must be set"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "StrategyJudgeSpec":
+        if (self.teacher is None) == (self.endpoint is None):
+            raise ValueError("exactly one of teacherStrategy.judge.teacher and teacherStrategy.judge.endpoint "
+                             "must be set")
+        return self
+
+
+class TeacherStrategy(ApiModel):
+    """How the replies of several teachers become one label per row.
+
+    vote: the answer most teachers gave wins and its rationale comes from the first teacher (in spec.teachers
+    order) that gave it; a tie for the most votes rejects the row. Only for tasks with a checkable answer
+    (math, nli, multiple-choice). judge: the judge reads every valid reply and picks the best (open-ended
+    tasks). all: every valid reply becomes a training example."""
+
+    mode: StrategyMode
+    judge: StrategyJudgeSpec | None = None
+    """Required with mode judge, refused otherwise."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("(self.mode == 'judge') == has(self.judge)",
+                    "teacherStrategy.judge is required with mode judge and only valid with it", ".judge"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TeacherStrategy":
+        if (self.mode == StrategyMode.JUDGE) != (self.judge is not None):
+            raise ValueError("teacherStrategy.judge is required with mode judge and only valid with it")
+        return self
+
+
 class DataSource(ApiModel):
     """Rows from a URI (hf://, s3://, pvc://claim/path) or inline (small runs)."""
 
@@ -319,7 +392,7 @@ class Baseline(StrEnum):
     BASE_STUDENT = "base-student"
 
 
-class JudgeSpec(ApiModel):
+class EvaluationJudgeSpec(ApiModel):
     """A model that scores open-ended outputs (conversation, summarization) with the task's judge prompt, 0 to
     10 per reply, next to the reference metric: the teacher (kept running through evaluation when it is served
     in-cluster) or an OpenAI-compatible endpoint."""
@@ -344,7 +417,7 @@ class JudgeSpec(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "JudgeSpec":
+    def _check(self) -> "EvaluationJudgeSpec":
         if self.teacher == (self.endpoint is not None):
             raise ValueError("exactly one of evaluation.judge.teacher and evaluation.judge.endpoint must be set")
         return self
@@ -381,7 +454,7 @@ class EvaluationSpec(ApiModel):
         default_factory=lambda: [Baseline.TEACHER, Baseline.BASE_STUDENT], max_length=2
     )
     max_rows: int | None = Field(None, ge=1, le=10_000_000)
-    judge: JudgeSpec | None = None
+    judge: EvaluationJudgeSpec | None = None
     """Score open-ended outputs with a judge model too (and persona adherence when prompt.persona is set)."""
     gate: GateSpec | None = None
     """A quality gate: a student that misses it is not served and the Distillation fails with
@@ -474,6 +547,10 @@ KD_NEEDS_LOGPROBS = ("student.loss.type kd needs the teacher's log-probabilities
                      "teacher.endpoint.logprobs says the endpoint does not return them")
 # Defaults are applied before CEL runs, so student.loss.type and endpoint.logprobs are always set; the has()
 # guards keep the rule valid when spec.teacher is absent.
+JUDGE_TEACHER_NEEDS_ONE = ("evaluation.judge.teacher needs a single teacher (spec.teacher); with spec.teachers, "
+                           "name a judge with evaluation.judge.endpoint")
+KD_NEEDS_ONE_TEACHER = ("student.loss.type kd needs a single teacher (spec.teacher): the top-k log-probabilities of "
+                        "several teachers, each over its own top k, do not make one distribution to learn")
 KD_NEEDS_LOGPROBS_RULE = ("self.student.loss.type != 'kd' || !has(self.teacher) || !has(self.teacher.endpoint) "
                           "|| self.teacher.endpoint.logprobs")
 
@@ -485,7 +562,12 @@ class DistillationSpec(ApiModel):
     region: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Cloud region whose GPU node pools run every GPU stage (topology.kubernetes.io/region)."""
     prompt: PromptSpec = Field(default_factory=PromptSpec)
-    teacher: TeacherSpec
+    teacher: TeacherSpec | None = None
+    """The teacher; exactly one of teacher and teachers is set."""
+    teachers: list[NamedTeacherSpec] | None = Field(None, min_length=2, max_length=4)
+    """Several teachers (2 to 4), each asked for every row; teacherStrategy says how their replies combine."""
+    teacher_strategy: TeacherStrategy | None = None
+    """Required with teachers: vote, judge or all."""
     dataset: DatasetSpec
     student: StudentSpec
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -508,9 +590,13 @@ class DistillationSpec(ApiModel):
                 cel("self.task != 'custom' || has(self.prompt.userTemplate)",
                     "task custom needs prompt.userTemplate", ".prompt.userTemplate"),
                 cel(KD_NEEDS_LOGPROBS_RULE, KD_NEEDS_LOGPROBS, ".student.loss.type"),
+                cel("self.student.loss.type != 'kd' || !has(self.teachers)", KD_NEEDS_ONE_TEACHER,
+                    ".student.loss.type"),
                 cel("!has(self.evaluation.judge) || self.task in ['conversation', 'summarization']",
                     "evaluation.judge is only valid for the open-ended tasks conversation and summarization",
                     ".evaluation.judge"),
+                cel("!has(self.evaluation.judge) || !self.evaluation.judge.teacher || has(self.teacher)",
+                    JUDGE_TEACHER_NEEDS_ONE, ".evaluation.judge.teacher"),
                 cel("!has(self.prompt.persona) || self.task in ['conversation', 'summarization']",
                     "prompt.persona is only valid for the open-ended tasks conversation and summarization",
                     ".prompt.persona"),
@@ -520,6 +606,20 @@ class DistillationSpec(ApiModel):
                     "('teacher' in self.evaluation.baselines && 'base-student' in self.evaluation.baselines)",
                     "evaluation.gate.minGapClosed needs both teacher and base-student in evaluation.baselines",
                     ".evaluation.gate.minGapClosed"),
+                cel("has(self.teacher) != has(self.teachers)", "exactly one of teacher and teachers must be set",
+                    ".teacher"),
+                cel("has(self.teachers) == has(self.teacherStrategy)",
+                    "teacherStrategy is required with teachers and only valid with it", ".teacherStrategy"),
+                cel("!has(self.teachers) || self.teachers.all(a, self.teachers.exists_one(b, b.name == a.name))",
+                    "teachers[].name must be unique", ".teachers"),
+                cel("!has(self.teacherStrategy) || self.teacherStrategy.mode != 'vote' || self.task in "
+                    f"{list(CHECKABLE_TASKS)}",
+                    f"teacherStrategy.mode vote needs a task with a checkable answer ({', '.join(CHECKABLE_TASKS)}); "
+                    "use judge or all", ".teacherStrategy.mode"),
+                cel("!has(self.teacherStrategy) || !has(self.teacherStrategy.judge) || "
+                    "!has(self.teacherStrategy.judge.teacher) || (has(self.teachers) && "
+                    "self.teachers.exists(t, t.name == self.teacherStrategy.judge.teacher))",
+                    "teacherStrategy.judge.teacher must name one of teachers", ".teacherStrategy.judge.teacher"),
             ]
         }
     )
@@ -530,12 +630,16 @@ class DistillationSpec(ApiModel):
             raise ValueError("prompt.chainOfDensity is only valid for task summarization")
         if self.task == Task.CUSTOM and not self.prompt.user_template:
             raise ValueError("task custom needs prompt.userTemplate")
-        endpoint = self.teacher.endpoint
+        endpoint = self.teacher.endpoint if self.teacher is not None else None
         if self.student.loss.type == LossType.KD and endpoint is not None and not endpoint.logprobs:
             raise ValueError(KD_NEEDS_LOGPROBS)
+        if self.student.loss.type == LossType.KD and self.teachers is not None:
+            raise ValueError(KD_NEEDS_ONE_TEACHER)
         ev = self.evaluation
         if ev.judge is not None and self.task not in OPEN_ENDED_TASKS:
             raise ValueError("evaluation.judge is only valid for the open-ended tasks conversation and summarization")
+        if ev.judge is not None and ev.judge.teacher and self.teacher is None:
+            raise ValueError(JUDGE_TEACHER_NEEDS_ONE)
         if self.prompt.persona is not None and self.task not in OPEN_ENDED_TASKS:
             raise ValueError("prompt.persona is only valid for the open-ended tasks conversation and summarization")
         if ev.gate is not None and not ev.enabled:
@@ -544,7 +648,38 @@ class DistillationSpec(ApiModel):
                 Baseline.TEACHER, Baseline.BASE_STUDENT} <= set(ev.baselines):
             raise ValueError("evaluation.gate.minGapClosed needs both teacher and base-student in "
                              "evaluation.baselines")
+        self._check_teachers()
         return self
+
+    def _check_teachers(self) -> None:
+        if (self.teacher is None) == (self.teachers is None):
+            raise ValueError("exactly one of teacher and teachers must be set")
+        if (self.teachers is None) != (self.teacher_strategy is None):
+            raise ValueError("teacherStrategy is required with teachers and only valid with it")
+        if self.teachers is None or self.teacher_strategy is None:
+            return
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teachers[].name must be unique, got {names}")
+        strategy = self.teacher_strategy
+        if strategy.mode == StrategyMode.VOTE and self.task not in CHECKABLE_TASKS:
+            raise ValueError(f"teacherStrategy.mode vote needs a task with a checkable answer "
+                             f"({', '.join(CHECKABLE_TASKS)}); use judge or all")
+        if strategy.judge is not None and strategy.judge.teacher is not None and strategy.judge.teacher not in names:
+            raise ValueError("teacherStrategy.judge.teacher must name one of teachers")
+
+    @property
+    def primary_teacher(self) -> TeacherSpec:
+        """spec.teacher, or the first of spec.teachers: the teacher of the features that use one (sampling
+        budgets, the evaluation's CoT length)."""
+        if self.teacher is not None:
+            return self.teacher
+        assert self.teachers, "the validator requires teacher or teachers"
+        return self.teachers[0]
+
+    def teacher_list(self) -> list[TeacherSpec]:
+        """Every teacher: [spec.teacher] or spec.teachers in order."""
+        return [self.teacher] if self.teacher is not None else list(self.teachers or [])
 
 
 MUTABLE_SPEC_FIELDS = frozenset({"suspend", "serving"})

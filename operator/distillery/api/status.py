@@ -95,6 +95,25 @@ class Progress(StatusModel):
     train_loss: float | None = None
     teacher_tokens_in: int | None = None
     teacher_tokens_out: int | None = None
+    rows_disagreed: int | None = None
+    """Several teachers: rows whose valid answers were not all the same."""
+
+
+class TeacherStats(StatusModel):
+    """One of several teachers (spec.teachers) over the labeling stage."""
+
+    name: str
+    rows_answered: int | None = None
+    """Rows this teacher gave a valid answer for."""
+    rows_agreed: int | None = None
+    """Of those, rows where its answer is the label's answer."""
+    agreement_rate: float | None = None
+    """rowsAgreed / rowsAnswered, 0..1."""
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    gpu_hours: float | None = None
+    """GPU-hours of its in-cluster servers (replicas x GPUs x the teacher stage's wall time); none for an
+    endpoint."""
 
 
 class ModelScore(StatusModel):
@@ -138,3 +157,5 @@ class DistillationStatus(StatusModel):
     """OpenAI-compatible base URL of the served student."""
     gpu_hours: float | None = None
     """GPU-hours across all stages so far."""
+    teachers: list[TeacherStats] | None = None
+    """Several teachers: each one's answers, agreement with the labels, tokens and GPU-hours."""

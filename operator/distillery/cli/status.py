@@ -136,6 +136,44 @@ def _conditions(status: dict[str, Any]) -> list[str]:
     return ["Conditions not OK:", *lines] if lines else []
 
 
+def _teacher_line(teacher: dict[str, Any]) -> str:
+    if teacher.get("endpoint"):
+        return f"{teacher['endpoint'].get('model')} at {teacher['endpoint'].get('url')}"
+    line = (f"{teacher.get('model')} on {teacher.get('gpus', 1)}x {teacher.get('gpuType', 'H100')}, "
+            f"tensor parallel {teacher.get('tensorParallelSize', 1)}")
+    if teacher.get("replicas", 1) > 1:
+        line += f", {teacher['replicas']} replicas"
+    return line
+
+
+def _several_teachers_lines(spec: dict[str, Any]) -> list[str]:
+    strategy = spec.get("teacherStrategy") or {}
+    mode = strategy.get("mode", "?")
+    judge = strategy.get("judge") or {}
+    if judge.get("teacher"):
+        mode += f" by {judge['teacher']}"
+    elif judge.get("endpoint"):
+        mode += f" by {judge['endpoint'].get('model')} at {judge['endpoint'].get('url')}"
+    return [f"  Teachers:   {len(spec['teachers'])}, strategy {mode}",
+            *(f"    {t.get('name')}: {_teacher_line(t)}" for t in spec["teachers"])]
+
+
+def _teachers(status: dict[str, Any]) -> list[str]:
+    """Several teachers: how often each one's answer became the label, and what it cost."""
+    teachers = status.get("teachers")
+    if not teachers:
+        return []
+    rows = [[t.get("name", "?"), _count(t.get("rowsAnswered")), _count(t.get("rowsAgreed")),
+             f"{100 * t['agreementRate']:.1f}%" if t.get("agreementRate") is not None else "-",
+             _count(t.get("tokensIn")), _count(t.get("tokensOut")), _hours(t.get("gpuHours"))] for t in teachers]
+    lines = ["Teachers:", *text_table(["TEACHER", "ANSWERED", "AGREED", "AGREEMENT", "TOKENS IN", "TOKENS OUT",
+                                       "GPU-HOURS"], rows)]
+    disagreed = (status.get("progress") or {}).get("rowsDisagreed")
+    if disagreed is not None:
+        lines.append(f"  rows where the teachers disagreed: {_count(disagreed)}")
+    return lines
+
+
 def render(obj: dict[str, Any]) -> str:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     teacher, student = spec.get("teacher") or {}, spec.get("student") or {}
@@ -146,13 +184,7 @@ def render(obj: dict[str, Any]) -> str:
     if observed is not None and generation is not None and observed < generation:
         phase += f" [operator has seen generation {observed} of {generation}]"
 
-    if teacher.get("endpoint"):
-        teacher_line = f"{teacher['endpoint'].get('model')} at {teacher['endpoint'].get('url')}"
-    else:
-        teacher_line = (f"{teacher.get('model')} on {teacher.get('gpus', 1)}x {teacher.get('gpuType', 'H100')}, "
-                        f"tensor parallel {teacher.get('tensorParallelSize', 1)}")
-        if teacher.get("replicas", 1) > 1:
-            teacher_line += f", {teacher['replicas']} replicas"
+    teacher_line = _teacher_line(teacher)
     student_line = (f"{student.get('model')}, {student.get('method', 'lora')} on {student.get('nodes', 1)} node(s) "
                     f"x {student.get('gpusPerNode', 1)}x {student.get('gpuType', 'H100')}")
     header = [
@@ -160,7 +192,7 @@ def render(obj: dict[str, Any]) -> str:
         f"  Phase:      {phase}",
         f"  Task:       {spec.get('task', '?')}",
         f"  Region:     {spec.get('region', '?')}",
-        f"  Teacher:    {teacher_line}",
+        *([f"  Teacher:    {teacher_line}"] if not spec.get("teachers") else _several_teachers_lines(spec)),
         f"  Student:    {student_line}",
     ]
     if status.get("gpuHours") is not None:
@@ -169,8 +201,8 @@ def render(obj: dict[str, Any]) -> str:
         header.append(f"  Endpoint:   {status['studentEndpoint']}")
     if not status:
         header.append("  (no status yet: is the operator running?)")
-    sections = [header, _stages(status), _progress(status.get("progress")), _results(status.get("results")),
-                _conditions(status)]
+    sections = [header, _stages(status), _progress(status.get("progress")), _teachers(status),
+                _results(status.get("results")), _conditions(status)]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 

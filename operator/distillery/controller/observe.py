@@ -93,6 +93,8 @@ class Observed:
     train_job: JobView | None = None
     eval_job: JobView | None = None
     student: DeploymentView | None = None
+    deployments: dict[str, DeploymentView] = field(default_factory=dict)
+    """Every Deployment child by name (several teachers' servers are found here)."""
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) -> hash of the manifest last applied, for every Deployment, Service and ConfigMap child
     ("" for one that carries none)."""
@@ -180,6 +182,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         train_job=job(names.train),
         eval_job=job(names.eval),
         student=deployment(names.student),
+        deployments={str(name): DeploymentView.of(c) for (kind, name), c in by_key.items() if kind == "Deployment"},
         applied={(str(kind), str(name)): str(((c.get("metadata") or {}).get("annotations") or {})
                                              .get(APPLIED_HASH_ANNOTATION, ""))
                  for (kind, name), c in by_key.items() if kind in ("Deployment", "Service", "ConfigMap")},

@@ -23,6 +23,7 @@ from distillery.api.status import (
     Stage,
     StageState,
     StageStatus,
+    TeacherStats,
     format_time,
     results_line,
     seconds_between,
@@ -31,6 +32,7 @@ from distillery.controller.conditions import get_condition, set_condition
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
 from distillery.resources import jobs, reporting, student, teacher, workspace
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, gpu_node_fits, manifest_hash
+from distillery.resources.teacher import served_teachers, teacher_name
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
@@ -147,6 +149,31 @@ def gate_verdict(gate: GateSpec, results: list[ModelScore]) -> tuple[bool, str]:
                              f"base-student {base.score:.2f} to teacher {teacher.score:.2f}, "
                              f"{'at least' if ok else 'below'} minGapClosed {gate.min_gap_closed:.1%}")
     return passed, "; ".join(parts)
+
+
+GpuDemand = tuple[str | None, int, int]
+"""(GPU type, GPUs per pod, pods)."""
+
+
+def gpu_pool_fits_all(nodes: tuple[NodeView, ...], config: OperatorConfig, region: str, demands: list[GpuDemand],
+                      node_selector: Mapping[str, str] | None = None) -> bool:
+    """Can the region's node pools hold all these pods at once (several teachers started together)?
+
+    First-fit decreasing over each node's allocatable GPUs: exact packing is NP-hard, and with at most 4
+    teachers of a few replicas each, first-fit decreasing misses a packing only in contrived pools (and
+    capacityCheck none turns the check off)."""
+    free = [node.allocatable_gpus for node in nodes]
+    pods = sorted(((gpu_type, gpus) for gpu_type, gpus, count in demands for _ in range(count)),
+                  key=lambda pod: -pod[1])
+    for gpu_type, gpus in pods:
+        for i, node in enumerate(nodes):
+            if free[i] >= gpus and gpu_node_fits(config, node.labels, free[i], region, gpu_type if gpus else None,
+                                                 gpus, node_selector):
+                free[i] -= gpus
+                break
+        else:
+            return False
+    return True
 
 
 def _summary(messages: list[str]) -> dict[str, Any]:
@@ -267,13 +294,31 @@ class _Pass:
                          self.spec.scheduling.node_selector):
             return False
         what = f"{pods} node(s) with {gpus}x {gpu_type}" if gpus else f"{pods} node(s)"
-        message = (f"no node in region {self.spec.region} can hold {what}; waiting for capacity (for node "
+        self.wait_for_capacity(stage, f"no node in region {self.spec.region} can hold {what}")
+        return True
+
+    def wait_for_teachers_gpus(self, served: list[int]) -> bool:
+        """Several teachers start together: True when the region cannot hold all their replicas at once."""
+        assert self.spec.teachers is not None
+        if self.config.capacity_check == "none":
+            return False
+        members = [self.spec.teachers[i] for i in served]
+        if gpu_pool_fits_all(self.obs.nodes, self.config, self.spec.region,
+                             [(t.gpu_type, t.gpus, t.replicas) for t in members],
+                             self.spec.scheduling.node_selector):
+            return False
+        what = ", ".join(f"{t.name}: {t.replicas} pod(s) with {t.gpus}x {t.gpu_type}" for t in members)
+        self.wait_for_capacity(Stage.TEACHER, f"the nodes in region {self.spec.region} cannot hold the teachers "
+                                              f"together ({what})")
+        return True
+
+    def wait_for_capacity(self, stage: Stage, why: str) -> None:
+        message = (f"{why}; waiting for capacity (for node "
                    f"pools that scale from zero, set the operator's capacityCheck to none)")
         if self.stage(stage).state != StageState.WAITING:
             self.event("NoMatchingGPUNodePool", message, warning=True)
         self.start(stage, StageState.WAITING, message)
         self.cond(STAGE_CONDITION[stage], False, "NoMatchingGPUNodePool", message)
-        return True
 
     # the pass ------------------------------------------------------------
     def run(self) -> Plan:
@@ -332,7 +377,11 @@ class _Pass:
         return all(self.done(s) for s in ORDER[1:ORDER.index(stage)])
 
     def teacher(self) -> None:
+        if self.spec.teachers is not None:
+            self.several_teachers()
+            return
         t = self.spec.teacher
+        assert t is not None
         if t.endpoint is not None:
             if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
                 self.finish(Stage.TEACHER, StageState.SKIPPED, f"external endpoint {t.endpoint.url}")
@@ -368,6 +417,56 @@ class _Pass:
         self.start(Stage.TEACHER, StageState.RUNNING, message)
         self.cond("TeacherReady", False, reason, message)
 
+    def several_teachers(self) -> None:
+        """spec.teachers: every in-cluster teacher gets its Deployment and Service; they start together (one
+        capacity check over all of them), labeling waits until all serve, and they are removed together."""
+        members = self.spec.teachers
+        assert members is not None
+        served = served_teachers(self.spec)
+        if not served:
+            if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
+                self.finish(Stage.TEACHER, StageState.SKIPPED, "every teacher is an external endpoint")
+            self.cond("TeacherReady", True, "ExternalEndpoint", "every teacher is an external endpoint")
+            return
+        label_job = self.obs.label_job
+        if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
+            for i in served:
+                if members[i].keep_after_labeling and teacher_name(self.owner, i) in self.obs.deployments:
+                    self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config, i))
+            return
+        views = {i: self.obs.deployments.get(teacher_name(self.owner, i)) for i in served}
+        if all(view is None for view in views.values()):
+            if self.wait_for_teachers_gpus(served):
+                return
+            self.start(Stage.TEACHER, StageState.RUNNING, f"starting {len(served)} teacher servers")
+        for i in served:
+            self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config, i))
+            self.apply(teacher.teacher_service(self.owner, self.spec, i))
+        waiting = [i for i in served if not ((view := views[i]) is not None and view.available)]
+        serving = ", ".join(f"{members[i].name} ({members[i].model})" for i in served)
+        if not waiting:
+            record = self.stage(Stage.TEACHER)
+            if record.state != StageState.SUCCEEDED:
+                record.start_time = record.start_time or self.now
+                record.state = StageState.SUCCEEDED
+                record.message = f"teachers serving: {serving}"
+                self.event("TeacherReady", f"Teachers are serving: {serving}")
+            self.cond("TeacherReady", True, "Serving", f"teachers serving: {serving}")
+            return
+        names = ", ".join(members[i].name for i in waiting)
+        reason, message = self.not_ready(Stage.TEACHER, views[waiting[0]], f"teacher(s) {names} not serving yet")
+        self.start(Stage.TEACHER, StageState.RUNNING, message)
+        self.cond("TeacherReady", False, reason, message)
+
+    def present_teachers(self) -> list[str]:
+        """The teacher Deployments of this Distillation that exist."""
+        if self.spec.teachers is None:
+            t = self.spec.teacher
+            exists = self.obs.teacher is not None and t is not None and t.endpoint is None
+            return [self.names.teacher] if exists else []
+        return [name for i in served_teachers(self.spec)
+                if (name := teacher_name(self.owner, i)) in self.obs.deployments]
+
     def blocked(self, stage_label: str) -> str | None:
         """The scheduler's reason once a stage pod has waited past the grace period.
 
@@ -399,7 +498,7 @@ class _Pass:
         """evaluation.judge is the in-cluster teacher: it serves until evaluation is over."""
         judge = self.spec.evaluation.judge
         return (judge is not None and judge.teacher and self.spec.evaluation.enabled
-                and self.spec.teacher.endpoint is None)
+                and self.spec.teacher is not None and self.spec.teacher.endpoint is None)
 
     def judge_holds_teacher(self) -> bool:
         return self.judge_uses_teacher() and not self.done(Stage.EVALUATION)
@@ -453,7 +552,11 @@ class _Pass:
 
     def release_teacher(self) -> None:
         """Give the teacher's GPUs back once labeling is over (or failed), unless asked to keep it; a teacher
-        that judges the evaluation goes once evaluation is over."""
+        that judges the evaluation goes once evaluation is over (only a single teacher judges, see spec)."""
+        if self.spec.teachers is not None:
+            self.release_teachers()
+            return
+        assert self.spec.teacher is not None
         if self.spec.teacher.endpoint is not None or self.spec.teacher.keep_after_labeling or self.teacher_released:
             return
         self.teacher_released = True
@@ -464,13 +567,46 @@ class _Pass:
         record = self.stage(Stage.TEACHER)
         if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
             record.completion_time = self.now
-            t = self.spec.teacher
+            t = self.spec.primary_teacher
             record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
             record.state = StageState.REMOVED
             record.message = ("teacher removed after evaluation, which it judged, to free its GPUs"
                               if self.judge_uses_teacher() and self.done(Stage.EVALUATION)
                               else "teacher removed after labeling to free its GPUs")
             self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
+
+    def release_teachers(self) -> None:
+        """Several teachers: those not kept are removed together; the stage's GPU-hours and each teacher's
+        count from the teacher stage's start until now (a kept teacher's are not counted, as with one)."""
+        members = self.spec.teachers
+        assert members is not None
+        removed = [i for i in served_teachers(self.spec) if not members[i].keep_after_labeling]
+        if not removed:
+            return
+        for i in removed:
+            name = teacher_name(self.owner, i)
+            if name in self.obs.deployments:
+                self.delete("Deployment", name)
+            if ("Service", name) in self.obs.applied:
+                self.delete("Service", name)
+        record = self.stage(Stage.TEACHER)
+        if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
+            record.completion_time = self.now
+            hours = _hours_between(record.start_time, self.now)
+            record.gpu_hours = round(sum(members[i].replicas * members[i].gpus for i in removed) * hours, 4)
+            record.state = StageState.REMOVED
+            record.message = "teachers removed after labeling to free their GPUs"
+            self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
+            stats = self.teacher_stats()
+            for i in removed:
+                stats[i].gpu_hours = round(members[i].replicas * members[i].gpus * hours, 4)
+
+    def teacher_stats(self) -> list[TeacherStats]:
+        """status.teachers in spec.teachers order, created on first use."""
+        members = self.spec.teachers or []
+        known = {s.name: s for s in self.status.teachers or []}
+        self.status.teachers = [known.get(t.name) or TeacherStats(name=t.name) for t in members]
+        return self.status.teachers
 
     def stage_job(self, stage: Stage, view: JobView | None, build: JobBuilder,
                   summarise: Callable[[dict[str, Any]], None], gpus: int = 0) -> None:
@@ -588,6 +724,16 @@ class _Pass:
         p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
         p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
         p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
+        if self.spec.teachers is None:
+            return
+        p.rows_disagreed = sum(int(r.get("rows_disagreed", 0)) for r in reports)
+        for stats in self.teacher_stats():
+            def total(key: str, name: str = stats.name) -> int:
+                return sum(int(r.get(f"teacher.{name}.{key}", 0)) for r in reports)
+            stats.rows_answered, stats.rows_agreed = total("answered"), total("agreed")
+            stats.agreement_rate = (round(stats.rows_agreed / stats.rows_answered, 4)
+                                    if stats.rows_answered else None)
+            stats.tokens_in, stats.tokens_out = total("tokens_in"), total("tokens_out")
 
     def training_summary(self, summary: dict[str, Any]) -> None:
         if not summary:
@@ -689,8 +835,10 @@ class _Pass:
                 self.actions.append(Patch("Job", name, {"spec": {"suspend": True}}))
                 self.event("Suspended", f"Suspended {stage.value} job {name}; progress is kept in the workspace")
         # The teacher holds GPUs while idle; it is recreated on resume (its state is the model, not data).
-        if self.obs.teacher is not None and not self.done(Stage.LABELING) and self.spec.teacher.endpoint is None:
-            self.delete("Deployment", self.names.teacher)
+        present = self.present_teachers()
+        if present and not self.done(Stage.LABELING):
+            for name in present:
+                self.delete("Deployment", name)
             record = self.stage(Stage.TEACHER)
             record.state, record.message = StageState.PENDING, "removed while suspended"
             self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")

@@ -12,6 +12,7 @@ operator's lifecycle in seconds.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -117,10 +118,19 @@ class LocalWorkloads:
                                                    else [])]
         log_dir = self.root / "pods"
         log_dir.mkdir(parents=True, exist_ok=True)
-        async with TeacherServer(TaskAwareResponder(lookup_from_rows(task, rows))) as teacher, \
+        lookup = lookup_from_rows(task, rows)
+        # Several teachers: the first answers right, the others wrong on a quarter of the rows each (different
+        # rows), so votes, agreement and disagreements are real.
+        others = [TeacherServer(TaskAwareResponder(lookup, wrong_share=0.25, wrong_salt=t.name))
+                  for t in (spec.teachers or [])[1:]]
+        async with TeacherServer(TaskAwareResponder(lookup)) as teacher, contextlib.AsyncExitStack() as stack, \
                 KubeClient(load_configuration(str(self.kubeconfig))) as client:
+            for server in others:
+                await stack.enter_async_context(server)
+            urls = ({t.name: server.url for t, server in zip(spec.teachers, [teacher, *others], strict=True)}
+                    if spec.teachers else {})
             kubelet = LocalKubelet(client, self.manifest["metadata"].get("namespace", "default"),
-                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir)
+                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir, urls)
             print(f"local teacher at {teacher.url}; stage pods run here, logs in {log_dir}")
             self.ready.set()
             await kubelet.run_forever()

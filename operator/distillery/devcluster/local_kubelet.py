@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,14 +143,17 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     return code, message
 
 
-def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str) -> None:
-    """Point pipeline configs at a local teacher, as kube-proxy would route the teacher Service."""
+def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str,
+                    teacher_urls: Mapping[str, str] | None = None) -> None:
+    """Point pipeline configs at a local teacher, as kube-proxy would route the teacher Service; with several
+    teachers, each in-cluster one (and a judge that is one of them) at its own server, by name."""
     for data in configmaps.values():
         if CONFIG_FILE in data:
             cfg = PipelineConfig.model_validate_json(data[CONFIG_FILE])
-            if ".svc:" in cfg.teacher.base_url:
-                cfg.teacher.base_url = teacher_url
-                data[CONFIG_FILE] = cfg.to_json()
+            for client in [cfg.teacher, *(cfg.teachers or []), *([cfg.strategy_judge] if cfg.strategy_judge else [])]:
+                if ".svc:" in client.base_url:
+                    client.base_url = (teacher_urls or {}).get(str(client.name), teacher_url)
+            data[CONFIG_FILE] = cfg.to_json()
 
 
 class LocalKubelet:
@@ -158,11 +162,13 @@ class LocalKubelet:
     STAGES = ("labeling", "training", "evaluation")
 
     def __init__(self, client: KubeClient, namespace: str, volumes: LocalVolumes, teacher_url: str | None,
-                 log_dir: Path) -> None:
+                 log_dir: Path, teacher_urls: Mapping[str, str] | None = None) -> None:
         self.client = client
         self.namespace = namespace
         self.volumes = volumes
         self.teacher_url = teacher_url
+        self.teacher_urls = dict(teacher_urls or {})
+        """Several teachers: each one's local server by name."""
         self.log_dir = log_dir
         self.done: set[str] = set()
 
@@ -193,7 +199,7 @@ class LocalKubelet:
                 if claim:
                     self.volumes.claim_uids[name] = claim["metadata"]["uid"]
         if self.teacher_url:
-            reroute_teacher(self.volumes.configmaps, self.teacher_url)
+            reroute_teacher(self.volumes.configmaps, self.teacher_url, self.teacher_urls)
         name = pod["metadata"]["name"]
         code, message = await run_container(pod, self.volumes, {}, self.log_dir / f"{name}.log")
         await self.finish(pod, code, message)

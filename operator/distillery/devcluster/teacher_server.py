@@ -49,6 +49,7 @@ from distillery.workloads.tasks.multiple_choice import LETTERS
 from distillery.workloads.tasks.nli import LABELS
 from distillery.workloads.tasks.persona import IN_CHARACTER
 from distillery.workloads.tasks.summarization import COD_KEY, COD_MISSING_KEY, SUMMARY_MARKER
+from distillery.workloads.teacher_votes import VERDICT_MARKER
 
 Outcome = Literal["ok", "400", "429", "500", "503", "slow", "malformed", "length"]
 """"length" answers the valid text with finish_reason "length", as a server cut off at max_tokens does."""
@@ -148,6 +149,9 @@ def judge_reply(messages: Sequence[Mapping[str, Any]]) -> str:
     return f"The candidate shares {overlap:.0%} of its words with the reference.\n{SCORE_MARKER}: {round(10 * overlap)}"
 
 
+_CANDIDATE = re.compile(r"^Reply (\d+):\n(.*?)(?=\n\nReply \d+:\n|\n\nWhich reply)", re.M | re.S)
+
+
 class TaskAwareResponder:
     """Well-formed chain-of-thought answers for the built-in tasks' teacher prompts, and a judge's verdicts
     for their judge prompts (`judge_reply`).
@@ -156,25 +160,42 @@ class TaskAwareResponder:
     lookup's gold answer for the prompt's last turn, else one picked by hashing the prompt.
     """
 
-    def __init__(self, lookup: Mapping[str, str] | None = None) -> None:
+    def __init__(self, lookup: Mapping[str, str] | None = None, *, wrong_share: float = 0.0,
+                 wrong_salt: str = "", reply_suffix: str = "") -> None:
         self.lookup = dict(lookup or {})
+        self.wrong_share = wrong_share
+        """Share of prompts (drawn by prompt and `wrong_salt`) answered with another valid answer than the
+        lookup's: several such teachers disagree on different rows, so votes and ties happen."""
+        self.wrong_salt = wrong_salt
+        self.reply_suffix = reply_suffix
+        """Appended to conversation replies and summaries: a more detailed teacher, which the judge prefers."""
+
+    def wrong(self, prompt: str) -> bool:
+        return bool(self.wrong_share) and _unit("wrong", self.wrong_salt, prompt) < self.wrong_share
 
     def __call__(self, ctx: ResponderContext) -> str:
         if ctx.messages and ctx.messages[0].get("content", "").startswith(JUDGE_ROLE):
             return judge_reply(ctx.messages)
         last = ctx.messages[-1]["content"] if ctx.messages else ""
         everything = "\n".join(m.get("content", "") for m in ctx.messages)
+        if f"'{VERDICT_MARKER}: <number" in last:
+            return self._verdict(last)
         gold = self.lookup.get(last)
         pick = int(_unit(last) * 2**32)
+        if self.wrong(last):
+            # Any valid answer but the gold one: shift the hash pick past it.
+            return self._wrong_answer(last, gold, pick)
+        suffix = f" {self.reply_suffix}" if self.reply_suffix else ""
         if COD_KEY in last:
             return self._density(last, gold)
         if f"'{SUMMARY_MARKER}:'" in last:
-            return f"Key points: the main facts.\n{SUMMARY_MARKER}: {gold or self._lead(last)}"
+            return f"Key points: the main facts.\n{SUMMARY_MARKER}: {gold or self._lead(last)}{suffix}"
         if f"'{REPLY_MARKER}:'" in everything:
             # In character when the system message carries a persona, so persona adherence has something to see.
             name = persona_name(ctx.messages)
             voice = f"{name} here. " if name else ""
-            return f"Thoughts: the user wants a direct answer.\n{REPLY_MARKER}: {voice}{gold or self._echo(last)}"
+            return (f"Thoughts: the user wants a direct answer.\n{REPLY_MARKER}: "
+                    f"{voice}{gold or self._echo(last)}{suffix}")
         if all(f"'Answer: {label}'" in last for label in LABELS):
             return f"{_RATIONALE}\nAnswer: {gold or LABELS[pick % len(LABELS)]}"
         if "choice letter" in last:
@@ -185,6 +206,28 @@ class TaskAwareResponder:
         if ctx.messages and ctx.messages[-1].get("role") == "user" and len(ctx.messages) > 2:
             return gold or self._echo(last)  # a conversation prompted without chain of thought
         return f"{_RATIONALE}\nAnswer: {gold or 'yes'}"
+
+    def _wrong_answer(self, prompt: str, gold: str | None, pick: int) -> str:
+        """A well-formed answer other than `gold` for the checkable tasks (others get a short reply)."""
+        def other(options: Sequence[str]) -> str:
+            rest = [o for o in options if o != gold] or list(options)
+            return rest[pick % len(rest)]
+
+        if all(f"'Answer: {label}'" in prompt for label in LABELS):
+            return f"{_RATIONALE}\nAnswer: {other(LABELS)}"
+        if "choice letter" in prompt:
+            return f"{_RATIONALE}\nAnswer: {other(_OPTION.findall(prompt) or list(LETTERS[:4]))}"
+        if "numeric answer" in prompt:
+            number = int(gold) if gold and gold.lstrip("-").isdigit() else pick % 1000
+            return f"{_RATIONALE}\nAnswer: {number + 1 + pick % 7}"
+        return f"{_RATIONALE}\nAnswer: no"
+
+    @staticmethod
+    def _verdict(prompt: str) -> str:
+        """A judge: prefers the most detailed reply (most words; the first among equals)."""
+        candidates = [(int(number), len(text.split())) for number, text in _CANDIDATE.findall(prompt)]
+        best = max(candidates, key=lambda c: (c[1], -c[0]))[0] if candidates else 1
+        return f"Reply {best} is the most complete and follows the format.\n{VERDICT_MARKER}: {best}"
 
     @staticmethod
     def _limit(prompt: str) -> int:
@@ -443,6 +486,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--logprobs", choices=["tiny", "foreign", "off"], default="tiny",
                         help="tokens of the log-probabilities it returns: the tiny models' vocabulary, another one, "
                              "or none")
+    parser.add_argument("--wrong-share", type=float, default=0,
+                        help="share of prompts answered with a valid but wrong answer (several teachers disagree)")
+    parser.add_argument("--wrong-salt", default="", help="which prompts are answered wrong (differs per teacher)")
+    parser.add_argument("--reply-suffix", default="",
+                        help="appended to conversation replies and summaries (a judge prefers the longer reply)")
     return parser.parse_args(argv)
 
 
@@ -453,7 +501,9 @@ async def serve(args: argparse.Namespace) -> None:
         support_n=not args.no_n,
     )
     lookup = json.loads(args.lookup.read_text()) if args.lookup else None
-    server = TeacherServer(TaskAwareResponder(lookup), faults,
+    responder = TaskAwareResponder(lookup, wrong_share=args.wrong_share, wrong_salt=args.wrong_salt,
+                                   reply_suffix=args.reply_suffix)
+    server = TeacherServer(responder, faults,
                            model=args.model, host=args.host, port=args.port, logprobs=args.logprobs)
     url = await server.start()
     print(f"teacher_server listening on {url}", flush=True)

@@ -16,6 +16,8 @@ PARENT_LABEL = "distillery.dev/distillation"
 APPLIED_HASH_ANNOTATION = "distillery.dev/applied-hash"
 """On children the operator keeps up to date: the hash of the manifest it last applied."""
 STAGE_LABEL = "distillery.dev/stage"
+TEACHER_LABEL = "distillery.dev/teacher"
+"""On the Deployment, Service and pods of one of several teachers: its name in spec.teachers."""
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RENDEZVOUS_PORT = 29500
 HUB_CACHE_DIR = "/var/cache/huggingface"
@@ -61,6 +63,11 @@ class Names:
     student = property(lambda self: f"{self.parent}-student")
     progress = property(lambda self: f"{self.parent}-progress")
     workload = property(lambda self: f"{self.parent}-workload")
+
+    def teacher_member(self, index: int) -> str:
+        """The Deployment and Service of spec.teachers[index]: by index, not by the teacher's name, so every
+        name fits the 63 characters of a Service name whatever the parent's (at most 53) and the teacher's."""
+        return f"{self.parent}-teacher-{index}"
 
 
 def labels(owner: Owner, stage: str) -> dict[str, str]:

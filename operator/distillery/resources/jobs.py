@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.pipeline import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV
+from distillery.api.pipeline import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV, teacher_api_key_env
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
 from distillery.resources.common import (
@@ -105,9 +105,17 @@ def _volumes(owner: Owner, spec: DistillationSpec, model: bool,
 
 def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     env, volumes, mounts = _volumes(owner, spec, model=False)
-    if spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
+    if spec.teacher is not None and spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
+    for member in spec.teachers or []:
+        if member.endpoint and member.endpoint.api_key_secret_ref:
+            env.append({"name": teacher_api_key_env(member.name),
+                        "valueFrom": {"secretKeyRef": member.endpoint.api_key_secret_ref.to_wire()}})
+    judge = spec.teacher_strategy.judge if spec.teacher_strategy is not None else None
+    if judge is not None and judge.endpoint is not None and judge.endpoint.api_key_secret_ref is not None:
+        env.append({"name": JUDGE_API_KEY_ENV,
+                    "valueFrom": {"secretKeyRef": judge.endpoint.api_key_secret_ref.to_wire()}})
     container = _container("labeler", config.labeler_image, ["distillery", "label"], ["--config", config_path()],
                            [*env, *workload_env(owner)],
                            {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}, mounts)
@@ -174,12 +182,13 @@ def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig)
     env, volumes, mounts = _volumes(owner, spec, model=True)
     judge = spec.evaluation.judge
     if judge is not None:
-        # The judge's key: its endpoint's own, or the teacher endpoint's when the teacher judges.
+        # The judge's key: its endpoint's own, or the teacher endpoint's when the teacher (the first of several)
+        # judges.
+        teacher_endpoint = spec.primary_teacher.endpoint
         key_ref = judge.endpoint.api_key_secret_ref if judge.endpoint is not None else (
-            spec.teacher.endpoint.api_key_secret_ref if spec.teacher.endpoint is not None else None)
+            teacher_endpoint.api_key_secret_ref if teacher_endpoint is not None else None)
         if key_ref is not None:
-            env.append({"name": JUDGE_API_KEY_ENV if judge.endpoint is not None else TEACHER_API_KEY_ENV,
-                        "valueFrom": {"secretKeyRef": key_ref.to_wire()}})
+            env.append({"name": JUDGE_API_KEY_ENV, "valueFrom": {"secretKeyRef": key_ref.to_wire()}})
     container = _container("evaluator", spec.student.image or config.trainer_image, ["distillery", "evaluate"],
                            ["--config", config_path()], [*env, *workload_env(owner)],
                            gpu_resources(config, 1, cpu="8", memory="64Gi"), mounts)

@@ -3,8 +3,9 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.spec import DistillationSpec, LossType
+from distillery.api.spec import DistillationSpec, LossType, TeacherSpec
 from distillery.resources.common import (
+    TEACHER_LABEL,
     Names,
     Owner,
     gpu_placement,
@@ -24,8 +25,45 @@ SERVED_NAME = "teacher"
 """The model name the labeler sends; independent of the model id so the pipeline config never changes."""
 
 
-def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    t = spec.teacher
+def served_teachers(spec: DistillationSpec) -> list[int]:
+    """Indexes into spec.teachers of the teachers served in-cluster."""
+    return [i for i, t in enumerate(spec.teachers or []) if t.model]
+
+
+def teacher_at(spec: DistillationSpec, index: int | None) -> TeacherSpec:
+    if index is None:
+        assert spec.teacher is not None
+        return spec.teacher
+    assert spec.teachers is not None
+    return spec.teachers[index]
+
+
+def teacher_name(owner: Owner, index: int | None) -> str:
+    """The Deployment and Service of a served teacher."""
+    names = Names(owner.name)
+    return names.teacher if index is None else names.teacher_member(index)
+
+
+def _member(manifest: dict[str, Any], spec: DistillationSpec, index: int | None, *paths: tuple[str, ...],
+            ) -> dict[str, Any]:
+    """Several teachers: their own label on the manifest and at `paths` (selectors, pod labels), so the
+    Deployments' selectors do not overlap and each Service reaches only its teacher's pods."""
+    if index is None:
+        return manifest
+    assert spec.teachers is not None
+    name = spec.teachers[index].name
+    for path in (("metadata", "labels"), *paths):
+        node = manifest
+        for key in path:
+            node = node[key]
+        node[TEACHER_LABEL] = name
+    return manifest
+
+
+def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig,
+                       index: int | None = None) -> dict[str, Any]:
+    """The vLLM Deployment of spec.teacher (index None) or of spec.teachers[index]."""
+    t = teacher_at(spec, index)
     assert t.model is not None, "an endpoint teacher has no Deployment"
     served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
                                tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT,
@@ -50,10 +88,16 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         **server_probes(t.startup_seconds),
         "volumeMounts": mounts,
     }
-    return server_deployment(owner, Names(owner.name).teacher, STAGE, t.replicas, pod_meta,
-                             gpu_placement(spec, config, t.gpu_type), container, volumes,
-                             server_pod_security_context(config, t.security_context), t.startup_seconds)
+    deployment = server_deployment(owner, teacher_name(owner, index), STAGE, t.replicas, pod_meta,
+                                   gpu_placement(spec, config, t.gpu_type), container, volumes,
+                                   server_pod_security_context(config, t.security_context), t.startup_seconds)
+    return _member(deployment, spec, index, ("spec", "selector", "matchLabels"),
+                   ("spec", "template", "metadata", "labels"))
 
 
-def teacher_service(owner: Owner) -> dict[str, Any]:
-    return http_service(owner, Names(owner.name).teacher, STAGE, VLLM_PORT)
+def teacher_service(owner: Owner, spec: DistillationSpec | None = None, index: int | None = None,
+                    ) -> dict[str, Any]:
+    service = http_service(owner, teacher_name(owner, index), STAGE, VLLM_PORT)
+    if index is None or spec is None:
+        return service
+    return _member(service, spec, index, ("spec", "selector"))

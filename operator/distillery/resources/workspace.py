@@ -6,12 +6,12 @@ from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import (
     CONFIG_FILE,
     JUDGE_API_KEY_ENV,
-    TEACHER_API_KEY_ENV,
     JudgeClientConfig,
     PipelineConfig,
     TeacherClientConfig,
+    teacher_api_key_env,
 )
-from distillery.api.spec import AccessMode, DistillationSpec
+from distillery.api.spec import AccessMode, DistillationSpec, TeacherEndpoint, TeacherSpec
 from distillery.resources.common import Names, Owner, metadata
 from distillery.resources.vllm import VLLM_PORT
 
@@ -49,14 +49,21 @@ def workspace_pvc(owner: Owner, spec: DistillationSpec, config: OperatorConfig) 
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": pvc_spec}
 
 
-def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
-    t = spec.teacher
+def teacher_client(owner: Owner, spec: DistillationSpec, index: int | None = None) -> TeacherClientConfig:
+    """How the pods reach spec.teacher (index None) or spec.teachers[index]."""
+    t: TeacherSpec
+    if index is None:
+        t = spec.primary_teacher
+        service = Names(owner.name).teacher if spec.teachers is None else Names(owner.name).teacher_member(0)
+    else:
+        assert spec.teachers is not None
+        t, service = spec.teachers[index], Names(owner.name).teacher_member(index)
     if t.endpoint is not None:
         base_url, model = t.endpoint.url.rstrip("/"), t.endpoint.model
     else:
-        host = f"{Names(owner.name).teacher}.{owner.namespace}.svc"
+        host = f"{service}.{owner.namespace}.svc"
         base_url, model = f"http://{host}:{VLLM_PORT}/v1", "teacher"
-    return TeacherClientConfig(
+    client = TeacherClientConfig(
         base_url=base_url,
         model=model,
         sampling=t.sampling,
@@ -66,6 +73,36 @@ def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
         min_success_ratio=t.min_success_ratio,
         outage_budget_seconds=t.outage_budget_seconds,
     )
+    if spec.teachers is not None:
+        name = spec.teachers[index or 0].name
+        client.name = name
+        if t.endpoint is not None and t.endpoint.api_key_secret_ref is not None:
+            client.api_key_env = teacher_api_key_env(name)
+    return client
+
+
+def strategy_judge_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig | None:
+    """teacherStrategy.judge: one of the teachers (its own client) or an endpoint."""
+    strategy = spec.teacher_strategy
+    if strategy is None or strategy.judge is None or spec.teachers is None:
+        return None
+    judge = strategy.judge
+    if judge.teacher is not None:
+        return teacher_client(owner, spec, [t.name for t in spec.teachers].index(judge.teacher))
+    endpoint: TeacherEndpoint | None = judge.endpoint
+    assert endpoint is not None
+    first = spec.teachers[0]
+    return TeacherClientConfig(
+        base_url=endpoint.url.rstrip("/"), model=endpoint.model, name="judge",
+        concurrency=max(t.concurrency for t in spec.teachers),
+        request_timeout_seconds=first.request_timeout_seconds, max_attempts=first.max_attempts,
+        outage_budget_seconds=first.outage_budget_seconds,
+        api_key_env=JUDGE_API_KEY_ENV if endpoint.api_key_secret_ref is not None else None,
+    )
+
+
+def _teacher_shards(t: TeacherSpec) -> int:
+    return t.replicas if t.model else max(1, min(8, t.concurrency // 64))
 
 
 def judge_client(owner: Owner, spec: DistillationSpec) -> JudgeClientConfig | None:
@@ -74,18 +111,19 @@ def judge_client(owner: Owner, spec: DistillationSpec) -> JudgeClientConfig | No
     if judge is None:
         return None
     if judge.endpoint is not None:
-        base_url, model, key_env = judge.endpoint.url.rstrip("/"), judge.endpoint.model, JUDGE_API_KEY_ENV
+        base_url, model = judge.endpoint.url.rstrip("/"), judge.endpoint.model
     else:
         teacher = teacher_client(owner, spec)
-        base_url, model, key_env = teacher.base_url, teacher.model, TEACHER_API_KEY_ENV
-    return JudgeClientConfig(base_url=base_url, model=model, api_key_env=key_env, max_attempts=judge.max_attempts,
+        base_url, model = teacher.base_url, teacher.model
+    return JudgeClientConfig(base_url=base_url, model=model, max_attempts=judge.max_attempts,
                              concurrency=judge.concurrency,
-                             request_timeout_seconds=spec.teacher.request_timeout_seconds)
+                             request_timeout_seconds=spec.primary_teacher.request_timeout_seconds)
 
 
 def label_shards(spec: DistillationSpec) -> int:
-    """One labeling pod per teacher replica keeps every replica busy without overloading any."""
-    return spec.teacher.replicas if spec.teacher.model else max(1, min(8, spec.teacher.concurrency // 64))
+    """One labeling pod per teacher replica keeps every replica busy without overloading any; with several
+    teachers, as many pods as the teacher that has the most replicas."""
+    return max(_teacher_shards(t) for t in spec.teacher_list())
 
 
 def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
@@ -100,6 +138,10 @@ def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
         evaluation=spec.evaluation,
         judge=judge_client(owner, spec),
         label_shards=label_shards(spec),
+        teachers=([teacher_client(owner, spec, i) for i in range(len(spec.teachers))]
+                  if spec.teachers is not None else None),
+        teacher_strategy=spec.teacher_strategy.mode if spec.teacher_strategy is not None else None,
+        strategy_judge=strategy_judge_client(owner, spec),
     )
 
 

@@ -10,7 +10,7 @@ import os
 import socket
 
 from distillery.api.modelref import PVC_MOUNT_ROOT
-from distillery.api.pipeline import PVC_BASE_ENV, WORKSPACE_ENV, PipelineConfig, WorkspaceLayout
+from distillery.api.pipeline import PVC_BASE_ENV, WORKSPACE_ENV, PipelineConfig, TeacherClientConfig, WorkspaceLayout
 
 
 def pvc_base() -> str:
@@ -22,6 +22,12 @@ def workspace_layout(cfg: PipelineConfig) -> WorkspaceLayout:
     """The pipeline's workspace, rooted where this pod has it mounted."""
     root = os.environ.get(WORKSPACE_ENV)
     return cfg.workspace.model_copy(update={"root": root}) if root else cfg.workspace
+
+
+def teacher_api_key(teacher: TeacherClientConfig) -> str | None:
+    """The bearer token of one of several teachers (or the judge), when its manifest gives it one; None lets
+    the client fall back to TEACHER_API_KEY."""
+    return os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
 
 
 def free_port() -> int:

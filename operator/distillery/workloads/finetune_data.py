@@ -106,23 +106,28 @@ def build_finetune_set(records: Iterable[LabelRecord], task: TaskDefinition, tok
         except MissingColumn:
             result.bad_rows += 1
             continue
-        target = task.target(Parsed(record.answer, record.rationale), include_rationale)
-        example, truncated = encode_example(tokenizer, messages, target, max_seq_length)
-        if example is None:
-            result.dropped += 1
-            continue
-        result.truncated += truncated
-        if vocabulary is not None:
-            aligned = None
-            if record.logprobs is None:
-                result.kd_missing += 1
-            elif (aligned := vocabulary.align(target, tokenizer(target, add_special_tokens=False)["input_ids"],
-                                              record.logprobs)) is None:
-                result.kd_unaligned += 1
-            else:
-                result.kd_examples += 1
-                example = with_teacher(example, aligned)
-        result.examples.append(example)
+        # teacherStrategy all: every teacher's valid reply is an example of its own. Only the chosen reply has
+        # log-probabilities: logit distillation takes a single teacher (spec validation).
+        replies = [(Parsed(record.answer, record.rationale), record.logprobs),
+                   *((Parsed(a.answer, a.rationale), None) for a in record.alternatives or [])]
+        for reply, logprobs in replies:
+            target = task.target(reply, include_rationale)
+            example, truncated = encode_example(tokenizer, messages, target, max_seq_length)
+            if example is None:
+                result.dropped += 1
+                continue
+            result.truncated += truncated
+            if vocabulary is not None:
+                aligned = None
+                if logprobs is None:
+                    result.kd_missing += 1
+                elif (aligned := vocabulary.align(target, tokenizer(target, add_special_tokens=False)["input_ids"],
+                                                  logprobs)) is None:
+                    result.kd_unaligned += 1
+                else:
+                    result.kd_examples += 1
+                    example = with_teacher(example, aligned)
+            result.examples.append(example)
     return result
 
 

@@ -18,6 +18,12 @@ With student.loss kd each request also asks for the top-k log-probabilities of e
 (`logprobs`, `top_logprobs`), and an accepted record carries those of the chosen answer (`logprobs`) in the
 same line, so they survive a restart exactly as the label does. An answer returned without them is treated
 as malformed: asked again, then rejected.
+
+With several teachers (pipeline `teachers`), every teacher is asked for every row at once and each
+one's record goes to `<workspace>/labels/teachers/<split>-shard-<index>.jsonl` as soon as it finishes, so
+a restarted pod asks only the teachers that had not answered. The row's record in the labels file then
+holds the combined label (teacherStrategy vote, judge or all; see `teacher_votes`) and what each teacher
+said (`teachers`).
 """
 
 import argparse
@@ -43,9 +49,9 @@ from distillery.api.pipeline import (
     PipelineConfig,
     TeacherClientConfig,
 )
-from distillery.api.spec import LossType
+from distillery.api.spec import LossType, StrategyMode
 from distillery.workloads.datasets import ROW_ID, split_rows
-from distillery.workloads.environment import workspace_layout
+from distillery.workloads.environment import teacher_api_key, workspace_layout
 from distillery.workloads.openai_client import (
     ChatResult,
     OpenAIChatClient,
@@ -61,6 +67,7 @@ from distillery.workloads.progress import (
 )
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
 from distillery.workloads.teacher_logprobs import TokenLogprobs
+from distillery.workloads.teacher_votes import judge_messages, parse_verdict, plurality
 
 log = logging.getLogger("distillery.labeler")
 
@@ -82,6 +89,26 @@ outage_sleep = asyncio.sleep
 Status = Literal["ok", "rejected"]
 
 
+class TeacherVote(BaseModel):
+    """What one of several teachers said for a row, kept in the row's record."""
+
+    status: Status
+    answer: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    agreed: bool = False
+    """Its answer is the label's answer."""
+    reason: str | None = None
+
+
+class Alternative(BaseModel):
+    """Another teacher's valid reply to the row (teacherStrategy all): one more training example."""
+
+    teacher: str
+    answer: str
+    rationale: str
+
+
 class LabelRecord(BaseModel):
     """One line of a labels file; the trainer and the evaluator read these."""
 
@@ -98,10 +125,21 @@ class LabelRecord(BaseModel):
     reason: str | None = None
     logprobs: TokenLogprobs | None = None
     """student.loss kd: the teacher's tokens of `raw` and its top-k log-probabilities at each."""
+    teacher: str | None = None
+    """Several teachers: whose reply this is (in the teachers' replies files), or whose reply the label is."""
+    teachers: dict[str, TeacherVote] | None = None
+    """Several teachers: what each one said."""
+    alternatives: list[Alternative] | None = None
+    """teacherStrategy all: the other teachers' valid replies."""
 
 
 def shard_path(labels_dir: Path, split: str, index: int) -> Path:
     return labels_dir / f"{split}-shard-{index:05d}.jsonl"
+
+
+def replies_path(labels_dir: Path, split: str, index: int) -> Path:
+    """Several teachers: each teacher's record per row, outside the labels files' glob."""
+    return labels_dir / "teachers" / f"{split}-shard-{index:05d}.jsonl"
 
 
 def read_records(path: Path) -> tuple[list[LabelRecord], int]:
@@ -447,6 +485,255 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     return summary, EXIT_OK
 
 
+class JudgeUnavailable(Exception):
+    """The judge stayed unreachable: the row is left for a rerun."""
+
+
+class SeveralTeachers:
+    """Asks every teacher for each row at once and combines their replies by the teacher strategy.
+
+    Each teacher has its own `Labeler` (its client, concurrency, attempts and outage budget); a row whose
+    teacher stays unreachable is not recorded (a rerun asks that teacher again), while the replies of the
+    teachers that did answer are kept in the replies file."""
+
+    def __init__(self, cfg: PipelineConfig, task: TaskDefinition, clients: dict[str, OpenAIChatClient],
+                 judge: OpenAIChatClient | None) -> None:
+        assert cfg.teachers is not None and cfg.teacher_strategy is not None
+        self.cfg, self.task, self.mode = cfg, task, cfg.teacher_strategy
+        self.order = [str(t.name) for t in cfg.teachers]
+        self.members = {str(t.name): Labeler(cfg.model_copy(update={"teacher": t}), task, clients[str(t.name)])
+                        for t in cfg.teachers}
+        self.judge = judge
+        self.counters = Counters()
+        self.per_teacher = {name: Counter[str]() for name in self.order}
+        self.rows_disagreed = 0
+        self.unlabeled = 0
+        self.judge_error = ""
+        """Set once the judge stayed unreachable: labeling stops, a rerun resumes."""
+        self.replies: dict[tuple[str, int], dict[str, LabelRecord]] = {}
+        """Teachers' records of rows not decided yet (from the replies file of a pod that stopped)."""
+
+    @property
+    def last_error(self) -> str:
+        errors = [f"{name}: {m.last_error}" for name, m in self.members.items() if m.last_error]
+        return "; ".join([*errors, *([f"judge: {self.judge_error}"] if self.judge_error else [])])
+
+    def stopped(self) -> bool:
+        return bool(self.judge_error) or any(m.consecutive_unavailable >= m.unavailable_limit or m.outage.exhausted
+                   for m in self.members.values())
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters plus `rows_disagreed` and `teacher.<name>.<counter>`: flat numbers, which the
+        operator adds up across shards."""
+        flat = {**self.counters.as_dict(), "rows_disagreed": self.rows_disagreed}
+        for name, counts in self.per_teacher.items():
+            for key in ("answered", "agreed", "tokens_in", "tokens_out"):
+                flat[f"teacher.{name}.{key}"] = counts[key]
+        return flat
+
+    def account(self, record: LabelRecord) -> None:
+        self.counters.rows_done += 1
+        self.counters.rows_ok += record.status == "ok"
+        self.counters.rows_rejected += record.status == "rejected"
+        self.counters.tokens_in += record.tokens_in
+        self.counters.tokens_out += record.tokens_out
+        votes = record.teachers or {}
+        for name, vote in votes.items():
+            counts = self.per_teacher.setdefault(name, Counter())
+            counts["tokens_in"] += vote.tokens_in
+            counts["tokens_out"] += vote.tokens_out
+            counts["answered"] += vote.status == "ok"
+            counts["agreed"] += vote.agreed
+        self.rows_disagreed += len({v.answer for v in votes.values() if v.status == "ok"}) > 1
+
+    async def label_all(self, pending: Iterator[tuple[str, dict[str, Any]]], writers: dict[str, LabelWriter],
+                        reply_writers: dict[str, LabelWriter]) -> None:
+        async def worker() -> None:
+            for split, row in pending:
+                if self.stopped():
+                    self.unlabeled += 1
+                    continue
+                try:
+                    record = await self.label_row(split, row, reply_writers[split])
+                except JudgeUnavailable as err:
+                    self.judge_error = str(err)
+                    record = None
+                if record is None:
+                    self.unlabeled += 1
+                    continue
+                writers[split].put(record)
+                self.account(record)
+
+        # Rows in flight: enough to keep the most concurrent teacher busy; each teacher's own semaphore
+        # bounds the requests it gets.
+        await asyncio.gather(*(worker() for _ in range(max(m.teacher.concurrency for m in self.members.values()))))
+
+    async def label_row(self, split: str, row: dict[str, Any], reply_writer: LabelWriter) -> LabelRecord | None:
+        known = self.replies.pop((split, row[ROW_ID]), {})
+
+        async def ask(name: str) -> LabelRecord | None:
+            record = await self.members[name].label_row(split, row)
+            if record is not None:
+                record = record.model_copy(update={"teacher": name})
+                reply_writer.put(record)
+                known[name] = record
+            return record
+
+        answers = await asyncio.gather(*(ask(name) for name in self.order if name not in known))
+        if any(answer is None for answer in answers):
+            self.replies[(split, row[ROW_ID])] = known
+            return None
+        return await self.decide(split, row, [(name, known[name]) for name in self.order])
+
+    async def decide(self, split: str, row: dict[str, Any], replies: list[tuple[str, LabelRecord]]) -> LabelRecord:
+        votes = {name: TeacherVote(status=r.status, answer=r.answer, tokens_in=r.tokens_in,
+                                   tokens_out=r.tokens_out, reason=r.reason) for name, r in replies}
+        accepted = [(name, r) for name, r in replies if r.status == "ok"]
+        tokens_in = sum(r.tokens_in for _, r in replies)
+        tokens_out = sum(r.tokens_out for _, r in replies)
+        attempts = sum(r.attempts for _, r in replies)
+
+        def rejected(reason: str) -> LabelRecord:
+            return LabelRecord(split=split, row_id=row[ROW_ID], row=row, answer="", rationale="", raw="",
+                               attempts=attempts, tokens_in=tokens_in, tokens_out=tokens_out, status="rejected",
+                               reason=reason, teachers=votes)
+
+        if not accepted:
+            return rejected("no teacher gave a valid answer: " +
+                            "; ".join(f"{name}: {r.reason}" for name, r in replies))
+        chosen = accepted[0]
+        alternatives = None
+        if self.mode == StrategyMode.VOTE:
+            winner, why = plurality([(name, r.answer) for name, r in accepted])
+            if winner is None:
+                return rejected(why)
+            chosen = next(reply for reply in accepted if reply[1].answer == winner)
+        elif self.mode == StrategyMode.JUDGE and len({r.answer for _, r in accepted}) > 1:
+            pick, why, judge_in, judge_out = await self.ask_judge(row, [r.raw for _, r in accepted])
+            tokens_in, tokens_out = tokens_in + judge_in, tokens_out + judge_out
+            if pick is None:
+                return rejected(why)
+            chosen = accepted[pick]
+        elif self.mode == StrategyMode.ALL:
+            alternatives = [Alternative(teacher=name, answer=r.answer, rationale=r.rationale)
+                            for name, r in accepted[1:]]
+        name, reply = chosen
+        for other, r in accepted:
+            votes[other].agreed = r.answer == reply.answer
+        return LabelRecord(split=split, row_id=row[ROW_ID], row=row, answer=reply.answer, rationale=reply.rationale,
+                           raw=reply.raw, attempts=attempts, tokens_in=tokens_in, tokens_out=tokens_out,
+                           status="ok", teacher=name, teachers=votes, alternatives=alternatives)
+
+    async def ask_judge(self, row: dict[str, Any], replies: list[str]) -> tuple[int | None, str, int, int]:
+        """(the index of the reply the judge picked or None, why not, tokens in, tokens out)."""
+        assert self.judge is not None and self.cfg.strategy_judge is not None
+        messages = judge_messages(self.task.teacher_messages(row), replies)
+        tokens_in = tokens_out = 0
+        text = ""
+        for _ in range(self.cfg.strategy_judge.max_attempts):
+            try:
+                result = await self.judge.chat(messages, self.cfg.strategy_judge.sampling)
+            except TeacherRejected as err:
+                return None, f"judge refused: {err}", tokens_in, tokens_out
+            except TeacherUnavailable as err:
+                raise JudgeUnavailable(str(err)) from None
+            tokens_in, tokens_out = tokens_in + result.tokens_in, tokens_out + result.tokens_out
+            text = result.texts[0] if result.texts else ""
+            pick = parse_verdict(text, len(replies))
+            if pick is not None:
+                return pick, "", tokens_in, tokens_out
+        return None, f"the judge gave no valid verdict line: {text[-200:]!r}", tokens_in, tokens_out
+
+
+def _client(teacher: TeacherClientConfig) -> OpenAIChatClient:
+    return OpenAIChatClient(teacher.base_url, teacher.model, timeout_s=teacher.request_timeout_seconds,
+                            max_attempts=teacher.max_attempts, api_key=teacher_api_key(teacher))
+
+
+async def run_several(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]],
+                      index: int, progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
+    """`run` for several teachers: label this shard's rows with every teacher; returns (summary, exit code)."""
+    assert cfg.teachers is not None
+    started = time.monotonic()
+    labels_dir = cfg.workspace.labels_dir
+    mine = {split: _shard_rows(splits.get(split, []), index, cfg.label_shards) for split in SPLITS}
+    for rows in mine.values():
+        if rows:
+            task.teacher_messages(rows[0])
+    writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
+    reply_writers = {split: LabelWriter(replies_path(labels_dir, split, index)) for split in SPLITS}
+    clients = {str(t.name): _client(t) for t in cfg.teachers}
+    judge = _client(cfg.strategy_judge) if cfg.strategy_judge is not None else None
+    labeler = SeveralTeachers(cfg, task, clients, judge)
+    labeler.counters.rows_total = sum(len(rows) for rows in mine.values())
+    for split in SPLITS:
+        ids = {row[ROW_ID] for row in mine[split]}
+        for record in writers[split].existing:
+            if record.row_id in ids:
+                labeler.account(record)
+        for record in reply_writers[split].existing:
+            if record.row_id in ids and record.row_id not in writers[split].done and record.teacher:
+                labeler.replies.setdefault((split, record.row_id), {})[record.teacher] = record
+    resumed = labeler.counters.rows_done
+    pending = ((split, row) for split in SPLITS for row in mine[split] if row[ROW_ID] not in writers[split].done)
+    log.info("shard %d/%d: %d rows, %d already labeled, %d with some teachers' replies; teachers %s, strategy %s",
+             index, cfg.label_shards, labeler.counters.rows_total, resumed, len(labeler.replies),
+             ", ".join(labeler.order), cfg.teacher_strategy)
+
+    interrupted = False
+    every = [*writers.values(), *reply_writers.values()]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in [*clients.values(), *([judge] if judge else [])]:
+            await stack.enter_async_context(client)
+        for writer in every:
+            writer.start()
+        reporter = LiveProgress("labeling", index, labeler.snapshot, progress_interval_s)
+        reporter.start()
+        labeling = asyncio.ensure_future(labeler.label_all(pending, writers, reply_writers))
+        loop = asyncio.get_running_loop()
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if on_main_thread:
+            loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
+        try:
+            await labeling
+        except asyncio.CancelledError:
+            if not labeling.cancelled():
+                raise
+            interrupted = True
+        finally:
+            if on_main_thread:
+                loop.remove_signal_handler(signal.SIGTERM)
+            for writer in every:
+                await writer.close()
+            await asyncio.to_thread(reporter.stop)
+
+    counters = labeler.counters
+    wall = time.monotonic() - started
+    decided = counters.rows_ok + counters.rows_rejected
+    ratio = counters.rows_ok / decided if decided else 1.0
+    unlabeled = counters.rows_total - counters.rows_done
+    summary: dict[str, Any] = {
+        "stage": "label", "shard": index, "shards": cfg.label_shards, "strategy": str(cfg.teacher_strategy),
+        **labeler.snapshot(), "rows_resumed": resumed, "rows_unlabeled": unlabeled,
+        "success_ratio": round(ratio, 4),
+        "requests": sum(c.requests_sent for c in clients.values()) + (judge.requests_sent if judge else 0),
+        "wall_seconds": round(wall, 3), "rows_per_second": round((counters.rows_done - resumed) / wall, 2),
+    }
+    min_ratio = min(t.min_success_ratio for t in cfg.teachers)
+    if interrupted:
+        summary["error"] = "interrupted by SIGTERM; a rerun resumes"
+        return summary, 128 + signal.SIGTERM
+    if unlabeled:
+        summary["error"] = (f"{unlabeled} rows not labeled, a teacher kept failing "
+                            f"({labeler.last_error[:300]}); a rerun resumes")
+        return summary, EXIT_UNLABELED
+    if ratio < min_ratio:
+        summary["error"] = (f"only {ratio:.1%} of rows got a label, below the teachers' minSuccessRatio "
+                            f"{min_ratio:.0%}")
+        return summary, EXIT_LOW_SUCCESS
+    return summary, EXIT_OK
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distillery label", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json path")
@@ -477,8 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
         train, validation = split_rows(cfg, args.pvc_base)
-        summary, code = asyncio.run(run(cfg, task, {"train": train, "validation": validation},
-                                        args.shard_index, args.progress_interval))
+        labeling = run_several if cfg.teachers else run
+        summary, code = asyncio.run(labeling(cfg, task, {"train": train, "validation": validation},
+                                             args.shard_index, args.progress_interval))
     except (OSError, ValueError, MissingColumn) as err:
         return _fail(f"{type(err).__name__}: {err}")
     write_termination_message(summary)
