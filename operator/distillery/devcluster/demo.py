@@ -113,8 +113,8 @@ class LocalWorkloads:
         if not (model_dir / "config.json").exists():
             save_tiny_model(model_dir)
         task = get_task(spec.task, spec.prompt, spec.dataset.columns)
-        rows = [*(spec.dataset.train.rows or []), *((spec.dataset.validation.rows or []) if spec.dataset.validation
-                                                   else [])]
+        sources = [s for s in (spec.dataset.train, spec.dataset.validation) if s is not None]
+        rows = [row for source in sources for row in source.rows or []]
         log_dir = self.root / "pods"
         log_dir.mkdir(parents=True, exist_ok=True)
         async with TeacherServer(TaskAwareResponder(lookup_from_rows(task, rows))) as teacher, \

@@ -1,8 +1,11 @@
 """The workspace PVC and the pipeline ConfigMap, created before any stage."""
 
+import hashlib
+import json
 from typing import Any
 
 from distillery.api.config import OperatorConfig
+from distillery.api.modelref import PVC_SCHEME
 from distillery.api.pipeline import CONFIG_FILE, PipelineConfig, TeacherClientConfig
 from distillery.api.spec import AccessMode, DistillationSpec
 from distillery.resources.common import Names, Owner, metadata
@@ -62,8 +65,43 @@ def teacher_client(owner: Owner, spec: DistillationSpec) -> TeacherClientConfig:
 
 
 def label_shards(spec: DistillationSpec) -> int:
-    """One labeling pod per teacher replica keeps every replica busy without overloading any."""
+    """One labeling pod per teacher replica keeps every replica busy without overloading any; one pod copies
+    reused labels."""
+    if spec.dataset.labels_from:
+        return 1
     return spec.teacher.replicas if spec.teacher.model else max(1, min(8, spec.teacher.concurrency // 64))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def labels_fingerprint(spec: DistillationSpec) -> dict[str, str]:
+    """What labels depend on, one digest per part (api.pipeline.FINGERPRINT_PARTS), so a refusal can say which
+    part differs. The teacher is its model (or endpoint and model) and sampling, not where or on how many
+    GPUs it runs; rows are the dataset's sources, columns, hold-out, generation and the validation cap (the
+    labeling pod checks the rows themselves too, since a file behind a URI can change)."""
+    t = spec.teacher
+    teacher_id = {"model": t.model} if t.endpoint is None else {"endpoint": t.endpoint.url.rstrip("/"),
+                                                                 "model": t.endpoint.model}
+    d = spec.dataset
+    rows = {**d.to_wire(), "evaluationMaxRows": spec.evaluation.max_rows}
+    rows.pop("labelsFrom", None)
+    return {
+        "task": _digest(spec.task.value),
+        "teacher": _digest({**teacher_id, "sampling": t.sampling.to_wire()}),
+        "prompt": _digest(spec.prompt.to_wire()),
+        "rows": _digest(rows),
+    }
+
+
+def labels_source_uri(spec: DistillationSpec) -> str | None:
+    """The workspace whose labels `dataset.labelsFrom` reuses: a pvc:// path as given, or the named
+    Distillation's workspace claim."""
+    source = spec.dataset.labels_from
+    if source is None or source.startswith(PVC_SCHEME):
+        return source
+    return f"{PVC_SCHEME}{Names(source).workspace}"
 
 
 def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
@@ -77,6 +115,8 @@ def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
         student=spec.student,
         evaluation=spec.evaluation,
         label_shards=label_shards(spec),
+        labels_fingerprint=labels_fingerprint(spec),
+        labels_from=labels_source_uri(spec),
     )
 
 
