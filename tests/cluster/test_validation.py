@@ -64,6 +64,16 @@ INVALID = [
     ("unknown field", "spec.teacher.temprature", 0.5, "temprature"),
     ("bad toleration effect", "spec.scheduling", {"tolerations": [{"key": "a", "effect": "Sometimes"}]},
      "spec.scheduling.tolerations[0].effect"),
+    ("dataset without train or generate", "spec.dataset.train", _DELETE,
+     "dataset.train is required unless dataset.generate is set"),
+    ("generate without seed rows", "spec.dataset.generate", {"seeds": {"rows": []}, "count": 5},
+     "spec.dataset.generate.seeds.rows"),
+    ("generate count zero", "spec.dataset.generate", {"seeds": {"rows": [{"premise": "p", "hypothesis": "h"}]},
+                                                      "count": 0}, "spec.dataset.generate.count"),
+    ("generate maxRequests below count", "spec.dataset.generate",
+     {"seeds": {"rows": [{"premise": "p", "hypothesis": "h"}]}, "count": 10, "maxRequests": 5},
+     "spec.dataset.generate.maxRequests"),
+    ("labelsFrom neither a name nor pvc", "spec.dataset.labelsFrom", "hf://org/labels", "spec.dataset.labelsFrom"),
 ]
 
 

@@ -279,3 +279,13 @@ def test_finished_labels_record_their_fingerprint() -> None:
     # The student, serving and labeling parallelism do not change what the labels are.
     other = make_spec(**{"student.model": "other", "teacher.replicas": 2, "serving.enabled": False})
     assert workspace.labels_fingerprint(other) == w.status.labels.fingerprint
+
+
+def test_status_shows_generated_kept_and_rejected_with_reasons() -> None:
+    from distillery.cli.status import render
+
+    text = render({"metadata": {"name": "gen", "namespace": "ns", "generation": 1}, "spec": {"task": "nli"},
+                   "status": {"observedGeneration": 1, "phase": "Labeling", "progress": {
+                       "inputsGenerated": 60, "inputsKept": 50, "inputsRejected": 10,
+                       "inputRejections": {"near-duplicate of a seed": 4, "not a JSON object": 6}}}})
+    assert "generated  60 inputs, 50 kept, 10 rejected (6 not a JSON object, 4 near-duplicate of a seed)" in text

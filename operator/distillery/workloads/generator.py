@@ -313,7 +313,8 @@ class Generator:
                 log_file.put(outcome)
                 self.count(outcome)
 
-        await asyncio.gather(*(worker() for _ in range(self.cfg.teacher.concurrency)))
+        # Requests still in flight when count is reached are not kept: no more of them than count.
+        await asyncio.gather(*(worker() for _ in range(min(self.cfg.teacher.concurrency, self.spec.count))))
 
     def dataset(self) -> list[Row]:
         return [self.kept[i] for i in sorted(self.kept)][: self.spec.count]
