@@ -126,7 +126,8 @@ def test_every_child_of_the_longest_name_is_valid(kube: Kube, crd: None, namespa
     owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
     children = [workspace.workspace_pvc(owner, spec, CONFIG), workspace.pipeline_configmap(owner, spec),
                 teacher.teacher_deployment(owner, spec, CONFIG), teacher.teacher_service(owner),
-                jobs.labeling_job(owner, spec, CONFIG), jobs.training_service(owner),
+                jobs.labeling_job(owner, spec, CONFIG), jobs.generation_job(owner, spec, CONFIG),
+                jobs.training_service(owner),
                 jobs.training_job(owner, spec, CONFIG),
                 jobs.evaluation_job(owner, spec, CONFIG), student.student_deployment(owner, spec, CONFIG),
                 student.student_service(owner), reporting.progress_configmap(owner),

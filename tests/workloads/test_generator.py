@@ -5,13 +5,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from distillery.api.pipeline import GENERATED_LOG_FILE, PipelineConfig
+from distillery.api.spec import DistillationSpec
 from distillery.devcluster.teacher_server import TeacherServer
+from distillery.resources.common import Owner
+from distillery.resources.workspace import pipeline_config
 from distillery.workloads import generator, labeler
 from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text
 from distillery.workloads.labeler import read_labels
-from distillery.workloads.tasks import TaskDefinition
+from distillery.workloads.tasks import TaskDefinition, get_task
 from tests.workloads.conftest import NLI_ROWS
 
 SEEDS = NLI_ROWS[:4]
@@ -146,3 +152,48 @@ async def test_reused_labels_are_copied_when_the_fingerprint_and_rows_match(
             {**NLI_ROWS[0], "premise": "Something else entirely."}, *NLI_ROWS[1:]]})})})
     summary, code = labeler.reuse_labels(other_rows, str(tmp_path / "pvc"))
     assert code == labeler.EXIT_CONFIG and "rows:" in summary["error"], summary
+
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+SEEDS_BY_EXAMPLE: dict[str, list[dict[str, Any]]] = {
+    "math": [{"question": "Tom has 3 boxes of 12 pencils and gives away 7. How many pencils are left?",
+              "answer": "29"},
+             {"question": "A train travels 60 km per hour for 3 hours. How far does it go?", "answer": "180"}],
+    "multiple-choice": [{"question": "Which gas do plants take in for photosynthesis?", "answerKey": "B",
+                         "choices": {"text": ["oxygen", "carbon dioxide", "nitrogen", "helium"],
+                                     "label": ["A", "B", "C", "D"]}}],
+    "conversation": [{"messages": [{"role": "user", "content": "How do I keep basil alive on a windowsill?"},
+                                   {"role": "assistant", "content": "Give it six hours of sun and water ..."}]}],
+    "summarization-cod": [{"article": "The city council voted on Tuesday to extend the tram line to the harbour. "
+                                      "Construction starts in spring. The project costs 40 million euros.",
+                           "highlights": "The council approved a 40-million-euro tram extension."}],
+    "custom": [{"subject": "Charged twice", "body": "My card was billed two times for one order.",
+                "category": "billing"}],
+    "nli-conjnli": [{"premise": "The band toured Europe and Japan.", "hypothesis": "The band toured Japan.",
+                     "label": "entailment"}],
+}
+EXAMPLES = [EXAMPLES_DIR / f"{name}.yaml" for name in SEEDS_BY_EXAMPLE]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+async def test_every_task_gets_inputs_in_its_own_columns(path: Path, tmp_path: Path) -> None:
+    """The local teacher writes plausible inputs for every task's seeds; each kept one builds the task's prompt."""
+    raw = yaml.safe_load(path.read_text())["spec"]
+    raw["dataset"]["generate"] = {"seeds": {"rows": SEEDS_BY_EXAMPLE[path.stem]}, "count": 6}
+    # Only the generated rows: the examples' own sources are hub datasets and claims that are not here.
+    raw["dataset"].pop("train", None)
+    raw["dataset"].pop("validation", None)
+    spec = DistillationSpec.model_validate(raw)
+    async with TeacherServer() as teacher:
+        cfg = pipeline_config(Owner("gen", "ns", "uid"), spec)
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"base_url": teacher.url}),
+                                     "workspace": cfg.workspace.model_copy(update={"root": str(tmp_path)})})
+        task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
+        summary, code = await generator.run(cfg, task)
+    assert code == 0, summary
+    rows = parse_records("train.jsonl", cfg.workspace.generated_train.read_bytes())
+    assert len(rows) == 6 and all(set(row) == set(summary["columns"]) for row in rows)
+    assert not {"answer", "answerKey", "label", "highlights", "category"} & set(summary["columns"])
+    for row in rows:
+        assert task.teacher_messages(row) and task.student_messages(row)

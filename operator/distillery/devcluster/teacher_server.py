@@ -195,6 +195,10 @@ def _invent(key: str, example: Any, seed: int) -> Any:
     pick = random.Random(f"{key}:{seed}")
     if isinstance(example, list) and example and isinstance(example[0], dict):
         return [{"role": "user", "content": f"Could you help me understand why {_sentence(seed).lower()[:-1]}?"}]
+    if isinstance(example, dict):
+        return {k: _invent(k, v, seed * 13 + i) for i, (k, v) in enumerate(example.items())}
+    if isinstance(example, list) and all(isinstance(v, str) and len(v) <= 3 for v in example):
+        return list(example)  # choice labels (A, B, C, D) stay as they are
     if isinstance(example, list):
         return [_sentence(seed * 7 + i) for i in range(max(2, len(example)))]
     if isinstance(example, int | float) and not isinstance(example, bool):
@@ -202,6 +206,8 @@ def _invent(key: str, example: Any, seed: int) -> Any:
     if key in ("question", "problem") and any(ch.isdigit() for ch in str(example)):
         a, b = pick.randint(2, 90), pick.randint(2, 40)
         return f"{_sentence(seed)[:-1]} and paid {a} coins for each of {b} items. How many coins in total?"
+    if key in ("question", "problem", "stem"):
+        return f"Which of these best describes why {_sentence(seed).lower()[:-1]}?"
     sentences = max(1, min(6, len(str(example).split(".")) - 1))
     return " ".join(_sentence(seed * 11 + i) for i in range(sentences))
 

@@ -178,9 +178,17 @@ def parse_input(text: str, columns: Sequence[str], seed: Row, task: TaskDefiniti
     return row
 
 
+def opening(value: Any) -> Any:
+    """A conversation's turns up to its last user turn: the input, without the reply that answers it."""
+    if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
+        users = [i for i, t in enumerate(value) if str(t.get("role", t.get("from", ""))).lower() in ("user", "human")]
+        return value[: users[-1] + 1] if users else value
+    return value
+
+
 def generation_messages(task_name: str, examples: Sequence[Row], columns: Sequence[str], number: int,
                         hint: str | None) -> list[dict[str, str]]:
-    lines = "\n".join(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) for row in examples)
+    lines = "\n".join(json.dumps({c: opening(row[c]) for c in columns}, ensure_ascii=False) for row in examples)
     wanted = f"What the new inputs should be like: {hint}\n\n" if hint else ""
     return [
         {"role": "system", "content": f"You write new inputs for a {task_name} dataset. You never answer "
