@@ -180,6 +180,37 @@ def test_generation_runs_between_the_teacher_and_labeling() -> None:
     assert w.has("Job", "demo-label") and w.has("Deployment", "demo-teacher")
 
 
+def test_live_generation_progress_reaches_status_and_the_summary_line() -> None:
+    w = World(make_spec(**{"dataset.generate": GENERATE}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.children[("ConfigMap", "demo-progress")]["data"] = {"generation-00000": json.dumps(
+        {"generated": 24, "kept": 20, "rejected": 4, "rejections": {"missing a column": 4}})}
+    w.step()
+    assert w.status.progress is not None and w.status.progress.inputs_generated == 24
+    assert w.status.progress_summary == "generating 20/50"
+    assert w.reason("Reconciling") == "Progressing"
+
+
+def test_suspend_pauses_generation_and_removes_the_teacher() -> None:
+    w = World(make_spec(**{"dataset.generate": GENERATE}))
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.spec = make_spec(**{"dataset.generate": GENERATE, "suspend": True})
+    w.step()
+    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is True
+    assert not w.has("Deployment", "demo-teacher")
+    w.spec = make_spec(**{"dataset.generate": GENERATE})
+    w.step()
+    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is True  # the teacher is not back yet
+    w.make_available("demo-teacher")
+    w.step()
+    # Resumed only against a serving teacher; the pod resumes from generated/log.jsonl.
+    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is False
+
+
 def test_without_generate_the_stage_is_skipped() -> None:
     w = World(make_spec())
     w.step()
@@ -289,3 +320,11 @@ def test_status_shows_generated_kept_and_rejected_with_reasons() -> None:
                        "inputsGenerated": 60, "inputsKept": 50, "inputsRejected": 10,
                        "inputRejections": {"near-duplicate of a seed": 4, "not a JSON object": 6}}}})
     assert "generated  60 inputs, 50 kept, 10 rejected (6 not a JSON object, 4 near-duplicate of a seed)" in text
+
+
+def test_reused_labels_need_no_endpoint_teacher_either() -> None:
+    endpoint = {"teacher": {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt"}}}
+    w = reusing_world(**endpoint)
+    w.labels_source = finished_source(make_spec(**endpoint))
+    w.step()
+    assert w.reason("TeacherReady") == "LabelsReused" and w.has("Job", "demo-label")

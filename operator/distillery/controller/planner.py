@@ -337,6 +337,13 @@ class _Pass:
 
     def teacher(self) -> None:
         t = self.spec.teacher
+        if self.spec.dataset.labels_from:
+            # Reused labels need no teacher: that is their point.
+            if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
+                message = f"labels reused from {self.spec.dataset.labels_from}; no teacher is started"
+                self.finish(Stage.TEACHER, StageState.SKIPPED, message)
+                self.cond("TeacherReady", False, "LabelsReused", message)
+            return
         if t.endpoint is not None:
             if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
                 self.finish(Stage.TEACHER, StageState.SKIPPED, f"external endpoint {t.endpoint.url}")
@@ -345,13 +352,6 @@ class _Pass:
         # A finished labeling Job ends the teacher's use even before status records it (an operator restarted
         # between deleting the teacher and writing that status must not start it again).
         label_job = self.obs.label_job
-        if self.spec.dataset.labels_from:
-            # Reused labels need no teacher: that is their point.
-            if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
-                message = f"labels reused from {self.spec.dataset.labels_from}; no teacher is started"
-                self.finish(Stage.TEACHER, StageState.SKIPPED, message)
-                self.cond("TeacherReady", False, "LabelsReused", message)
-            return
         if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
             if t.keep_after_labeling and self.obs.teacher is not None:
                 self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
