@@ -328,3 +328,14 @@ def test_reused_labels_need_no_endpoint_teacher_either() -> None:
     w.labels_source = finished_source(make_spec(**endpoint))
     w.step()
     assert w.reason("TeacherReady") == "LabelsReused" and w.has("Job", "demo-label")
+
+
+def test_seed_files_hold_a_handful_too() -> None:
+    cfg = PipelineConfig.model_validate({
+        "name": "g", "namespace": "n", "task": "nli", "teacher": {"base_url": "http://x/v1", "model": "t"},
+        "dataset": {"generate": {"seeds": {"uri": "pvc://seeds/many.jsonl"}, "count": 5}},
+        "student": {"model": "s"}})
+    assert cfg.dataset.generate is not None
+    with pytest.raises(ValueError, match="101 rows; it takes 1 to 100"):
+        Generator(cfg, get_task(Task.NLI, PromptSpec(), {}), cfg.dataset.generate, [SEED] * 101, [],
+                  client=None)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, GENERATED_LOG_FILE, PipelineConfig
-from distillery.api.spec import GenerateSpec
+from distillery.api.spec import MAX_SEED_ROWS, GenerateSpec
 from distillery.workloads.datasets import Row, load_rows, parse_records
 from distillery.workloads.environment import workspace_layout
 from distillery.workloads.openai_client import (
@@ -243,8 +243,9 @@ class Tally:
 class Generator:
     def __init__(self, cfg: PipelineConfig, task: TaskDefinition, spec: GenerateSpec, seeds: list[Row],
                  known: list[Row], client: OpenAIChatClient) -> None:
-        if not seeds:
-            raise ValueError("dataset.generate.seeds has no rows")
+        if not 1 <= len(seeds) <= MAX_SEED_ROWS:
+            raise ValueError(f"dataset.generate.seeds has {len(seeds)} rows; it takes 1 to {MAX_SEED_ROWS} "
+                             "(a handful of examples, shown a few at a time)")
         self.cfg, self.task, self.spec, self.seeds, self.client = cfg, task, spec, seeds, client
         self.columns = input_columns(task, seeds[0])
         for number, seed in enumerate(seeds):
