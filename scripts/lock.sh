@@ -14,7 +14,7 @@ compile() {
 # The trainer's lock first: the others are constrained by it, so packages the images share agree.
 compile --python-version 3.11 pyproject.toml images/trainer/requirements.in --extra trainer --extra sources \
   -o images/trainer/requirements.lock
-compile --python-version 3.11 pyproject.toml images/labeler/requirements.in --extra sources \
+compile --python-version 3.11 pyproject.toml images/labeler/requirements.in --extra sources --extra generate \
   -c images/trainer/requirements.lock -o images/labeler/requirements.lock
 compile --python-version 3.11 pyproject.toml images/operator/requirements.in --extra operator \
   -c images/trainer/requirements.lock -o images/operator/requirements.lock

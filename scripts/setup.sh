@@ -23,7 +23,7 @@ if [ ! -f "$VENV/.stamp-$stamp" ]; then
   "$VENV/bin/pip" install -q "${LOCKS[@]}" torch
   # DeepSpeed's setup imports torch, so it builds against the torch installed above.
   DS_BUILD_OPS=0 "$VENV/bin/pip" install -q "${LOCKS[@]}" --no-build-isolation deepspeed
-  "$VENV/bin/pip" install -q "${LOCKS[@]}" -e ".[operator,trainer,dev]"
+  "$VENV/bin/pip" install -q "${LOCKS[@]}" -e ".[operator,trainer,generate,dev]"
   rm -f "$VENV"/.stamp-* && touch "$VENV/.stamp-$stamp"
 fi
 # The venv is shared between checkouts: point its editable install at this one.

@@ -9,6 +9,8 @@ import yaml
 
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec, Task
+from distillery.resources import workspace
+from distillery.workloads.generator import input_columns
 from distillery.workloads.tasks import get_task
 from tests.cluster.conftest import REPO, Kube
 
@@ -77,6 +79,23 @@ def test_custom_answer_pattern_extracts_the_category() -> None:
     teacher_output = "The customer was charged twice for one order.\nCategory: billing"
     assert task.parse(teacher_output).answer == "billing"
     assert task.reference({"subject": "s", "body": "b", "category": "billing"}) == "billing"
+
+
+def test_reuse_labels_example_matches_the_labels_it_names() -> None:
+    source = DistillationSpec.model_validate(load(REPO / "examples" / "nli-conjnli.yaml")["spec"])
+    doc = load(REPO / "examples" / "reuse-labels.yaml")
+    reusing = DistillationSpec.model_validate(doc["spec"])
+    assert reusing.dataset.labels_from == load(REPO / "examples" / "nli-conjnli.yaml")["metadata"]["name"]
+    assert workspace.labels_fingerprint(reusing) == workspace.labels_fingerprint(source)
+    assert reusing.student.model != source.student.model
+
+
+def test_generated_example_seeds_are_the_tasks_inputs() -> None:
+    spec = DistillationSpec.model_validate(load(REPO / "examples" / "nli-generated.yaml")["spec"])
+    assert spec.dataset.generate is not None and spec.dataset.generate.seeds.rows and spec.dataset.train is None
+    task = get_task(spec.task, spec.prompt, spec.dataset.columns)
+    for row in spec.dataset.generate.seeds.rows:
+        assert input_columns(task, row) == ["premise", "hypothesis"]
 
 
 @pytest.mark.cluster

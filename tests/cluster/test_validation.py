@@ -77,6 +77,16 @@ INVALID = [
      {"baselines": ["base-student"], "gate": {"minGapClosed": 0.5}},
      "spec.evaluation.gate.minGapClosed: Invalid value: evaluation.gate.minGapClosed needs both"),
     ("gap share above 1", "spec.evaluation", {"gate": {"minGapClosed": 1.5}}, "spec.evaluation.gate.minGapClosed"),
+    ("dataset without train or generate", "spec.dataset.train", _DELETE,
+     "dataset.train is required unless dataset.generate is set"),
+    ("generate without seed rows", "spec.dataset.generate", {"seeds": {"rows": []}, "count": 5},
+     "spec.dataset.generate.seeds.rows"),
+    ("generate count zero", "spec.dataset.generate", {"seeds": {"rows": [{"premise": "p", "hypothesis": "h"}]},
+                                                      "count": 0}, "spec.dataset.generate.count"),
+    ("generate maxRequests below count", "spec.dataset.generate",
+     {"seeds": {"rows": [{"premise": "p", "hypothesis": "h"}]}, "count": 10, "maxRequests": 5},
+     "spec.dataset.generate.maxRequests"),
+    ("labelsFrom neither a name nor pvc", "spec.dataset.labelsFrom", "hf://org/labels", "spec.dataset.labelsFrom"),
 ]
 
 
@@ -147,7 +157,8 @@ def test_every_child_of_the_longest_name_is_valid(kube: Kube, crd: None, namespa
     owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
     children = [workspace.workspace_pvc(owner, spec, CONFIG), workspace.pipeline_configmap(owner, spec),
                 teacher.teacher_deployment(owner, spec, CONFIG), teacher.teacher_service(owner),
-                jobs.labeling_job(owner, spec, CONFIG), jobs.training_service(owner),
+                jobs.labeling_job(owner, spec, CONFIG), jobs.generation_job(owner, spec, CONFIG),
+                jobs.training_service(owner),
                 jobs.training_job(owner, spec, CONFIG),
                 jobs.evaluation_job(owner, spec, CONFIG), student.student_deployment(owner, spec, CONFIG),
                 student.student_service(owner), reporting.progress_configmap(owner),

@@ -63,10 +63,13 @@ class World:
         self.config = CONFIG
         self.queue_messages: dict[str, str] = {}
         """Kueue's message per Job UID, as the Workload index holds it."""
+        self.labels_source: dict[str, Any] | None = None
+        """The Distillation that spec.dataset.labelsFrom names, as the cache holds it."""
 
     def step(self, minutes: float = 1) -> Plan:
         self.now += timedelta(minutes=minutes)
-        observed = observe(OWNER.name, self.children.values(), self.pods, self.nodes, self.queue_messages)
+        observed = observe(OWNER.name, self.children.values(), self.pods, self.nodes, self.queue_messages,
+                           self.labels_source)
         result = plan(OWNER, 1, self.spec, self.status, observed, self.now, self.config)
         for action in result.actions:
             if isinstance(action, Create):

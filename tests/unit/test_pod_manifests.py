@@ -10,7 +10,13 @@ import pytest
 from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec
 from distillery.resources.common import HUB_CACHE_DIR, Owner
-from distillery.resources.jobs import CONFIG_EXIT_CODES, evaluation_job, labeling_job, training_job
+from distillery.resources.jobs import (
+    CONFIG_EXIT_CODES,
+    evaluation_job,
+    generation_job,
+    labeling_job,
+    training_job,
+)
 from distillery.resources.student import student_deployment
 from distillery.resources.teacher import teacher_deployment
 
@@ -124,7 +130,7 @@ def test_the_startup_budget_is_configurable() -> None:
 
 
 @pytest.mark.parametrize("build, container", [(labeling_job, "labeler"), (training_job, "trainer"),
-                                              (evaluation_job, "evaluator")])
+                                              (evaluation_job, "evaluator"), (generation_job, "labeler")])
 def test_jobs_ignore_disruptions_and_fail_at_once_on_configuration_errors(build: Any, container: str) -> None:
     job = build(OWNER, make_spec(), CONFIG)["spec"]
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
@@ -151,6 +157,7 @@ def _exit_constants(module: str) -> dict[str, int]:
     ("labeler", ("EXIT_CONFIG", "EXIT_LOW_SUCCESS")),
     ("trainer", ("EXIT_CONFIG", "EXIT_NO_DATA")),
     ("evaluator", ("EXIT_CONFIG", "EXIT_NO_ROWS")),
+    ("generator", ("EXIT_CONFIG", "EXIT_SHORT")),
 ])
 def test_the_failing_exit_codes_are_the_workloads_deterministic_ones(module: str,
                                                                      deterministic: tuple[str, ...]) -> None:

@@ -34,7 +34,7 @@ def pod(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def test_workload_pods_run_restricted_as_the_images_user_with_writable_fresh_volumes() -> None:
     s, config = spec(), OperatorConfig()
-    for build in (jobs.labeling_job, jobs.training_job, jobs.evaluation_job):
+    for build in (jobs.labeling_job, jobs.training_job, jobs.evaluation_job, jobs.generation_job):
         p = pod(build(OWNER, s, config))
         assert p["securityContext"] == RESTRICTED_POD_FIELDS, build.__name__
         (container,) = p["containers"]

@@ -113,8 +113,29 @@ async def test_every_stage_runs_with_what_the_operator_puts_in_its_pod(tmp_path:
 
 def test_contract_env_needs_nothing_but_what_kubelet_resolves() -> None:
     spec = contract_spec("http://127.0.0.1:1/v1", nli_rows(2), nli_rows(1))
-    for build in (jobs.labeling_job, jobs.training_job, jobs.evaluation_job):
+    for build in (jobs.labeling_job, jobs.training_job, jobs.evaluation_job, jobs.generation_job):
         container = build(OWNER, spec, CONFIG)["spec"]["template"]["spec"]["containers"][0]
         env = resolve_env(container, OWNER.namespace)
         assert all("$(" not in v for v in env.values())
         assert os.path.isabs(container["args"][-1]) and container["args"][-1].startswith("/etc/distillery/")
+
+
+async def test_generation_then_labeling_run_with_what_the_operator_puts_in_their_pods(tmp_path: Path) -> None:
+    train, validation = nli_rows(8), nli_rows(4, offset=8)
+    raw = contract_spec("http://127.0.0.1:1/v1", train, validation).to_wire()
+    raw["dataset"]["generate"] = {"seeds": {"rows": train[:3]}, "count": 6}
+    async with TeacherServer() as teacher:
+        raw["teacher"]["endpoint"]["url"] = teacher.url
+        spec = DistillationSpec.model_validate(raw)
+        configmap = pipeline_configmap(OWNER, spec)
+        generated = await run_stage(jobs.generation_job(OWNER, spec, CONFIG), tmp_path, tmp_path / "pvc", configmap)
+        labeled = await run_stage(jobs.labeling_job(OWNER, spec, CONFIG), tmp_path, tmp_path / "pvc", configmap)
+    assert generated[0] == 0, generated[1]
+    assert labeled[0] == 0, labeled[1]
+    summary = json.loads(generated[1])
+    assert summary["kept"] == 6 and summary["generated"] == 6 + summary["rejected"]
+    workspace_dir = tmp_path / "claims" / f"{OWNER.name}-workspace"
+    assert len((workspace_dir / "generated" / "train.jsonl").read_text().splitlines()) == 6
+    assert json.loads(labeled[1])["rows_total"] == len(train) + 6 + len(validation)
+    fingerprint = json.loads((workspace_dir / "labels" / "fingerprint.json").read_text())["fingerprint"]
+    assert fingerprint == json.loads(configmap["data"]["pipeline.json"])["labelsFingerprint"]

@@ -44,6 +44,17 @@ def teacher_api_key_env(name: str) -> str:
     return f"{TEACHER_API_KEY_ENV}_{name.upper().replace('-', '_')}"
 
 
+LABELS_DIR = "labels"
+LABELS_FINGERPRINT_FILE = "fingerprint.json"
+"""Written beside finished labels: `labels_fingerprint` of the run that made them, and how many rows."""
+GENERATED_DIR = "generated"
+GENERATED_TRAIN_FILE = "train.jsonl"
+GENERATED_LOG_FILE = "log.jsonl"
+"""One line per generation request (kept or rejected, with the reason): what a restarted pod resumes from."""
+FINGERPRINT_PARTS = ("task", "teacher", "prompt", "rows")
+"""What reused labels must agree on (`spec.dataset.labelsFrom`)."""
+
+
 class TeacherClientConfig(ApiModel):
     """How the labeler and evaluator reach the teacher."""
 
@@ -86,7 +97,7 @@ class WorkspaceLayout(ApiModel):
 
     @property
     def labels_dir(self) -> Path:
-        return self.path("labels")
+        return self.path(LABELS_DIR)
 
     @property
     def train_dir(self) -> Path:
@@ -107,6 +118,19 @@ class WorkspaceLayout(ApiModel):
     @property
     def eval_dir(self) -> Path:
         return self.path("eval")
+
+    @property
+    def generated_dir(self) -> Path:
+        return self.path(GENERATED_DIR)
+
+    @property
+    def generated_train(self) -> Path:
+        """The generated inputs as a dataset file (the user's columns, one JSON object a line)."""
+        return self.path(GENERATED_DIR, GENERATED_TRAIN_FILE)
+
+    @property
+    def labels_fingerprint(self) -> Path:
+        return self.path(LABELS_DIR, LABELS_FINGERPRINT_FILE)
 
 
 class PipelineConfig(ApiModel):
@@ -130,6 +154,12 @@ class PipelineConfig(ApiModel):
     label_shards: int = Field(1, ge=1)
     """Completions of the labeling Indexed Job; pod i labels rows where row_index % shards == i."""
     seed: int = 1234
+    labels_fingerprint: dict[str, str] = Field(default_factory=dict)
+    """A digest per FINGERPRINT_PARTS of what the labels depend on; the labeler writes it beside finished
+    labels, and a run that reuses them compares its own with it."""
+    labels_from: str | None = None
+    """pvc://claim/path of a workspace whose labels (and generated inputs) the labeling stage copies instead
+    of asking the teacher, after checking their fingerprint and rows."""
 
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), indent=2, sort_keys=True)

@@ -279,8 +279,56 @@ class DataSource(ApiModel):
         return self
 
 
+MAX_SEED_ROWS = 100
+GENERATE_MAX_COUNT = 100_000
+LABELS_FROM_PATTERN = r"^([a-z]([-a-z0-9]*[a-z0-9])?|pvc://[^\s/]+(/[^\s]*)?)$"
+
+
+class GenerateSpec(ApiModel):
+    """New task inputs written by the teacher from a handful of seed rows, then labelled like any other row."""
+
+    seeds: DataSource
+    """A handful of example rows in the dataset's columns (inline rows or a file): the teacher is shown some of
+    them per request and writes a new input with the same input columns."""
+    count: int = Field(ge=1, le=GENERATE_MAX_COUNT)
+    """How many new inputs to keep, after malformed ones and near-duplicates are dropped."""
+    hint: str | None = Field(None, max_length=4096)
+    """What the new inputs should cover or look like, added to every generation prompt."""
+    seeds_per_prompt: int = Field(3, ge=1, le=16)
+    """Seed rows shown as examples in each generation request."""
+    temperature: float = Field(1.0, ge=0, le=2)
+    """Sampling temperature for generation (labeling keeps teacher.sampling); high enough to vary the inputs."""
+    similarity_threshold: float = Field(0.7, gt=0, lt=1)
+    """Estimated Jaccard similarity (character 5-grams) at or above which an input counts as a near-duplicate
+    of a seed, a dataset row or an input kept before it, and is dropped."""
+    max_requests: int | None = Field(None, ge=1, le=4 * GENERATE_MAX_COUNT)
+    """Give up after this many generation requests (default: 4 x count); generation fails when fewer than
+    count inputs were kept by then."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(f"!has(self.seeds.rows) || (size(self.seeds.rows) >= 1 && size(self.seeds.rows) <= "
+                    f"{MAX_SEED_ROWS})", f"dataset.generate.seeds.rows must hold 1 to {MAX_SEED_ROWS} rows",
+                    ".seeds.rows"),
+                cel("!has(self.maxRequests) || self.maxRequests >= self.count",
+                    "dataset.generate.maxRequests must be at least dataset.generate.count", ".maxRequests"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerateSpec":
+        if self.seeds.rows is not None and not 1 <= len(self.seeds.rows) <= MAX_SEED_ROWS:
+            raise ValueError(f"dataset.generate.seeds.rows must hold 1 to {MAX_SEED_ROWS} rows")
+        if self.max_requests is not None and self.max_requests < self.count:
+            raise ValueError("dataset.generate.maxRequests must be at least dataset.generate.count")
+        return self
+
+
 class DatasetSpec(ApiModel):
-    train: DataSource
+    train: DataSource | None = None
+    """The training rows. May be left out when dataset.generate writes them."""
     validation: DataSource | None = None
     """Held-out rows for evaluation; without it, validationFraction of train is held out."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
@@ -289,6 +337,30 @@ class DatasetSpec(ApiModel):
     reference, summary, label) to the dataset's column names."""
     limit: int | None = Field(None, ge=1, le=100_000_000)
     """Use at most this many training rows."""
+    generate: GenerateSpec | None = None
+    """Have the teacher write new training inputs from seed rows (added to dataset.train's rows, if any); the
+    generated set is kept at pvc://<name>-workspace/generated/train.jsonl. Without dataset.train or
+    dataset.validation, validationFraction of the generated inputs is held out and scored against the
+    teacher's answers."""
+    labels_from: str | None = Field(None, max_length=2048, pattern=LABELS_FROM_PATTERN)
+    """Reuse the accepted labels of another Distillation in this namespace (its name), or of a workspace
+    copied to a claim (pvc://claim/path, the directory holding labels/): no teacher is started. Refused,
+    with the parts that differ, unless the task, teacher, prompts and rows are the same as those labels'."""
+
+    model_config = ApiModel.model_config | ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.train) || has(self.generate)",
+                    "dataset.train is required unless dataset.generate is set", ".train"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetSpec":
+        if self.train is None and self.generate is None:
+            raise ValueError("dataset.train is required unless dataset.generate is set")
+        return self
 
 
 class LoraSpec(ApiModel):

@@ -31,6 +31,7 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 class Stage(StrEnum):
     TEACHER = "teacher"
+    GENERATION = "generation"
     LABELING = "labeling"
     TRAINING = "training"
     EVALUATION = "evaluation"
@@ -39,6 +40,7 @@ class Stage(StrEnum):
 
 STAGE_CONDITION = {
     Stage.TEACHER: "TeacherReady",
+    Stage.GENERATION: "Generated",
     Stage.LABELING: "Labeled",
     Stage.TRAINING: "Trained",
     Stage.EVALUATION: "Evaluated",
@@ -59,6 +61,7 @@ class StageState(StrEnum):
 class Phase(StrEnum):
     PENDING = "Pending"
     TEACHER = "StartingTeacher"
+    GENERATING = "Generating"
     LABELING = "Labeling"
     TRAINING = "Training"
     EVALUATING = "Evaluating"
@@ -97,6 +100,12 @@ class Progress(StatusModel):
     teacher_tokens_out: int | None = None
     rows_disagreed: int | None = None
     """Several teachers: rows whose valid answers were not all the same."""
+    inputs_generated: int | None = None
+    """Generation requests answered (dataset.generate): kept plus rejected."""
+    inputs_kept: int | None = None
+    inputs_rejected: int | None = None
+    input_rejections: dict[str, int] | None = None
+    """Rejected generated inputs by reason (not parseable as the task's columns, near-duplicate of ...)."""
 
 
 class TeacherStats(StatusModel):
@@ -114,6 +123,18 @@ class TeacherStats(StatusModel):
     gpu_hours: float | None = None
     """GPU-hours of its in-cluster servers (replicas x GPUs x the teacher stage's wall time); none for an
     endpoint."""
+
+
+class LabelsRecord(StatusModel):
+    """Written when labeling finishes: what the labels were made from, for `dataset.labelsFrom` in another
+    Distillation to compare with its own."""
+
+    fingerprint: dict[str, str]
+    """A digest per part: task, teacher, prompt, rows."""
+    rows: int | None = None
+    """Rows with an accepted label."""
+    reused_from: str | None = None
+    """The workspace these labels were copied from, when they were reused."""
 
 
 class ModelScore(StatusModel):
@@ -159,3 +180,5 @@ class DistillationStatus(StatusModel):
     """GPU-hours across all stages so far."""
     teachers: list[TeacherStats] | None = None
     """Several teachers: each one's answers, agreement with the labels, tokens and GPU-hours."""
+    labels: LabelsRecord | None = None
+    """Set when labeling has finished."""

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("distillery.api.crd", "Write the CRD generated from the API models."),
     "dev-cluster": ("distillery.devcluster.cli", "Local control plane: up | down | status | kubeconfig."),
     "status": ("distillery.cli.status", "Print a readable summary of a Distillation."),
+    "generate": ("distillery.workloads.generator", "Generation workload: the teacher writes new inputs from seeds."),
     "label": ("distillery.workloads.labeler", "Labeling workload: prompt the teacher over the dataset."),
     "train": ("distillery.workloads.trainer", "Training workload: fine-tune the student with DeepSpeed."),
     "launch": ("distillery.workloads.launch", "torchrun for the training Job, exiting with its workers' exit code."),

@@ -78,6 +78,13 @@ def _progress(progress: dict[str, Any] | None) -> list[str]:
     if not progress:
         return []
     lines = []
+    if progress.get("inputsKept") is not None:
+        line = (f"  generated  {_count(progress.get('inputsGenerated'))} inputs, {_count(progress['inputsKept'])} "
+                f"kept, {_count(progress.get('inputsRejected'))} rejected")
+        reasons = progress.get("inputRejections") or {}
+        if reasons:
+            line += " (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")"
+        lines.append(line)
     if progress.get("rowsLabeled") is not None or progress.get("rowsTotal") is not None:
         line = f"  labelled   {_count(progress.get('rowsLabeled'))}/{_count(progress.get('rowsTotal'))} rows"
         if progress.get("rowsRejected"):

@@ -160,8 +160,13 @@ async def distillation_event(type: str | None, body: kopf.Body, **kwargs: Any) -
         if runtime.reconciler is not None:
             runtime.reconciler.forget(key)
         runtime.backoff.succeeded(key)
-        return
-    runtime.queue.add(key)
+    else:
+        runtime.queue.add(key)
+    # Distillations that reuse this one's labels wait for them to finish (or for it to come back).
+    for dist in runtime.cache.distillations():
+        if (cache.key_of(dist)[0] == key[0]
+                and ((dist.get("spec") or {}).get("dataset") or {}).get("labelsFrom") == key[1]):
+            runtime.queue.add(cache.key_of(dist))
 
 
 async def child_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:

@@ -4,10 +4,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillery.api.status import Stage
+from pydantic import ValidationError
+
+from distillery.api.status import LabelsRecord, Stage
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, STAGE_LABEL, Names
 
-JOB_STAGES = {Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
+JOB_STAGES = {Stage.GENERATION.value, Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
 STUCK_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                            "CreateContainerError", "CrashLoopBackOff", "RunContainerError"})
 """Container waiting reasons that do not clear by themselves: the kubelet retries, but someone must act."""
@@ -89,6 +91,7 @@ class Observed:
 
     pvc: bool = False
     teacher: DeploymentView | None = None
+    generate_job: JobView | None = None
     label_job: JobView | None = None
     train_job: JobView | None = None
     eval_job: JobView | None = None
@@ -111,6 +114,25 @@ class Observed:
     pod whose container cannot start or keeps crashing."""
     """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
     nodes: tuple[NodeView, ...] = ()
+    labels_source: "LabelsSource | None" = None
+    """The Distillation that spec.dataset.labelsFrom names, when it names one that exists."""
+
+
+@dataclass(frozen=True)
+class LabelsSource:
+    """What reusing another Distillation's labels depends on: whether they are finished, and from what."""
+
+    labels: LabelsRecord | None = None
+    deleting: bool = False
+
+    @classmethod
+    def of(cls, distillation: dict[str, Any]) -> "LabelsSource":
+        raw = (distillation.get("status") or {}).get("labels")
+        try:
+            labels = LabelsRecord.model_validate(raw) if raw else None
+        except ValidationError:
+            labels = None
+        return cls(labels=labels, deleting=bool((distillation.get("metadata") or {}).get("deletionTimestamp")))
 
 
 def workload_message(workload: dict[str, Any]) -> str:
@@ -129,8 +151,10 @@ def workload_message(workload: dict[str, Any]) -> str:
 
 
 def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
-            nodes: Iterable[NodeView], queue_messages: Mapping[str, str] | None = None) -> Observed:
-    """`queue_messages`: Kueue's reason for holding each Job back, by Job UID (see `workload_message`)."""
+            nodes: Iterable[NodeView], queue_messages: Mapping[str, str] | None = None,
+            labels_source: dict[str, Any] | None = None) -> Observed:
+    """`queue_messages`: Kueue's reason for holding each Job back, by Job UID (see `workload_message`);
+    `labels_source`: the Distillation whose labels this one reuses, if it exists."""
     names = Names(parent)
     queue_messages = queue_messages or {}
     children = list(children)
@@ -178,6 +202,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         progress_configmap=("ConfigMap", names.progress) in by_key,
         progress=dict((by_key.get(("ConfigMap", names.progress)) or {}).get("data") or {}),
         teacher=deployment(names.teacher),
+        generate_job=job(names.generate),
         label_job=job(names.label),
         train_job=job(names.train),
         eval_job=job(names.eval),
@@ -190,4 +215,5 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         unschedulable=unschedulable,
         stuck=stuck,
         nodes=tuple(nodes),
+        labels_source=LabelsSource.of(labels_source) if labels_source is not None else None,
     )

@@ -13,10 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from distillery.api.config import OperatorConfig
+from distillery.api.pipeline import FINGERPRINT_PARTS
 from distillery.api.spec import DistillationSpec, GateSpec
 from distillery.api.status import (
     STAGE_CONDITION,
     DistillationStatus,
+    LabelsRecord,
     ModelScore,
     Phase,
     Progress,
@@ -35,10 +37,11 @@ from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, g
 from distillery.resources.teacher import served_teachers, teacher_name
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
-ORDER = [Stage.TEACHER, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
+ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
 UNSCHEDULABLE_GRACE_SECONDS = 15
 PHASE_OF_STAGE = {
     Stage.TEACHER: Phase.TEACHER,
+    Stage.GENERATION: Phase.GENERATING,
     Stage.LABELING: Phase.LABELING,
     Stage.TRAINING: Phase.TRAINING,
     Stage.EVALUATION: Phase.EVALUATING,
@@ -345,7 +348,8 @@ class _Pass:
             return self.suspend()
         self.teacher()
         self.resume_jobs()
-        if self.obs.label_job is not None or self.ready_for(Stage.LABELING):
+        self.generate_inputs()
+        if (self.obs.label_job is not None or self.ready_for(Stage.LABELING)) and self.labels_reusable():
             self.stage_job(Stage.LABELING, self.obs.label_job, jobs.labeling_job, self.labeling_summary)
         if self.done(Stage.LABELING) and not self.judge_holds_teacher():
             self.release_teacher()
@@ -371,12 +375,82 @@ class _Pass:
         return self.conclude()
 
     def ready_for(self, stage: Stage) -> bool:
-        """The teacher gates labeling; after that each stage waits for all stages between it and labeling."""
-        if stage == Stage.LABELING:
-            return self.done(Stage.TEACHER)
+        """The teacher gates generation and labeling; after that each stage waits for all stages between it
+        and generation."""
+        if stage in (Stage.GENERATION, Stage.LABELING):
+            return all(self.done(s) for s in ORDER[:ORDER.index(stage)])
         return all(self.done(s) for s in ORDER[1:ORDER.index(stage)])
 
+    def generate_inputs(self) -> None:
+        """dataset.generate: a Job writes new inputs with the teacher before labeling; reused labels bring
+        their inputs with them."""
+        d = self.spec.dataset
+        if d.generate is None or d.labels_from:
+            if self.stage(Stage.GENERATION).state != StageState.SKIPPED:
+                reason = ("inputs come with the labels reused from " + d.labels_from if d.labels_from
+                          else "dataset.generate is not set")
+                self.finish(Stage.GENERATION, StageState.SKIPPED, reason)
+                self.cond("Generated", False, "NotRequested", reason)
+            return
+        if self.obs.generate_job is not None or self.ready_for(Stage.GENERATION):
+            self.stage_job(Stage.GENERATION, self.obs.generate_job, jobs.generation_job, self.generation_summary)
+
+    def generation_summary(self, summary: dict[str, Any]) -> None:
+        if summary:
+            self.generation_progress(summary)
+
+    def generation_progress(self, report: dict[str, Any]) -> None:
+        p = self.progress()
+        p.inputs_generated = int(report.get("generated", 0))
+        p.inputs_kept = int(report.get("kept", 0))
+        p.inputs_rejected = int(report.get("rejected", 0))
+        reasons = report.get("rejections")
+        if isinstance(reasons, dict):
+            p.input_rejections = {str(k): int(v) for k, v in reasons.items() if isinstance(v, int)} or None
+
+    def labels_reusable(self) -> bool:
+        """dataset.labelsFrom naming a Distillation: its labels must be finished and made from the same task,
+        teacher, prompts and rows (a fingerprint of each, recorded in its status when its labeling finished).
+        A pvc:// source is checked by the labeling pod, which reads the fingerprint file beside the labels."""
+        source = self.spec.dataset.labels_from
+        if (source is None or source.startswith("pvc://") or self.done(Stage.LABELING)
+                or self.obs.label_job is not None):
+            return True
+        if source == self.owner.name:
+            message = "dataset.labelsFrom names this Distillation itself"
+            self.finish(Stage.LABELING, StageState.FAILED, message)
+            self.cond("Labeled", False, "LabelsMismatch", message)
+            return False
+        view = self.obs.labels_source
+        if view is None or view.labels is None or view.deleting:
+            reason = "LabelsSourceNotFound" if view is None or view.deleting else "LabelsSourceNotReady"
+            message = (f"Distillation {source} (dataset.labelsFrom) " +
+                       ("does not exist in this namespace" if view is None else
+                        "is being deleted" if view.deleting else "has not finished labeling yet"))
+            if self.stage(Stage.LABELING).state != StageState.WAITING:
+                self.event(reason, message)
+            self.start(Stage.LABELING, StageState.WAITING, message)
+            self.cond("Labeled", False, reason, message)
+            return False
+        mine = workspace.labels_fingerprint(self.spec)
+        differ = [part for part in FINGERPRINT_PARTS if view.labels.fingerprint.get(part) != mine[part]]
+        if differ:
+            message = (f"the labels of Distillation {source} were made with a different "
+                       f"{', '.join(differ)} (dataset.labelsFrom reuses labels only when the task, teacher, "
+                       f"prompts and rows are the same)")
+            self.finish(Stage.LABELING, StageState.FAILED, message)
+            self.cond("Labeled", False, "LabelsMismatch", message)
+            return False
+        return True
+
     def teacher(self) -> None:
+        if self.spec.dataset.labels_from:
+            # Reused labels need no teacher: that is their point.
+            if self.stage(Stage.TEACHER).state != StageState.SKIPPED:
+                message = f"labels reused from {self.spec.dataset.labels_from}; no teacher is started"
+                self.finish(Stage.TEACHER, StageState.SKIPPED, message)
+                self.cond("TeacherReady", False, "LabelsReused", message)
+            return
         if self.spec.teachers is not None:
             self.several_teachers()
             return
@@ -667,6 +741,14 @@ class _Pass:
         self.cond(STAGE_CONDITION[stage], False, "QueuedByKueue", message)
 
     def describe(self, stage: Stage, summary: dict[str, Any]) -> str:
+        if stage == Stage.LABELING and summary.get("reused_from"):
+            return (f"{summary.get('rows_ok', 0)} labels reused from {summary['reused_from']}, "
+                    f"{summary.get('rows_rejected', 0)} rejected; the teacher was not asked")
+        if stage == Stage.GENERATION and "kept" in summary:
+            reasons = summary.get("rejections") or {}
+            detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            return (f"{summary.get('generated', 0)} inputs generated, {summary['kept']} kept, "
+                    f"{summary.get('rejected', 0)} rejected" + (f" ({detail})" if detail else ""))[:1000]
         if stage == Stage.LABELING and "rows_ok" in summary:
             return f"{summary['rows_ok']} rows labeled, {summary.get('rows_rejected', 0)} rejected"
         if stage == Stage.TRAINING and "steps" in summary:
@@ -693,6 +775,8 @@ class _Pass:
                 continue
             if isinstance(data, dict):
                 shards.setdefault(key.rsplit("-", 1)[0], []).append(data)
+        if shards.get(jobs.GENERATION) and self.stage(Stage.GENERATION).state == StageState.RUNNING:
+            self.generation_progress(shards[jobs.GENERATION][0])
         if shards.get(jobs.LABELING) and self.stage(Stage.LABELING).state == StageState.RUNNING:
             self.labeling_progress(shards[jobs.LABELING])
         if shards.get(jobs.TRAINING) and self.stage(Stage.TRAINING).state == StageState.RUNNING:
@@ -705,6 +789,9 @@ class _Pass:
 
     def progress_line(self, stage: Stage, record: StageStatus) -> str:
         p = self.status.progress
+        generate = self.spec.dataset.generate
+        if stage == Stage.GENERATION and p and generate and p.inputs_kept is not None:
+            return f"generating {p.inputs_kept}/{generate.count}"
         if stage == Stage.LABELING and p and p.rows_total:
             return f"labeling {(p.rows_labeled or 0) + (p.rows_rejected or 0)}/{p.rows_total}"
         if stage == Stage.TRAINING and p and p.train_steps:
@@ -715,6 +802,10 @@ class _Pass:
     def labeling_summary(self, summary: dict[str, Any]) -> None:
         if summary:
             self.labeling_progress([summary])
+        # What another Distillation's dataset.labelsFrom compares with its own before reusing these labels.
+        self.status.labels = LabelsRecord(fingerprint=workspace.labels_fingerprint(self.spec),
+                                          rows=int(summary.get("rows_ok", 0)) if summary else None,
+                                          reused_from=workspace.labels_source_uri(self.spec))
 
     def labeling_progress(self, reports: list[dict[str, Any]]) -> None:
         """The labeler's counters (live reports of every shard, or the final summary) in status terms."""
@@ -804,7 +895,7 @@ class _Pass:
             return
         for stage, view, name in self.jobs():
             # Labeling resumes only against a serving teacher, or its retries would reject good rows.
-            if stage == Stage.LABELING and not self.done(Stage.TEACHER):
+            if stage in (Stage.GENERATION, Stage.LABELING) and not self.done(Stage.TEACHER):
                 continue
             # Likewise an evaluation the teacher judges, or its replies would go unjudged.
             if stage == Stage.EVALUATION and not self.judge_ready():
@@ -814,7 +905,8 @@ class _Pass:
                 self.event("Resumed", f"Resumed {stage.value} job {name}")
 
     def jobs(self) -> list[tuple[Stage, JobView | None, str]]:
-        return [(Stage.LABELING, self.obs.label_job, self.names.label),
+        return [(Stage.GENERATION, self.obs.generate_job, self.names.generate),
+                (Stage.LABELING, self.obs.label_job, self.names.label),
                 (Stage.TRAINING, self.obs.train_job, self.names.train),
                 (Stage.EVALUATION, self.obs.eval_job, self.names.eval)]
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from distillery.api.config import OperatorConfig
 from distillery.api.crd import GROUP, KIND, VERSION
+from distillery.api.modelref import PVC_SCHEME
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, format_time
 from distillery.controller import metrics
@@ -128,8 +129,11 @@ class Reconciler:
             return
         children = self.cache.children(owner.uid)
         job_uids = {str(c["metadata"]["uid"]) for c in children if c.get("kind") == "Job"}
+        source = spec.dataset.labels_from
+        labels_source = (self.cache.distillation((namespace, source))
+                         if source and not source.startswith(PVC_SCHEME) else None)
         observed = observe(name, children, self.cache.pods(key), self.cache.nodes(),
-                           self.cache.queue_messages(job_uids))
+                           self.cache.queue_messages(job_uids), labels_source)
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).

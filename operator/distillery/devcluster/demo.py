@@ -114,8 +114,8 @@ class LocalWorkloads:
         if not (model_dir / "config.json").exists():
             save_tiny_model(model_dir)
         task = get_task(spec.task, spec.prompt, spec.dataset.columns)
-        rows = [*(spec.dataset.train.rows or []), *((spec.dataset.validation.rows or []) if spec.dataset.validation
-                                                   else [])]
+        sources = [s for s in (spec.dataset.train, spec.dataset.validation) if s is not None]
+        rows = [row for source in sources for row in source.rows or []]
         log_dir = self.root / "pods"
         log_dir.mkdir(parents=True, exist_ok=True)
         lookup = lookup_from_rows(task, rows)

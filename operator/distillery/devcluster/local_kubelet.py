@@ -97,11 +97,21 @@ class LocalVolumes:
                 out[mount["mountPath"]] = target
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
+                uid = self.claim_uids.get(claim)
+                own = self.root / "claims" / (f"{claim}-{uid}" if uid else claim)
                 if mount["mountPath"].startswith(PVC_MOUNT_ROOT + "/"):
-                    out[mount["mountPath"]] = self.pvc_base / claim
+                    # Programs find pvc:// claims under pvc_base. One volume per claim wherever it is mounted:
+                    # a workspace another Distillation reads through pvc:// (dataset.labelsFrom) is the
+                    # directory its own pods wrote.
+                    path = self.pvc_base / claim
+                    if own.is_dir() and not (path.is_symlink() and path.readlink() == own):
+                        if path.is_symlink():
+                            path.unlink()  # a claim of the same name that was deleted
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.symlink_to(own, target_is_directory=True)
+                    out[mount["mountPath"]] = path
                 else:
-                    uid = self.claim_uids.get(claim)
-                    out[mount["mountPath"]] = self.root / "claims" / (f"{claim}-{uid}" if uid else claim)
+                    out[mount["mountPath"]] = own
                 out[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
         return out
 
@@ -159,7 +169,7 @@ def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str,
 class LocalKubelet:
     """Watches a namespace's stage pods that kwok has started and runs them here, one at a time."""
 
-    STAGES = ("labeling", "training", "evaluation")
+    STAGES = ("generation", "labeling", "training", "evaluation")
 
     def __init__(self, client: KubeClient, namespace: str, volumes: LocalVolumes, teacher_url: str | None,
                  log_dir: Path, teacher_urls: Mapping[str, str] | None = None) -> None:

@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import signal
 import sys
@@ -41,6 +42,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from distillery.devcluster.tiny import DEFAULT_CORPUS, build_tokenizer
+from distillery.workloads.generator import REPLY_INSTRUCTION
 from distillery.workloads.tasks import Message, Row, TaskDefinition
 from distillery.workloads.tasks.conversation import REPLY_MARKER
 from distillery.workloads.tasks.judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER
@@ -180,6 +182,8 @@ class TaskAwareResponder:
         everything = "\n".join(m.get("content", "") for m in ctx.messages)
         if f"'{VERDICT_MARKER}: <number" in last:
             return self._verdict(last)
+        if REPLY_INSTRUCTION in last:
+            return generated_input(last)
         gold = self.lookup.get(last)
         pick = int(_unit(last) * 2**32)
         if self.wrong(last):
@@ -251,6 +255,79 @@ class TaskAwareResponder:
     @staticmethod
     def _echo(text: str) -> str:
         return f"Here is a helpful answer about: {' '.join(text.split()[:12])}"
+
+
+_SUBJECTS = ("a chef", "the pilot", "two children", "an old farmer", "the librarian", "a cyclist", "my neighbour",
+             "the committee", "a young violinist", "the night nurse", "three tourists", "the mayor", "a beekeeper",
+             "the goalkeeper", "a retired sailor", "the new intern", "a street painter", "the ferry captain")
+_ACTIONS = ("is repairing", "carried", "painted", "is photographing", "sold", "is studying", "found", "cleaned",
+            "is measuring", "delivered", "borrowed", "is sketching", "lost", "returned", "is weighing", "ordered")
+_OBJECTS = ("a wooden boat", "the broken clock", "seven crates of apples", "an antique map", "the red umbrella",
+            "a stack of letters", "the village bell", "a heavy suitcase", "two bicycles", "the glass lantern",
+            "a jar of honey", "the silver trophy", "a torn kite", "the brass telescope", "a basket of eggs")
+_PLACES = ("near the harbour", "in the old market", "behind the station", "on a rainy morning", "at the town fair",
+           "beside the river", "in a crowded hall", "after midnight", "on the hill road", "inside the museum",
+           "during the storm", "at the corner shop", "on the frozen lake", "in the school garden")
+_NUMBER = re.compile(r"Write new input number (\d+)")
+_KEYS = re.compile(r'"([^"]+)"')
+
+
+def _sentence(seed: int) -> str:
+    pick = random.Random(seed)
+    return (f"{pick.choice(_SUBJECTS)} {pick.choice(_ACTIONS)} {pick.choice(_OBJECTS)} "
+            f"{pick.choice(_PLACES)}.").capitalize()
+
+
+def _invent(key: str, example: Any, seed: int) -> Any:
+    """A value shaped like the seeds' value for `key`, with content drawn from `seed`."""
+    pick = random.Random(f"{key}:{seed}")
+    if isinstance(example, list) and example and isinstance(example[0], dict):
+        return [{"role": "user", "content": f"Could you help me understand why {_sentence(seed).lower()[:-1]}?"}]
+    if isinstance(example, dict):
+        return {k: _invent(k, v, seed * 13 + i) for i, (k, v) in enumerate(example.items())}
+    if isinstance(example, list) and all(isinstance(v, str) and len(v) <= 3 for v in example):
+        return list(example)  # choice labels (A, B, C, D) stay as they are
+    if isinstance(example, list):
+        return [_sentence(seed * 7 + i) for i in range(max(2, len(example)))]
+    if isinstance(example, int | float) and not isinstance(example, bool):
+        return pick.randint(1, 999)
+    if key in ("question", "problem") and any(ch.isdigit() for ch in str(example)):
+        a, b = pick.randint(2, 90), pick.randint(2, 40)
+        return f"{_sentence(seed)[:-1]} and paid {a} coins for each of {b} items. How many coins in total?"
+    if key in ("question", "problem", "stem"):
+        return f"Which of these best describes why {_sentence(seed).lower()[:-1]}?"
+    sentences = max(1, min(6, len(str(example).split(".")) - 1))
+    return " ".join(_sentence(seed * 11 + i) for i in range(sentences))
+
+
+def generated_input(prompt: str) -> str:
+    """A reply to a generation prompt: a new input as the JSON object the prompt asks for. Deterministic per
+    input number; some replies are near-duplicates of the previous number's input or of an example, and some
+    are malformed (not JSON, a missing key, an empty value), so near-duplicate removal and rejection see work."""
+    examples = [json.loads(line) for line in prompt.splitlines() if line.startswith("{")]
+    keys = _KEYS.findall(prompt.rpartition(REPLY_INSTRUCTION)[2])
+    match = _NUMBER.search(prompt)
+    number = int(match.group(1)) if match else 0
+    example = examples[0] if examples else {}
+    draw = _unit("generate", number)
+
+    def invent(n: int) -> dict[str, Any]:
+        return {key: _invent(key, example.get(key, ""), n * 1009 + i) for i, key in enumerate(keys)}
+
+    if draw < 0.04:
+        return "Sure! Here is a new example: " + "; ".join(f"{k} = {v}" for k, v in invent(number).items())
+    if draw < 0.07 and len(keys) > 1:
+        return json.dumps({k: v for k, v in invent(number).items() if k != keys[-1]})
+    if draw < 0.09:
+        return json.dumps({**invent(number), keys[0]: ""} if keys else {})
+    if draw < 0.16 and number > 1:
+        # The previous input again, changed only in case and punctuation: a near-duplicate.
+        return json.dumps({k: v.upper().replace(".", "!") if isinstance(v, str) else v
+                           for k, v in invent(number - 1).items()})
+    if draw < 0.20 and example:
+        return json.dumps({k: example[k] + " " if isinstance(example.get(k), str) else example.get(k)
+                           for k in keys})
+    return "```json\n" + json.dumps(invent(number)) + "\n```"
 
 
 def _count_tokens(text: str) -> int:

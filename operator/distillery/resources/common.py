@@ -57,6 +57,7 @@ class Names:
     workspace = property(lambda self: f"{self.parent}-workspace")
     pipeline = property(lambda self: f"{self.parent}-pipeline")
     teacher = property(lambda self: f"{self.parent}-teacher")
+    generate = property(lambda self: f"{self.parent}-generate")
     label = property(lambda self: f"{self.parent}-label")
     train = property(lambda self: f"{self.parent}-train")
     eval = property(lambda self: f"{self.parent}-eval")
@@ -203,7 +204,9 @@ def pvc_source_volumes(*uris: str | None) -> tuple[list[dict[str, Any]], list[di
 
 
 def dataset_uris(spec: DistillationSpec) -> list[str | None]:
-    return [spec.dataset.train.uri, spec.dataset.validation.uri if spec.dataset.validation else None]
+    d = spec.dataset
+    return [d.train.uri if d.train else None, d.validation.uri if d.validation else None,
+            d.generate.seeds.uri if d.generate else None]
 
 
 def config_path() -> str:

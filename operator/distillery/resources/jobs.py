@@ -26,10 +26,11 @@ from distillery.resources.common import (
     workspace_volume,
 )
 from distillery.resources.reporting import workload_env
-from distillery.resources.workspace import label_shards
+from distillery.resources.workspace import label_shards, labels_source_uri
 
 # Pod stage labels equal the status stage names, so pods and stages key the same maps.
 LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
+GENERATION = Stage.GENERATION.value
 
 CONFIG_EXIT_CODES = (2, 3)
 """Exit codes with which every workload reports a deterministic error (bad configuration, no data, too few
@@ -91,20 +92,23 @@ def _pod(config: OperatorConfig, placement: dict[str, Any], container: dict[str,
             "containers": [container], "volumes": volumes, "enableServiceLinks": False}
 
 
-def _volumes(owner: Owner, spec: DistillationSpec, model: bool,
+def _volumes(owner: Owner, spec: DistillationSpec, model: bool, extra_uris: tuple[str | None, ...] = (),
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, volumes, mounts): config, workspace, the dataset's claims, the hub token (datasets may be
     gated too), and for stages that load the student its claim and the model cache."""
     names = Names(owner.name)
     cfg_vol, cfg_mount = config_volume(names)
     ws_vol, ws_mount = workspace_volume(names)
-    src_vols, src_mounts = pvc_source_volumes(*dataset_uris(spec), spec.student.model if model else None)
+    src_vols, src_mounts = pvc_source_volumes(*dataset_uris(spec), *extra_uris,
+                                              spec.student.model if model else None)
     hub_env, cache_vols, cache_mounts = hub_access(spec, cache=model)
     return hub_env, [cfg_vol, ws_vol, *src_vols, *cache_vols], [cfg_mount, ws_mount, *src_mounts, *cache_mounts]
 
 
-def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    env, volumes, mounts = _volumes(owner, spec, model=False)
+def _teacher_pod(owner: Owner, spec: DistillationSpec, config: OperatorConfig, command: str,
+                 extra_uris: tuple[str | None, ...] = ()) -> dict[str, Any]:
+    """A CPU pod of the labeler image that talks to the teachers (labeling, generation) and their judge."""
+    env, volumes, mounts = _volumes(owner, spec, model=False, extra_uris=extra_uris)
     if spec.teacher is not None and spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
@@ -116,12 +120,24 @@ def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
     if judge is not None and judge.endpoint is not None and judge.endpoint.api_key_secret_ref is not None:
         env.append({"name": JUDGE_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": judge.endpoint.api_key_secret_ref.to_wire()}})
-    container = _container("labeler", config.labeler_image, ["distillery", "label"], ["--config", config_path()],
+    container = _container("labeler", config.labeler_image, ["distillery", command], ["--config", config_path()],
                            [*env, *workload_env(owner)],
                            {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}, mounts)
-    pod_spec = _pod(config, gpu_placement(spec, config, None), container, volumes)
+    return _pod(config, gpu_placement(spec, config, None), container, volumes)
+
+
+def labeling_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    # Reused labels are copied from the source workspace, mounted read-only like a dataset claim.
+    pod_spec = _teacher_pod(owner, spec, config, "label", (labels_source_uri(spec),))
     return _job(owner, Names(owner.name).label, LABELING, spec, config, pod_spec,
                 completions=label_shards(spec), backoff_limit=config.job_backoff_limit)
+
+
+def generation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    """One pod: near-duplicates are judged against every input kept so far, which one writer sees."""
+    pod_spec = _teacher_pod(owner, spec, config, "generate")
+    return _job(owner, Names(owner.name).generate, GENERATION, spec, config, pod_spec,
+                completions=1, backoff_limit=config.job_backoff_limit)
 
 
 def training_service(owner: Owner) -> dict[str, Any]:

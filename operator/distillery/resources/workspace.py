@@ -1,8 +1,11 @@
 """The workspace PVC and the pipeline ConfigMap, created before any stage."""
 
+import hashlib
+import json
 from typing import Any
 
 from distillery.api.config import OperatorConfig
+from distillery.api.modelref import PVC_SCHEME
 from distillery.api.pipeline import (
     CONFIG_FILE,
     JUDGE_API_KEY_ENV,
@@ -122,8 +125,52 @@ def judge_client(owner: Owner, spec: DistillationSpec) -> JudgeClientConfig | No
 
 def label_shards(spec: DistillationSpec) -> int:
     """One labeling pod per teacher replica keeps every replica busy without overloading any; with several
-    teachers, as many pods as the teacher that has the most replicas."""
+    teachers, as many pods as the teacher that has the most replicas; one pod copies reused labels."""
+    if spec.dataset.labels_from:
+        return 1
     return max(_teacher_shards(t) for t in spec.teacher_list())
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _teacher_identity(t: TeacherSpec) -> dict[str, Any]:
+    model = {"model": t.model} if t.endpoint is None else {"endpoint": t.endpoint.url.rstrip("/"),
+                                                           "model": t.endpoint.model}
+    return {**model, "sampling": t.sampling.to_wire()}
+
+
+def labels_fingerprint(spec: DistillationSpec) -> dict[str, str]:
+    """What labels depend on, one digest per part (api.pipeline.FINGERPRINT_PARTS), so a refusal can say which
+    part differs. The teacher is its model (or endpoint and model) and sampling, not where or on how many
+    GPUs it runs; rows are the dataset's sources, columns, hold-out, generation and the validation cap (the
+    labeling pod checks the rows themselves too, since a file behind a URI can change)."""
+    if spec.teacher is not None:
+        teacher: dict[str, Any] = _teacher_identity(spec.teacher)
+    else:
+        assert spec.teachers is not None and spec.teacher_strategy is not None
+        # Several teachers: every one of them in order, and how their replies were combined.
+        teacher = {"teachers": [{"name": t.name, **_teacher_identity(t)} for t in spec.teachers],
+                   "strategy": spec.teacher_strategy.to_wire()}
+    d = spec.dataset
+    rows = {**d.to_wire(), "evaluationMaxRows": spec.evaluation.max_rows}
+    rows.pop("labelsFrom", None)
+    return {
+        "task": _digest(spec.task.value),
+        "teacher": _digest(teacher),
+        "prompt": _digest(spec.prompt.to_wire()),
+        "rows": _digest(rows),
+    }
+
+
+def labels_source_uri(spec: DistillationSpec) -> str | None:
+    """The workspace whose labels `dataset.labelsFrom` reuses: a pvc:// path as given, or the named
+    Distillation's workspace claim."""
+    source = spec.dataset.labels_from
+    if source is None or source.startswith(PVC_SCHEME):
+        return source
+    return f"{PVC_SCHEME}{Names(source).workspace}"
 
 
 def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
@@ -142,6 +189,8 @@ def pipeline_config(owner: Owner, spec: DistillationSpec) -> PipelineConfig:
                   if spec.teachers is not None else None),
         teacher_strategy=spec.teacher_strategy.mode if spec.teacher_strategy is not None else None,
         strategy_judge=strategy_judge_client(owner, spec),
+        labels_fingerprint=labels_fingerprint(spec),
+        labels_from=labels_source_uri(spec),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from distillery.api.modelref import pvc_parts
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import DataSource
-from distillery.workloads.environment import pvc_base
+from distillery.workloads.environment import pvc_base, workspace_layout
 
 SUFFIXES = (".jsonl", ".json", ".csv")
 ROW_ID = "row_id"
@@ -142,17 +142,29 @@ def _numbered(rows: list[Row]) -> list[Row]:
     return [{**row, ROW_ID: i} for i, row in enumerate(rows)]
 
 
+def generated_rows(cfg: PipelineConfig) -> list[Row]:
+    """The inputs the generation stage wrote (dataset.generate), after the user's training rows."""
+    path = workspace_layout(cfg).generated_train
+    if not path.is_file():
+        raise DatasetError(f"{path}: the generated inputs are missing; the generation stage writes them before "
+                           "labeling")
+    return parse_records(str(path), path.read_bytes())
+
+
 def split_rows(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> tuple[list[Row], list[Row]]:
     """(train, validation), each row carrying its `row_id`: its index in that split.
 
-    dataset.limit caps the training source before any hold-out, so a small run over a large
+    Generated inputs (dataset.generate) follow the user's training rows. dataset.limit caps the training
+    source before any hold-out, so a small run over a large
     dataset labels at most `limit` rows; evaluation.maxRows caps validation, since rows the
     evaluator will not read are not worth a teacher call.
     """
     spec = cfg.dataset
-    train = load_rows(spec.train, "train", base_dir_for_pvc)
+    train = load_rows(spec.train, "train", base_dir_for_pvc) if spec.train else []
     if spec.limit is not None:
         train = train[: spec.limit]
+    if spec.generate is not None:
+        train += generated_rows(cfg)
     if spec.validation is not None:
         validation = load_rows(spec.validation, "validation", base_dir_for_pvc)
     else:

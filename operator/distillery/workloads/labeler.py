@@ -29,8 +29,10 @@ said (`teachers`).
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -42,16 +44,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from distillery.api.modelref import pvc_parts
 from distillery.api.pipeline import (
     CONFIG_FILE,
     CONFIG_MOUNT_DIR,
+    FINGERPRINT_PARTS,
     JOB_COMPLETION_INDEX_ENV,
+    LABELS_DIR,
+    LABELS_FINGERPRINT_FILE,
     PipelineConfig,
     TeacherClientConfig,
+    WorkspaceLayout,
 )
 from distillery.api.spec import LossType, StrategyMode
 from distillery.workloads.datasets import ROW_ID, split_rows
-from distillery.workloads.environment import teacher_api_key, workspace_layout
+from distillery.workloads.environment import pvc_base, teacher_api_key, workspace_layout
 from distillery.workloads.openai_client import (
     ChatResult,
     OpenAIChatClient,
@@ -63,6 +70,7 @@ from distillery.workloads.progress import (
     Counters,
     LiveProgress,
     compact_json,
+    write_json_atomic,
     write_termination_message,
 )
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
@@ -482,6 +490,8 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
         summary["error"] = (f"only {ratio:.1%} of rows got a valid answer, "
                             f"below teacher.minSuccessRatio {cfg.teacher.min_success_ratio:.0%}")
         return summary, EXIT_LOW_SUCCESS
+    # What a run that reuses these labels (dataset.labelsFrom) checks; every shard writes the same.
+    write_json_atomic(cfg.workspace.labels_fingerprint, {"fingerprint": cfg.labels_fingerprint})
     return summary, EXIT_OK
 
 
@@ -734,6 +744,54 @@ async def run_several(cfg: PipelineConfig, task: TaskDefinition, splits: dict[st
     return summary, EXIT_OK
 
 
+def _canonical(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+def reuse_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> tuple[dict[str, Any], int]:
+    """dataset.labelsFrom: copy the labels (and generated inputs) of another workspace instead of asking the
+    teacher, once its fingerprint file says they were made from the same task, teacher, prompts and rows,
+    and every row of this run has a label there made for that very row. Exit 2 with the reason otherwise."""
+    uri = cfg.labels_from or ""
+    claim, rel = pvc_parts(uri) or ("", "")
+    root = Path(base_dir_for_pvc or pvc_base(), claim, rel)
+    source = WorkspaceLayout(root=str(root))
+    summary: dict[str, Any] = {"stage": "label", "reused_from": uri}
+    if not source.labels_fingerprint.is_file():
+        summary["error"] = (f"labels mismatch: {uri} has no {LABELS_DIR}/{LABELS_FINGERPRINT_FILE}; its labeling "
+                            "has not finished (or the path is not a workspace)")
+        return summary, EXIT_CONFIG
+    recorded = json.loads(source.labels_fingerprint.read_text()).get("fingerprint") or {}
+    differ = [part for part in FINGERPRINT_PARTS if recorded.get(part) != cfg.labels_fingerprint.get(part)]
+    if differ:
+        summary["error"] = f"labels mismatch: the labels in {uri} were made with a different {', '.join(differ)}"
+        return summary, EXIT_CONFIG
+    mine = cfg.workspace
+    if source.generated_train.is_file():
+        mine.generated_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.generated_train, mine.generated_train)
+    train, validation = split_rows(cfg, base_dir_for_pvc)
+    counters = Counters(rows_total=len(train) + len(validation))
+    for split, rows in (("train", train), ("validation", validation)):
+        labelled = {r.row_id: r for r in read_labels(source.labels_dir, split)}
+        for row in rows:
+            record = labelled.get(row[ROW_ID])
+            if record is None or _canonical(record.row) != _canonical(row):
+                what = "has no label" if record is None else "differs from the labelled row"
+                summary["error"] = f"labels mismatch: rows: {split} row {row[ROW_ID]} {what} in {uri}"
+                return summary, EXIT_CONFIG
+            counters.rows_done += 1
+            counters.rows_ok += record.status == "ok"
+            counters.rows_rejected += record.status == "rejected"
+    mine.labels_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.labels_dir.glob("*.jsonl")):
+        temporary = mine.labels_dir / f".{path.name}.tmp"
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, mine.labels_dir / path.name)
+    write_json_atomic(mine.labels_fingerprint, {"fingerprint": cfg.labels_fingerprint, "reused_from": uri})
+    return {**summary, **counters.as_dict()}, EXIT_OK
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="distillery label", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE}", help="pipeline.json path")
@@ -762,6 +820,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = cfg.model_copy(update={"workspace": workspace_layout(cfg)})
         if not 0 <= args.shard_index < cfg.label_shards:
             return _fail(f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
+        if cfg.labels_from:
+            summary, code = reuse_labels(cfg, args.pvc_base)
+            write_termination_message(summary)
+            print(compact_json(summary), flush=True)
+            return code
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
         train, validation = split_rows(cfg, args.pvc_base)
         labeling = run_several if cfg.teachers else run
