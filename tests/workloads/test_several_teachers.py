@@ -40,7 +40,7 @@ def write_config(tmp_path: Path, teachers: dict[str, str], strategy: str, *, tas
     cfg = PipelineConfig.model_validate({
         "name": "test", "namespace": "default", "task": task,
         "teacher": clients[0], "teachers": clients, "teacher_strategy": strategy,
-        "judge": {"name": "judge", "base_url": judge, "model": "judge", "max_attempts": 2} if judge else None,
+        "strategy_judge": {"name": "judge", "base_url": judge, "model": "judge", "max_attempts": 2} if judge else None,
         "dataset": {"train": {"rows": NLI_ROWS if rows is None else rows}, "validation_fraction": 0.25},
         "student": {"model": "student"},
         "workspace": {"root": str(tmp_path / "workspace")},
