@@ -29,7 +29,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     assert t.model is not None, "an endpoint teacher has no Deployment"
     served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
                                tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT)
-    hub_env, cache_volumes, cache_mounts = hub_access(spec, t.hub_token_secret_ref)
+    hub_env, cache_volumes, cache_mounts = hub_access(spec, t.hub_token_secret_ref, endpoint=config.hub_endpoint)
     env: list[dict[str, Any]] = [*served["env"], *hub_env]
     volumes, mounts = pvc_source_volumes(t.model)
     volumes += cache_volumes
