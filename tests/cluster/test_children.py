@@ -169,3 +169,29 @@ def test_a_stage_whose_pods_cannot_start_says_why(stage: str, reason: str, messa
         assert "restarted 4 times" in found["message"]
     dist = kube.get("distillation", "stuck", namespace)
     assert dist["status"]["stages"][stage]["state"] == "Running", "waiting, not failed"
+
+
+def test_a_stage_pod_whose_volume_cannot_mount_says_why(kube: Kube, namespace: str,
+                                                        operator: OperatorProcess) -> None:
+    """The kubelet says why a volume does not mount only in an Event; kwok holds the pod in ContainerCreating and
+    the test posts the Event the kubelet would."""
+    stuck = {"chaos.distillery.dev/waiting-stage": "labeling",
+             "chaos.distillery.dev/waiting-reason": "ContainerCreating"}
+    kube.apply(distillation("mount", scheduling={"podAnnotations": stuck}), namespace=namespace)
+    pod = kube.wait_for(lambda: next(iter(kube.get("pods", namespace=namespace,
+                                                   selector="distillery.dev/stage=labeling")["items"]), None),
+                        90, what="the labeling pod")
+    message = ('MountVolume.MountDevice failed for volume "pvc-0b1c" : rpc error: code = Internal desc = '
+               'could not mount the file share: permission denied')
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{pod['metadata']['name']}.mount"},
+             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+                                "namespace": namespace, "uid": pod["metadata"]["uid"]},
+             "reason": "FailedMount", "message": message, "type": "Warning", "count": 1,
+             "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")},
+             "firstTimestamp": now, "lastTimestamp": now}
+    kube.apply(event, namespace=namespace, server_side=False)
+    found = kube.wait_for(lambda: (c := condition(kube.get("distillation", "mount", namespace), "Labeled"))
+                          and c.get("reason") == "FailedMount" and c, 180, what="Labeled reason FailedMount")
+    assert found["status"] == "False" and message in found["message"]
+    assert f"pod {pod['metadata']['name']}" in found["message"]

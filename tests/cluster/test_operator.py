@@ -111,7 +111,10 @@ def test_injected_training_failure_ends_failed_and_stalled_with_the_reason(
     assert dist["status"]["phase"] == "Failed"
     failed = condition(dist, "Failed")
     assert failed["status"] == "True" and failed["reason"] == "TrainingFailed"
-    assert "BackoffLimitExceeded" in failed["message"]
+    # Each failure failed the whole group's Job at once; the operator restarted it jobBackoffLimit (3) times.
+    assert "MaxFailedIndexesExceeded" in failed["message"]
+    training = dist["status"]["stages"]["training"]
+    assert training["attempts"] == 4 and training["failures"] == 4, training
     assert condition(dist, "Trained")["status"] == "False"
     assert dist["status"]["stages"]["labeling"]["state"] == "Succeeded"
     # The status that says Failed was planned from the failed Job: that pass created no evaluation.

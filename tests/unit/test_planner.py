@@ -8,8 +8,8 @@ import pytest
 
 from distillery.api.config import OperatorConfig
 from distillery.api.spec import DistillationSpec, GateSpec
-from distillery.api.status import DistillationStatus, ModelScore, Phase, StageState
-from distillery.controller.observe import NodeView, observe
+from distillery.api.status import DistillationStatus, ModelScore, Phase, StageState, format_time
+from distillery.controller.observe import MOUNT_GRACE_SECONDS, NodeView, creating_too_long, mount_failure, observe
 from distillery.controller.planner import (
     Apply,
     Create,
@@ -76,6 +76,11 @@ class World:
                 m = json.loads(json.dumps(action.manifest))
                 m["metadata"]["uid"] = f"uid-{m['kind']}-{m['metadata']['name']}"
                 self.children.setdefault((m["kind"], m["metadata"]["name"]), m)
+            elif isinstance(action, Delete) and action.propagation == "Foreground":
+                # Kept until its dependents are gone; tests remove it with gone().
+                obj = self.children.get((action.kind, action.name))
+                if obj is not None:
+                    obj["metadata"]["deletionTimestamp"] = format_time(self.now)
             elif isinstance(action, Delete):
                 self.children.pop((action.kind, action.name), None)
             elif isinstance(action, Patch):
@@ -106,10 +111,15 @@ class World:
         return {"metadata": {"name": f"{job}-0", "labels": {STAGE_LABEL: stage}, "owners": [owner]},
                 "status": status}
 
-    def fail_job(self, name: str) -> None:
+    def fail_job(self, name: str, reason: str = "BackoffLimitExceeded",
+                 message: str = "Job has reached the specified backoff limit") -> None:
         self.children[("Job", name)]["status"] = {"conditions": [{
-            "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-            "message": "Job has reached the specified backoff limit"}]}
+            "type": "Failed", "status": "True", "reason": reason, "message": message}]}
+
+    def gone(self, kind: str, name: str) -> None:
+        """A child deleted in the foreground, once its dependents have ended: it and its pods are gone."""
+        uid = self.children.pop((kind, name))["metadata"]["uid"]
+        self.pods = [p for p in self.pods if uid not in p["metadata"].get("owners", [])]
 
     def make_available(self, name: str) -> None:
         d = self.children[("Deployment", name)]
@@ -241,6 +251,7 @@ def test_pool_fit_counts_nodes_for_multi_node_training() -> None:
 
 def test_failed_training_ends_failed_and_stalled_and_creates_nothing_more() -> None:
     w = World(make_spec(**{"teacher.keepAfterLabeling": True}))
+    w.config = CONFIG.model_copy(update={"job_backoff_limit": 0})
     w.step()
     w.make_available("demo-teacher")
     w.step()
@@ -586,7 +597,8 @@ def test_a_student_without_the_teachers_vocabulary_fails_training_with_the_reaso
     w.complete_job("demo-label")
     w.step()
     reason = "student.loss kd: the student's tokenizer lacks 46 of the 173 distinct tokens the teacher returned"
-    w.fail_job("demo-train")
+    # Exit 2 is a configuration error: the podFailurePolicy fails the Job at once, with no group restart.
+    w.fail_job("demo-train", "PodFailurePolicy", "Container trainer for pod demo-train-0 failed with exit code 2")
     w.pods.append(w.job_pod("demo-train", "training", {
         "containerStatuses": [{"state": {"terminated": {"exitCode": 2, "message": json.dumps({"error": reason})}}}]}))
     w.step()
@@ -757,3 +769,139 @@ def test_evaluation_waits_for_a_judging_teacher_that_lost_its_pods() -> None:
     w.make_available("demo-teacher")
     w.step()
     assert w.has("Job", "demo-eval")
+
+
+def training_world(nodes: int = 2, backoff_limit: int = 3) -> World:
+    """A Distillation whose training Job (a group of `nodes` pods) has just been created."""
+    w = World(make_spec(**{"student.nodes": nodes}), nodes=(H100, H100))
+    w.config = CONFIG.model_copy(update={"job_backoff_limit": backoff_limit})
+    w.step()
+    w.make_available("demo-teacher")
+    w.step()
+    w.complete_job("demo-label")
+    w.step()
+    assert w.has("Job", "demo-train")
+    return w
+
+
+def replacement_pod(w: World) -> dict[str, Any]:
+    """The pod the Job controller makes for index 1 after a disruption the podFailurePolicy ignored."""
+    pod = w.job_pod("demo-train", "training", {})
+    pod["metadata"]["name"] = "demo-train-1-x"
+    pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-index-ignored-failure-count": "1"}
+    return pod
+
+
+def deletes(result: Plan) -> list[Delete]:
+    return [a for a in result.actions if isinstance(a, Delete)]
+
+
+def test_the_training_job_fails_whole_on_a_pods_first_counted_failure() -> None:
+    job = training_world().children[("Job", "demo-train")]
+    assert job["spec"]["backoffLimitPerIndex"] == 0 and job["spec"]["maxFailedIndexes"] == 0
+    assert job["metadata"]["annotations"]["distillery.dev/attempt"] == "1"
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+
+
+def test_a_training_pod_lost_to_a_disruption_restarts_the_whole_group_from_its_checkpoint() -> None:
+    w = training_world(nodes=2)
+    w.pods.append(replacement_pod(w))
+    result = w.step()
+    assert deletes(result) == [Delete("Job", "demo-train", propagation="Foreground")]
+    record = w.status.stages["training"]
+    assert record.attempts == 2 and record.failures is None and record.state == StageState.RUNNING
+    assert w.reason("Trained") == "RestartingGroup" and "attempt 2" in record.message
+    assert "replaced a pod lost to a disruption" in record.message
+    assert [e.reason for e in result.events] == ["TrainingRestarted"]
+    # Passes while the old attempt's pods end (a cache that has not even seen the delete yet, too) count
+    # nothing again and create nothing.
+    del w.children[("Job", "demo-train")]["metadata"]["deletionTimestamp"]
+    for _ in range(2):
+        again = w.step()
+        assert not deletes(again) and not [a for a in again.actions if isinstance(a, Create)]
+        assert w.status.stages["training"].attempts == 2 and w.reason("Trained") == "RestartingGroup"
+    w.gone("Job", "demo-train")
+    w.step()
+    job = w.children[("Job", "demo-train")]
+    assert job["metadata"]["annotations"]["distillery.dev/attempt"] == "2"
+    assert w.reason("Trained") == "Running"
+    w.status.stages["training"].attempts = None  # a status that lost the count: the Job's annotation restores it
+    w.step()
+    assert w.status.stages["training"].attempts == 2 and w.reason("Trained") == "Running"
+    w.complete_job("demo-train", json.dumps({"steps": 40, "total_steps": 40, "resumed_from_step": 20}), "training")
+    w.step()
+    assert w.status.stages["training"].state == StageState.SUCCEEDED and w.status.stages["training"].attempts == 2
+
+
+def test_a_one_node_training_pod_replaced_after_a_disruption_is_the_whole_group_already() -> None:
+    w = training_world(nodes=1)
+    w.pods.append(replacement_pod(w))
+    result = w.step()
+    assert not deletes(result) and w.status.stages["training"].attempts is None
+    assert w.reason("Trained") == "Running"
+
+
+def test_a_failed_training_group_restarts_until_the_backoff_limit_then_fails() -> None:
+    w = training_world(nodes=2, backoff_limit=1)
+    w.fail_job("demo-train", "MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of failed "
+               "indexes")
+    w.pods.append(w.job_pod("demo-train", "training", {"containerStatuses": [{"state": {"terminated": {
+        "message": "RuntimeError: NCCL watchdog timeout"}}}]}))
+    result = w.step()
+    assert deletes(result) == [Delete("Job", "demo-train", propagation="Foreground")]
+    record = w.status.stages["training"]
+    assert record.attempts == 2 and record.failures == 1
+    assert "MaxFailedIndexesExceeded" in record.message and "NCCL watchdog timeout" in record.message
+    w.gone("Job", "demo-train")
+    w.step()
+    assert w.children[("Job", "demo-train")]["metadata"]["annotations"]["distillery.dev/attempt"] == "2"
+    w.fail_job("demo-train", "MaxFailedIndexesExceeded", "again")
+    result = w.step()
+    assert not deletes(result)
+    assert w.status.phase == Phase.FAILED and w.reason("Stalled") == "TrainingFailed"
+    assert w.status.stages["training"].failures == 2 and w.status.stages["training"].attempts == 2
+
+
+def test_a_training_configuration_error_fails_at_once_without_a_restart() -> None:
+    w = training_world(nodes=2)
+    w.fail_job("demo-train", "PodFailurePolicy", "Container trainer for pod demo-train-0 failed with exit code 2")
+    result = w.step()
+    assert not deletes(result) and w.status.phase == Phase.FAILED
+    assert w.status.stages["training"].attempts is None
+
+
+def test_labeling_that_waits_for_an_unreachable_teacher_says_so() -> None:
+    w = labeling_world()
+    w.children[("ConfigMap", "demo-progress")]["data"] = {"labeling-00000": json.dumps({
+        "rows_done": 10, "rows_ok": 10, "rows_total": 36, "teacher_unreachable_since": 1795780800,
+        "teacher_error": "connection refused"})}
+    w.step()
+    assert w.cond("Labeled") == "False" and w.reason("Labeled") == "WaitingForTeacher"
+    message = next(c.message for c in w.status.conditions if c.type == "Labeled")
+    assert "since 2026-11-27T12:00:00Z" in message and "connection refused" in message
+    assert "outageBudgetSeconds" in message
+    w.children[("ConfigMap", "demo-progress")]["data"] = {"labeling-00000": json.dumps({
+        "rows_done": 11, "rows_ok": 11, "rows_total": 36})}
+    w.step()
+    assert w.reason("Labeled") == "Running"
+
+
+def test_a_stage_pod_whose_volume_cannot_mount_says_why() -> None:
+    w = labeling_world()
+    pod = w.job_pod("demo-label", "labeling", {"containerStatuses": [{"state": {"waiting": {
+        "reason": "ContainerCreating"}}}]})
+    pod["metadata"]["creationTimestamp"] = format_time(w.now - timedelta(seconds=MOUNT_GRACE_SECONDS - 1))
+    assert creating_too_long([pod], w.now) == []
+    pod["metadata"]["creationTimestamp"] = format_time(w.now - timedelta(seconds=MOUNT_GRACE_SECONDS))
+    assert creating_too_long([pod], w.now) == [pod]
+    failure = mount_failure([
+        {"reason": "Scheduled", "message": "assigned", "lastTimestamp": "2026-11-27T12:00:00Z"},
+        {"reason": "FailedMount", "message": "old", "lastTimestamp": "2026-11-27T12:00:10Z"},
+        {"reason": "FailedAttachVolume", "message": 'AttachVolume.Attach failed for volume "pvc-1": disk in use',
+         "lastTimestamp": "2026-11-27T12:00:20Z"}])
+    assert failure == ("FailedAttachVolume", 'AttachVolume.Attach failed for volume "pvc-1": disk in use')
+    w.pods.append(pod)
+    observed = observe(OWNER.name, w.children.values(), w.pods, w.nodes, pod_events={"demo-label-0": failure})
+    result = plan(OWNER, 1, w.spec, w.status, observed, w.now, w.config)
+    labeled = next(c for c in result.status.conditions if c.type == "Labeled")
+    assert labeled.reason == "FailedAttachVolume" and "pod demo-label-0: AttachVolume.Attach failed" in labeled.message

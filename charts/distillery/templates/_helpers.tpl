@@ -78,13 +78,15 @@ writes Distillation status and posts Events.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# list: why a stage pod stays in ContainerCreating (FailedMount, FailedAttachVolume) is only in its Events.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, get, patch, delete]
-# delete: a Distillation suspended while Kueue manages its Jobs gives their quota back by deleting them.
+# delete: a Distillation suspended while Kueue manages its Jobs gives their quota back by deleting them; a
+# training group that lost a pod restarts as a new Job.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, watch, create, get, patch, delete]

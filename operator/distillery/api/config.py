@@ -131,6 +131,9 @@ class OperatorConfig(BaseModel):
     job_ttl_seconds_after_finished: int | None = None
     resync_seconds: float = Field(60, gt=0)
     """Periodic level-triggered re-reconcile of every Distillation, on top of watch events."""
+    hub_endpoint: str | None = Field(None, pattern=r"^https?://")
+    """HF_ENDPOINT for every pod that reads the model hub: a hub mirror or proxy (Artifactory, Nexus) or a
+    self-hosted hub; unset, the pods read huggingface.co."""
     capacity_check: Literal["nodes", "none"] = "nodes"
     """Before creating a GPU stage's pods: `nodes` waits (NoMatchingGPUNodePool) until existing nodes in the
     region could hold them; right for static pools, where a pod that can never fit is better not created.

@@ -87,6 +87,11 @@ class StageStatus(StatusModel):
     message: str | None = Field(None, max_length=1024)
     gpu_hours: float | None = None
     """GPU-hours requested by the stage's pods while it ran (GPUs x wall time)."""
+    attempts: int | None = None
+    """Training: how many times its Job was created; more than one after whole-group restarts."""
+    failures: int | None = None
+    """Training: attempts that ended in a workload failure (not a disruption); the operator's jobBackoffLimit
+    of them are retried."""
 
 
 class Progress(StatusModel):

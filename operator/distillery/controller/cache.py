@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from distillery.api.crd import GROUP, KIND
-from distillery.controller.observe import STUCK_REASONS, NodeView, workload_message
+from distillery.controller.observe import CONTAINER_CREATING, STUCK_REASONS, NodeView, workload_message
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, PARENT_LABEL, STAGE_LABEL
+from distillery.resources.jobs import ATTEMPT_ANNOTATION, IGNORED_FAILURES_ANNOTATION
 
 Key = tuple[str, str]
 """(namespace, Distillation name)."""
@@ -75,7 +76,7 @@ def project(body: Any) -> dict[str, Any]:
             "generation": meta.get("generation"),
             "resourceVersion": meta.get("resourceVersion"),
             "labels": dict(meta.get("labels") or {}),
-            "annotations": {k: v for k, v in annotations.items() if k == APPLIED_HASH_ANNOTATION},
+            "annotations": {k: v for k, v in annotations.items() if k in (APPLIED_HASH_ANNOTATION, ATTEMPT_ANNOTATION)},
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
         "spec": _plain(body.get("spec")),
@@ -101,12 +102,18 @@ def pod_projection(body: Any) -> dict[str, Any]:
             statuses.append({"state": {"waiting": {"reason": waiting["reason"],
                                                    "message": str(waiting.get("message", ""))[:300]}},
                              "restartCount": int(cs.get("restartCount") or 0)})
+        elif waiting and waiting.get("reason") == CONTAINER_CREATING:
+            # Kept (without waking the planner) so a pass can ask the pod's Events why its volumes do not mount.
+            statuses.append({"state": {"waiting": {"reason": CONTAINER_CREATING}}})
     conditions = [{"type": "PodScheduled", "reason": "Unschedulable", "message": c.get("message", ""),
                    "lastTransitionTime": c.get("lastTransitionTime")}
                   for c in status.get("conditions") or []
                   if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"]
     owners = [str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")]
-    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {}), "owners": owners},
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k == IGNORED_FAILURES_ANNOTATION}
+    return {"metadata": {"name": meta.get("name"), "uid": meta.get("uid"),
+                         "creationTimestamp": meta.get("creationTimestamp"), "labels": dict(meta.get("labels") or {}),
+                         "annotations": annotations, "owners": owners},
             "status": {"containerStatuses": statuses, "conditions": conditions}}
 
 
@@ -118,7 +125,9 @@ def _relevant(projection: dict[str, Any]) -> dict[str, Any]:
 
 def _pod_matters(projection: dict[str, Any] | None) -> bool:
     status = (projection or {}).get("status") or {}
-    return bool(status.get("containerStatuses") or status.get("conditions"))
+    statuses = [cs for cs in status.get("containerStatuses") or []
+                if (cs.get("state", {}).get("waiting") or {}).get("reason") != CONTAINER_CREATING]
+    return bool(statuses or status.get("conditions") or ((projection or {}).get("metadata") or {}).get("annotations"))
 
 
 def key_of(body: Any) -> Key:

@@ -190,9 +190,9 @@ class KubeClient:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str | None = None,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
+    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                   field_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v} or None
         items: list[dict[str, Any]] = (await self.request("GET", resource_path(kind, namespace), params=params)
                                        ).get("items", [])
         return items

@@ -2,17 +2,52 @@
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from distillery.api.status import LabelsRecord, Stage
 from distillery.resources.common import APPLIED_HASH_ANNOTATION, STAGE_LABEL, Names
+from distillery.resources.jobs import ATTEMPT_ANNOTATION, IGNORED_FAILURES_ANNOTATION
 
 JOB_STAGES = {Stage.GENERATION.value, Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value}
 STUCK_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                            "CreateContainerError", "CrashLoopBackOff", "RunContainerError"})
 """Container waiting reasons that do not clear by themselves: the kubelet retries, but someone must act."""
+CONTAINER_CREATING = "ContainerCreating"
+MOUNT_FAILURE_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
+"""Event reasons with which the kubelet and the attach/detach controller say why a pod's volumes are not ready:
+the pod itself only shows ContainerCreating."""
+MOUNT_GRACE_SECONDS = 60
+"""How long a pod may be in ContainerCreating before its Events are read (attaching a disk takes a while)."""
+
+
+def creating_too_long(pods: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Stage pods (projections) that have been in ContainerCreating for MOUNT_GRACE_SECONDS or longer."""
+    found = []
+    for pod in pods:
+        created = (pod.get("metadata") or {}).get("creationTimestamp")
+        creating = any(((cs.get("state") or {}).get("waiting") or {}).get("reason") == CONTAINER_CREATING
+                       for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+        if creating and created:
+            try:
+                age = (now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds()
+            except ValueError:
+                continue
+            if age >= MOUNT_GRACE_SECONDS:
+                found.append(pod)
+    return found
+
+
+def mount_failure(events: Iterable[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of the newest FailedMount or FailedAttachVolume Event among a pod's Events."""
+    failures = [e for e in events if e.get("reason") in MOUNT_FAILURE_REASONS]
+    if not failures:
+        return None
+    newest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or
+                                              (e.get("metadata") or {}).get("creationTimestamp") or ""))
+    return str(newest["reason"]), str(newest.get("message", ""))
 
 
 @dataclass(frozen=True)
@@ -24,10 +59,18 @@ class JobView:
     message: str = ""
     queue_message: str = ""
     """Why Kueue has not admitted the Job (its Workload's condition message); empty when it has or none says."""
+    attempt: int = 1
+    """Which attempt of its stage this Job is (the training group restarts as a new Job)."""
+    deleting: bool = False
 
     @classmethod
     def of(cls, job: dict[str, Any], queue_message: str = "") -> "JobView":
         status = job.get("status") or {}
+        meta = job.get("metadata") or {}
+        try:
+            attempt = max(1, int((meta.get("annotations") or {}).get(ATTEMPT_ANNOTATION, 1)))
+        except ValueError:
+            attempt = 1
         conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
         failed = conditions.get("Failed") or {}
         return cls(
@@ -37,6 +80,8 @@ class JobView:
             reason=str(failed.get("reason", "")),
             message=str(failed.get("message", "")),
             queue_message=queue_message,
+            attempt=attempt,
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
     @property
@@ -113,6 +158,9 @@ class Observed:
     """(the kubelet's waiting reason, its message with the pod and restart count), by stage label, for a stage
     pod whose container cannot start or keeps crashing."""
     """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
+    replaced: dict[str, str] = field(default_factory=dict)
+    """By stage label: a message naming a Job pod that replaced one lost to a disruption (node deleted, drained,
+    preempted): in a multi-pod torch group the other pods then wait for a peer that is gone."""
     nodes: tuple[NodeView, ...] = ()
     labels_source: "LabelsSource | None" = None
     """The Distillation that spec.dataset.labelsFrom names, when it names one that exists."""
@@ -152,9 +200,13 @@ def workload_message(workload: dict[str, Any]) -> str:
 
 def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
             nodes: Iterable[NodeView], queue_messages: Mapping[str, str] | None = None,
-            labels_source: dict[str, Any] | None = None) -> Observed:
+            labels_source: dict[str, Any] | None = None,
+            pod_events: Mapping[str, tuple[str, str]] | None = None) -> Observed:
     """`queue_messages`: Kueue's reason for holding each Job back, by Job UID (see `workload_message`);
-    `labels_source`: the Distillation whose labels this one reuses, if it exists."""
+    `labels_source`: the Distillation whose labels this one reuses, if it exists.
+    `pod_events`: (reason, message) of the newest Event saying why a pod's volumes cannot be set up (FailedMount,
+    FailedAttachVolume), by pod name, for pods the kubelet keeps in ContainerCreating."""
+    pod_events = pod_events or {}
     names = Names(parent)
     queue_messages = queue_messages or {}
     children = list(children)
@@ -176,11 +228,19 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
     messages: dict[str, list[str]] = {}
     unschedulable: dict[str, tuple[str, str]] = {}
     stuck: dict[str, tuple[str, str]] = {}
+    replaced: dict[str, str] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
         stage = (meta.get("labels") or {}).get(STAGE_LABEL)
         if not stage or (stage in JOB_STAGES and not job_uids & set(meta.get("owners") or ())):
             continue
+        ignored = str((meta.get("annotations") or {}).get(IGNORED_FAILURES_ANNOTATION, "0"))
+        if ignored.isdigit() and int(ignored) > 0:
+            replaced[stage] = (f"pod {meta.get('name')} replaced a pod lost to a disruption (node deleted, drained "
+                               f"or preempted)")
+        if meta.get("name") in pod_events:
+            reason, why = pod_events[str(meta["name"])]
+            stuck[stage] = (reason, f"pod {meta.get('name')}: {why}"[:1000])
         status = pod.get("status") or {}
         for cs in status.get("containerStatuses") or []:
             state = cs.get("state") or {}
@@ -214,6 +274,7 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
         messages={k: sorted(v) for k, v in messages.items()},
         unschedulable=unschedulable,
         stuck=stuck,
+        replaced=replaced,
         nodes=tuple(nodes),
         labels_source=LabelsSource.of(labels_source) if labels_source is not None else None,
     )

@@ -9,7 +9,7 @@ an operator restart (status says what finished; children say what exists).
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from distillery.api.config import OperatorConfig
@@ -39,6 +39,8 @@ from distillery.resources.teacher import served_teachers, teacher_name
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
 UNSCHEDULABLE_GRACE_SECONDS = 15
+MAX_TRAINING_ATTEMPTS = 20
+"""A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
 PHASE_OF_STAGE = {
     Stage.TEACHER: Phase.TEACHER,
     Stage.GENERATION: Phase.GENERATING,
@@ -62,6 +64,8 @@ class Create:
 class Delete:
     kind: str
     name: str
+    propagation: str = "Background"
+    """Foreground keeps the object until its dependents are gone (a Job until its pods have ended)."""
 
 
 @dataclass(frozen=True)
@@ -779,6 +783,7 @@ class _Pass:
             self.generation_progress(shards[jobs.GENERATION][0])
         if shards.get(jobs.LABELING) and self.stage(Stage.LABELING).state == StageState.RUNNING:
             self.labeling_progress(shards[jobs.LABELING])
+            self.teacher_outage(shards[jobs.LABELING])
         if shards.get(jobs.TRAINING) and self.stage(Stage.TRAINING).state == StageState.RUNNING:
             lead = max(shards[jobs.TRAINING], key=lambda r: int(r.get("step", 0)))
             p = self.progress()
@@ -826,6 +831,19 @@ class _Pass:
                                     if stats.rows_answered else None)
             stats.tokens_in, stats.tokens_out = total("tokens_in"), total("tokens_out")
 
+    def teacher_outage(self, reports: list[dict[str, Any]]) -> None:
+        """A labeler that waits out a teacher outage says so in its live report; the stage says why it stalls."""
+        waiting = [r for r in reports if isinstance(r.get("teacher_unreachable_since"), int)]
+        if not waiting:
+            return
+        first = min(waiting, key=lambda r: int(r["teacher_unreachable_since"]))
+        since = format_time(datetime.fromtimestamp(int(first["teacher_unreachable_since"]), UTC))
+        budget = self.spec.primary_teacher.outage_budget_seconds
+        message = (f"{len(waiting)} labeling shard(s) wait for the teacher, unreachable since {since} "
+                   f"({first.get('teacher_error', '')}); they give up after teacher.outageBudgetSeconds ({budget} s) "
+                   "and resume from the rows already labeled")
+        self.cond(STAGE_CONDITION[Stage.LABELING], False, "WaitingForTeacher", message)
+
     def training_summary(self, summary: dict[str, Any]) -> None:
         if not summary:
             return
@@ -855,8 +873,63 @@ class _Pass:
         if self.obs.train_job is None and self.wait_for_gpus(Stage.TRAINING, s.gpu_type, s.gpus_per_node, s.nodes):
             return
         self.apply(jobs.training_service(self.owner))
-        self.stage_job(Stage.TRAINING, self.obs.train_job, jobs.training_job, self.training_summary,
-                       gpus=s.nodes * s.gpus_per_node)
+        view, record = self.obs.train_job, self.stage(Stage.TRAINING)
+        attempt = record.attempts or 1
+        if view is not None and view.attempt > attempt:
+            # The Job knows better than a status that lost its count (restored from a backup, say).
+            attempt = record.attempts = view.attempt
+        if view is not None and view.attempt < attempt:
+            # The attempt restarted last is still going away: foreground deletion keeps its Job until its pods
+            # have ended, so the next attempt never meets the last one's ranks or checkpoint writes.
+            message = f"restarting the training group as attempt {attempt}; waiting for the previous pods to end"
+            self.start(Stage.TRAINING, StageState.RUNNING, message)
+            self.cond(STAGE_CONDITION[Stage.TRAINING], False, "RestartingGroup", message)
+            return
+        if view is not None and self.restart_training(view, attempt):
+            return
+
+        def build(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+            job = jobs.training_job(owner, spec, config)
+            job["metadata"].setdefault("annotations", {})[jobs.ATTEMPT_ANNOTATION] = str(attempt)
+            return job
+
+        self.stage_job(Stage.TRAINING, view, build, self.training_summary, gpus=s.nodes * s.gpus_per_node)
+
+    def restart_training(self, view: JobView, attempt: int) -> bool:
+        """Restart the whole training group as a new Job when one of its pods was lost or failed.
+
+        Why not JobSet: it needs its own controller and webhooks in every cluster; an Indexed Job already
+        fails as a whole on the first counted failure (backoffLimitPerIndex 0, maxFailedIndexes 0), and a
+        disrupted pod's replacement is marked by the Job controller. The one missing piece, starting every
+        rank again together, is a delete and a create, which the planner decides and bounds here. The new
+        attempt resumes from the last checkpoint in the workspace. Failures of the workload count against
+        the operator's jobBackoffLimit; disruptions (as for the other Jobs) do not, up to MAX_TRAINING_ATTEMPTS.
+        """
+        record = self.stage(Stage.TRAINING)
+        failures = record.failures or 0
+        if view.failed and view.reason != "PodFailurePolicy":
+            # PodFailurePolicy: a configuration exit code, which fails the same way every time.
+            detail = "; ".join(dict.fromkeys(m for m in self.obs.messages.get(Stage.TRAINING.value, []) if m))
+            why, failures = f"{view.reason or 'JobFailed'}: {view.message} {detail[:300]}".strip(), failures + 1
+            if failures > self.config.job_backoff_limit:
+                record.failures = failures
+                return False
+        elif not view.finished and not view.deleting and self.spec.student.nodes > 1 \
+                and Stage.TRAINING.value in self.obs.replaced:
+            # One Indexed Job pod is the whole group only when there is one node; with more, the replacement
+            # cannot join the others, which wait in a collective for the rank that is gone.
+            why = self.obs.replaced[Stage.TRAINING.value]
+        else:
+            return False
+        if attempt >= MAX_TRAINING_ATTEMPTS:
+            return False
+        record.attempts, record.failures = attempt + 1, failures or None
+        self.actions.append(Delete("Job", self.names.train, propagation="Foreground"))
+        message = f"restarting the training group as attempt {attempt + 1} from its last checkpoint: {why}"
+        self.event("TrainingRestarted", message, warning=True)
+        self.start(Stage.TRAINING, StageState.RUNNING, message[:1000])
+        self.cond(STAGE_CONDITION[Stage.TRAINING], False, "RestartingGroup", message[:1000])
+        return True
 
     def serving(self) -> None:
         sv = self.spec.serving

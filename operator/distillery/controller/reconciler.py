@@ -18,7 +18,7 @@ from distillery.controller import metrics
 from distillery.controller.cache import ClusterCache, Key, controller_uid
 from distillery.controller.conditions import set_condition
 from distillery.controller.kube import ApiError, KubeClient
-from distillery.controller.observe import observe
+from distillery.controller.observe import creating_too_long, mount_failure, observe
 from distillery.controller.planner import Action, Apply, Create, Delete, Event, Patch, plan
 from distillery.resources.common import Owner
 
@@ -99,6 +99,22 @@ class Reconciler:
             metrics.RECONCILE_TOTAL.labels(metrics.CONTROLLER, "success" if ok else "error").inc()
         return ok
 
+    async def _mount_failures(self, namespace: str, pods: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+        """Why pods wait in ContainerCreating, from their Events: read only for pods waiting past a grace period,
+        one field-selected list each, so the operator watches no Events (there are many, cluster-wide)."""
+        found: dict[str, tuple[str, str]] = {}
+        for pod in creating_too_long(pods, datetime.now(UTC)):
+            meta = pod["metadata"]
+            try:
+                events = await self.client.list("Event", namespace, field_selector=f"involvedObject.uid={meta['uid']}")
+            except ApiError as e:
+                log.debug("events of pod %s/%s not read: %s", namespace, meta.get("name"), e)
+                continue
+            failure = mount_failure(events)
+            if failure:
+                found[str(meta["name"])] = failure
+        return found
+
     async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
         namespace, name = key
         meta = body["metadata"]
@@ -132,8 +148,9 @@ class Reconciler:
         source = spec.dataset.labels_from
         labels_source = (self.cache.distillation((namespace, source))
                          if source and not source.startswith(PVC_SCHEME) else None)
-        observed = observe(name, children, self.cache.pods(key), self.cache.nodes(),
-                           self.cache.queue_messages(job_uids), labels_source)
+        pods = self.cache.pods(key)
+        observed = observe(name, children, pods, self.cache.nodes(), self.cache.queue_messages(job_uids),
+                           labels_source, await self._mount_failures(namespace, pods))
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).
@@ -185,7 +202,7 @@ class Reconciler:
             self._count("apply", action.manifest["kind"], 200)
             return True
         if isinstance(action, Delete):
-            deleted = await self.client.delete(action.kind, action.name, owner.namespace)
+            deleted = await self.client.delete(action.kind, action.name, owner.namespace, action.propagation)
             self._count("delete", action.kind, 200 if deleted else 404)
             return deleted
         try:

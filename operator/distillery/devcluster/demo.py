@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -31,6 +31,10 @@ from distillery.cli import status as status_view
 from distillery.controller.kube import KubeClient, load_configuration
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.local_kubelet import LocalKubelet, LocalVolumes
+
+if TYPE_CHECKING:
+    from distillery.devcluster.hub_server import HubServer
+    from distillery.devcluster.teacher_server import TeacherServer
 
 SAMPLE = {
     "apiVersion": "distillery.dev/v1alpha1",
@@ -79,14 +83,23 @@ def models_claim(namespace: str) -> dict[str, Any]:
             "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}}
 
 
-class LocalWorkloads:
-    """A local teacher server and the local kubelet, on their own event loop in a thread."""
+GATED_STUDENT = "distillery-test/tiny-student"
+"""The tiny student as a gated repo on the local hub (LocalWorkloads with a hub_token)."""
 
-    def __init__(self, manifest: dict[str, Any], kubeconfig: Path, root: Path) -> None:
+
+class LocalWorkloads:
+    """A local teacher server and the local kubelet, on their own event loop in a thread; with `hub_token`, also a
+    local model hub (HF_ENDPOINT) serving the tiny student as GATED_STUDENT, readable only with that token."""
+
+    def __init__(self, manifest: dict[str, Any], kubeconfig: Path, root: Path, hub_token: str | None = None) -> None:
         self.manifest, self.kubeconfig, self.root = manifest, kubeconfig, root
+        self.hub_token = hub_token
+        self.hub: HubServer | None = None
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._main, daemon=True)
+        self.teacher: TeacherServer | None = None
+        self.log_dir = root / "pods"
 
     def start(self) -> None:
         self.thread.start()
@@ -97,6 +110,16 @@ class LocalWorkloads:
             self.loop.call_soon_threadsafe(task.cancel)
         self.thread.join(10)
 
+    def stop_teacher(self) -> None:
+        """Take the local teacher away: its port refuses connections, as a killed teacher pod's Service does."""
+        assert self.teacher is not None
+        asyncio.run_coroutine_threadsafe(self.teacher.stop(), self.loop).result(60)
+
+    def start_teacher(self) -> None:
+        """Bring the teacher back on the same port, with the request counts it had."""
+        assert self.teacher is not None
+        asyncio.run_coroutine_threadsafe(self.teacher.start(), self.loop).result(60)
+
     def _main(self) -> None:
         try:
             self.loop.run_until_complete(self._run())
@@ -104,6 +127,7 @@ class LocalWorkloads:
             pass
 
     async def _run(self) -> None:
+        from distillery.devcluster.hub_server import HubServer
         from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
         from distillery.devcluster.tiny import save_tiny_model
         from distillery.workloads.tasks import get_task
@@ -116,21 +140,29 @@ class LocalWorkloads:
         task = get_task(spec.task, spec.prompt, spec.dataset.columns)
         sources = [s for s in (spec.dataset.train, spec.dataset.validation) if s is not None]
         rows = [row for source in sources for row in source.rows or []]
-        log_dir = self.root / "pods"
+        log_dir = self.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         lookup = lookup_from_rows(task, rows)
+        hub_repo = self.root / "hub" / GATED_STUDENT
+        if self.hub_token and not (hub_repo / "config.json").exists():
+            save_tiny_model(hub_repo)
         # Several teachers: the first answers right, the others wrong on a quarter of the rows each (different
         # rows), so votes, agreement and disagreements are real.
         others = [TeacherServer(TaskAwareResponder(lookup, wrong_share=0.25, wrong_salt=t.name))
                   for t in (spec.teachers or [])[1:]]
         async with TeacherServer(TaskAwareResponder(lookup)) as teacher, contextlib.AsyncExitStack() as stack, \
+                HubServer({GATED_STUDENT: hub_repo}, gated=[GATED_STUDENT], token=self.hub_token) as hub, \
                 KubeClient(load_configuration(str(self.kubeconfig))) as client:
             for server in others:
                 await stack.enter_async_context(server)
             urls = ({t.name: server.url for t, server in zip(spec.teachers, [teacher, *others], strict=True)}
                     if spec.teachers else {})
+            self.teacher, self.hub = teacher, hub
             kubelet = LocalKubelet(client, self.manifest["metadata"].get("namespace", "default"),
-                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir, urls)
+                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir, urls,
+                                   self.kubeconfig)
+            # Hub downloads land here, as on a fresh node, never in this machine's own cache.
+            kubelet.pod_env["HF_HOME"] = str(self.root / "hf-home")
             print(f"local teacher at {teacher.url}; stage pods run here, logs in {log_dir}")
             self.ready.set()
             await kubelet.run_forever()

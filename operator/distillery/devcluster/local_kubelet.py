@@ -9,14 +9,19 @@ termination message, which is what the operator reads.
 """
 
 import asyncio
+import base64
+import contextlib
 import os
 import re
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from distillery.api.modelref import PVC_MOUNT_ROOT
 from distillery.api.pipeline import (
@@ -57,7 +62,8 @@ def resolve_env(container: dict[str, Any], namespace: str, completion_index: str
             resolved[item["name"]] = namespace if path == "metadata.namespace" else completion_index
         elif "secretKeyRef" in source and secrets is not None:
             ref = source["secretKeyRef"]
-            resolved[item["name"]] = secrets[(ref["name"], ref["key"])]
+            if (ref["name"], ref["key"]) in secrets:
+                resolved[item["name"]] = secrets[(ref["name"], ref["key"])]
     return resolved
 
 
@@ -117,15 +123,20 @@ class LocalVolumes:
 
 
 async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: dict[str, str],
-                        log_path: Path, cwd: Path | None = None) -> tuple[int, str]:
-    """Run the pod's first container to completion; returns (exit code, termination message)."""
+                        log_path: Path, cwd: Path | None = None, master_port: int | None = None,
+                        on_start: Callable[[asyncio.subprocess.Process], None] | None = None,
+                        secrets: dict[tuple[str, str], str] | None = None) -> tuple[int, str]:
+    """Run the pod's first container to completion; returns (exit code, termination message).
+
+    `master_port`: the rendezvous port of the pod's Job (its pods share it); `on_start` gets the process, so that
+    it can be signalled as a kubelet would."""
     spec, meta = pod["spec"], pod["metadata"]
     container = spec["containers"][0]
     index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
-    env = resolve_env(container, meta.get("namespace", "default"), index)
+    env = resolve_env(container, meta.get("namespace", "default"), index, secrets)
     if "MASTER_ADDR" in env:
-        # Pod 0's name behind the headless Service is this machine in a one-node run; its port may be taken here.
-        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
+        # Pod 0's name behind the headless Service is this machine; its port may be taken here.
+        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(master_port or free_port())
     mounts = volumes.mounts(spec, container)
     workspace = next((p for m, p in mounts.items() if m == WORKSPACE_DIR), None)
     termination = log_path.with_suffix(".termination")
@@ -146,6 +157,8 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(*local_argv(container, env, mounts), env=child_env, cwd=cwd,
                                                     stdout=log, stderr=asyncio.subprocess.STDOUT)
+        if on_start is not None:
+            on_start(proc)
         code = await proc.wait()
     message = termination.read_text() if termination.exists() else ""
     if not message and code:
@@ -167,13 +180,21 @@ def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str,
 
 
 class LocalKubelet:
-    """Watches a namespace's stage pods that kwok has started and runs them here, one at a time."""
+    """Watches a namespace's stage pods that kwok has started and runs them here, each as it starts.
+
+    Like a kubelet, it ends a pod's processes when the pod is deleted (SIGTERM, SIGKILL after the grace
+    period, at most KILL_AFTER_S here), and a pod whose node is deleted freezes (SIGSTOP): a vanished
+    machine's processes neither exit nor answer, so its peers block as they would on a lost node."""
 
     STAGES = ("generation", "labeling", "training", "evaluation")
+    KILL_AFTER_S = 20.0
 
     def __init__(self, client: KubeClient, namespace: str, volumes: LocalVolumes, teacher_url: str | None,
-                 log_dir: Path, teacher_urls: Mapping[str, str] | None = None) -> None:
+                 log_dir: Path, teacher_urls: Mapping[str, str] | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.client = client
+        self.pod_env = {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}
+        """A pod's credentials for its progress reports (in a cluster, its ServiceAccount's token)."""
         self.namespace = namespace
         self.volumes = volumes
         self.teacher_url = teacher_url
@@ -181,6 +202,12 @@ class LocalKubelet:
         """Several teachers: each one's local server by name."""
         self.log_dir = log_dir
         self.done: set[str] = set()
+        self.processes: dict[str, tuple[dict[str, Any], asyncio.subprocess.Process]] = {}
+        self.frozen: set[str] = set()
+        self.ending: set[str] = set()
+        self.ports: dict[str, int] = {}
+        """Rendezvous port per Job UID: the pods of one training Job meet there."""
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def run_forever(self, poll: float = 0.5) -> None:
         while True:
@@ -189,13 +216,42 @@ class LocalKubelet:
 
     async def step(self) -> None:
         pods = await self.client.list("Pod", self.namespace, label_selector=PARENT_LABEL)
-        for pod in pods:
-            name = pod["metadata"]["name"]
+        live = {p["metadata"]["name"]: p for p in pods if not p["metadata"].get("deletionTimestamp")}
+        if self.processes:
+            nodes = {n["metadata"]["name"] for n in await self.client.list("Node")}
+            for name, (pod, proc) in list(self.processes.items()):
+                if name in self.frozen and any(other not in self.frozen and _job_of(other_pod) == _job_of(pod)
+                                               for other, (other_pod, _) in self.processes.items()):
+                    # A lost machine's processes vanish without closing their connections: its peers keep
+                    # waiting. Ended here only once no peer of its Job runs, so no peer sees them close.
+                    continue
+                if name not in live and name not in self.ending:
+                    self.ending.add(name)
+                    grace = min(float(pod["spec"].get("terminationGracePeriodSeconds", 30)), self.KILL_AFTER_S)
+                    task = asyncio.create_task(self.end(proc, 0 if name in self.frozen else grace))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                elif pod["spec"].get("nodeName") not in nodes and name not in self.frozen:
+                    self.frozen.add(name)
+                    _signal(_tree(proc), signal.SIGSTOP)
+        for name, pod in live.items():
             stage = pod["metadata"]["labels"].get(STAGE_LABEL)
             if stage not in self.STAGES or name in self.done or (pod.get("status") or {}).get("phase") != "Running":
                 continue
             self.done.add(name)
-            await self.run_pod(pod)
+            task = asyncio.create_task(self.run_pod(pod))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def end(proc: asyncio.subprocess.Process, grace: float) -> None:
+        """A deleted pod's processes: SIGTERM, then SIGKILL once the grace period is over."""
+        tree = _tree(proc)
+        if grace:
+            _signal(tree, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+        _signal(tree, signal.SIGKILL)
 
     async def run_pod(self, pod: dict[str, Any]) -> None:
         for volume in pod["spec"].get("volumes", []):
@@ -210,9 +266,21 @@ class LocalKubelet:
                     self.volumes.claim_uids[name] = claim["metadata"]["uid"]
         if self.teacher_url:
             reroute_teacher(self.volumes.configmaps, self.teacher_url, self.teacher_urls)
+        secrets: dict[tuple[str, str], str] = {}
+        for item in pod["spec"]["containers"][0].get("env", []):
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            secret = await self.client.get("Secret", ref["name"], self.namespace) if ref else None
+            if ref and secret and ref["key"] in (secret.get("data") or {}):
+                secrets[(ref["name"], ref["key"])] = base64.b64decode(secret["data"][ref["key"]]).decode()
         name = pod["metadata"]["name"]
-        code, message = await run_container(pod, self.volumes, {}, self.log_dir / f"{name}.log")
-        await self.finish(pod, code, message)
+        port = self.ports.setdefault(_job_of(pod), free_port())
+        code, message = await run_container(pod, self.volumes, self.pod_env, self.log_dir / f"{name}.log",
+                                            master_port=port,
+                                            on_start=lambda proc: self.processes.__setitem__(name, (pod, proc)),
+                                            secrets=secrets)
+        self.processes.pop(name, None)
+        if name not in self.ending:
+            await self.finish(pod, code, message)
 
     async def finish(self, pod: dict[str, Any], code: int, message: str) -> None:
         now = format_time(datetime.now(UTC))
@@ -232,3 +300,25 @@ class LocalKubelet:
         except ApiError as e:
             print(f"local kubelet: could not report {pod['metadata']['name']}: {e}", file=sys.stderr)
 
+
+
+def _tree(proc: asyncio.subprocess.Process) -> list[psutil.Process]:
+    """The process and every process under it: torchrun starts each worker in a session of its own, so its
+    process group would miss them. Taken before signalling: workers outlive a killed parent, reparented."""
+    try:
+        root = psutil.Process(proc.pid)
+        return [*root.children(recursive=True), root]
+    except psutil.Error:
+        return []
+
+
+def _signal(tree: list[psutil.Process], sig: signal.Signals) -> None:
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.send_signal(sig)
+
+
+def _job_of(pod: dict[str, Any]) -> str:
+    """The UID of the Job that owns the pod (its own name for a pod without one)."""
+    refs = pod["metadata"].get("ownerReferences") or []
+    return str(next((r["uid"] for r in refs if r.get("kind") == "Job"), pod["metadata"]["name"]))

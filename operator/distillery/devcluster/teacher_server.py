@@ -386,6 +386,8 @@ class TeacherServer:
         self.requests: Counter[str] = Counter()
         """Requests received per prompt_key, faults included."""
         self.outcomes: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        """Valid answers sent per prompt_key: a request cut off by a stop mid-answer is not one."""
         self.total_requests = 0
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -501,6 +503,8 @@ class TeacherServer:
             texts = [self.responder(ResponderContext(messages, i, index)) for i in range(choices)]
         prompt_tokens = _count_tokens(text)
         completion_tokens = sum(_count_tokens(t) for t in texts)
+        if outcome in ("ok", "length"):
+            self.answered[key] += 1
         return web.json_response({
             "id": f"chatcmpl-{key[:12]}-{index}",
             "object": "chat.completion",
@@ -529,7 +533,9 @@ class TeacherServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response({"total_requests": self.total_requests, "prompts": len(self.requests),
-                                  "outcomes": dict(self.outcomes)})
+                                  "outcomes": dict(self.outcomes), "answered_prompts": len(self.answered),
+                                  "max_answers_per_prompt": max(self.answered.values(), default=0),
+                                  "max_requests_per_prompt": max(self.requests.values(), default=0)})
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         try:

@@ -224,13 +224,15 @@ def server_pod_security_context(config: OperatorConfig, override: ServerSecurity
 
 
 def hub_access(spec: DistillationSpec, token_ref: SecretKeyRef | None = None, cache: bool = True,
+               endpoint: str | None = None,
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(env, volumes, mounts) for a pod that reads the model hub: the token, and the cache volume at HF_HOME.
+    """(env, volumes, mounts) for a pod that reads the model hub: the token, the hub's address (the operator's
+    hub_endpoint) and the cache volume at HF_HOME.
 
     `token_ref` wins over spec.hubTokenSecretRef (the teacher's own token); `cache` is False for pods
     that read only datasets and run on CPU nodes (labeling), where a shared RWO claim would not attach.
     """
-    env: list[dict[str, Any]] = []
+    env: list[dict[str, Any]] = [{"name": "HF_ENDPOINT", "value": endpoint}] if endpoint else []
     ref = token_ref or spec.hub_token_secret_ref
     if ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref.to_wire()}})

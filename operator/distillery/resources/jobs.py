@@ -35,6 +35,12 @@ GENERATION = Stage.GENERATION.value
 CONFIG_EXIT_CODES = (2, 3)
 """Exit codes with which every workload reports a deterministic error (bad configuration, no data, too few
 valid answers): a retry fails the same way, so the Job fails at once instead of spending its backoff on GPUs."""
+ATTEMPT_ANNOTATION = "distillery.dev/attempt"
+"""On the training Job: which attempt of the stage it is (1 when absent); the planner restarts the whole group by
+deleting the Job and creating the next attempt."""
+IGNORED_FAILURES_ANNOTATION = "batch.kubernetes.io/job-index-ignored-failure-count"
+"""Set by the Job controller on a pod that replaces one whose failure the podFailurePolicy ignored (a
+disruption), when the Job has backoffLimitPerIndex."""
 TORCHRUN_SHUTDOWN_MARGIN_S = 30
 """Of a training pod's grace period, what is left after torchrun stops waiting for its workers' checkpoint."""
 
@@ -92,7 +98,8 @@ def _pod(config: OperatorConfig, placement: dict[str, Any], container: dict[str,
             "containers": [container], "volumes": volumes, "enableServiceLinks": False}
 
 
-def _volumes(owner: Owner, spec: DistillationSpec, model: bool, extra_uris: tuple[str | None, ...] = (),
+def _volumes(owner: Owner, spec: DistillationSpec, config: OperatorConfig, model: bool,
+             extra_uris: tuple[str | None, ...] = (),
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, volumes, mounts): config, workspace, the dataset's claims, the hub token (datasets may be
     gated too), and for stages that load the student its claim and the model cache."""
@@ -101,14 +108,14 @@ def _volumes(owner: Owner, spec: DistillationSpec, model: bool, extra_uris: tupl
     ws_vol, ws_mount = workspace_volume(names)
     src_vols, src_mounts = pvc_source_volumes(*dataset_uris(spec), *extra_uris,
                                               spec.student.model if model else None)
-    hub_env, cache_vols, cache_mounts = hub_access(spec, cache=model)
+    hub_env, cache_vols, cache_mounts = hub_access(spec, cache=model, endpoint=config.hub_endpoint)
     return hub_env, [cfg_vol, ws_vol, *src_vols, *cache_vols], [cfg_mount, ws_mount, *src_mounts, *cache_mounts]
 
 
 def _teacher_pod(owner: Owner, spec: DistillationSpec, config: OperatorConfig, command: str,
                  extra_uris: tuple[str | None, ...] = ()) -> dict[str, Any]:
     """A CPU pod of the labeler image that talks to the teachers (labeling, generation) and their judge."""
-    env, volumes, mounts = _volumes(owner, spec, model=False, extra_uris=extra_uris)
+    env, volumes, mounts = _volumes(owner, spec, config, model=False, extra_uris=extra_uris)
     if spec.teacher is not None and spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
         env.append({"name": TEACHER_API_KEY_ENV,
                     "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
@@ -160,7 +167,7 @@ def training_service(owner: Owner) -> dict[str, Any]:
 def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
     s = spec.student
     name = Names(owner.name).train
-    hub_env, volumes, mounts = _volumes(owner, spec, model=True)
+    hub_env, volumes, mounts = _volumes(owner, spec, config, model=True)
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     env: list[dict[str, Any]] = [
@@ -190,12 +197,19 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
     pod_spec = _pod(config, gpu_placement(spec, config, s.gpu_type), container, volumes, subdomain=name,
                     terminationGracePeriodSeconds=s.termination_grace_seconds)
-    return _job(owner, name, TRAINING, spec, config, pod_spec,
-                completions=s.nodes, backoff_limit=config.job_backoff_limit)
+    job = _job(owner, name, TRAINING, spec, config, pod_spec,
+               completions=s.nodes, backoff_limit=config.job_backoff_limit)
+    # The pods are one torch group: a pod that fails alone leaves the others blocked in a collective, holding
+    # their GPUs. So the first counted failure fails the whole Job (the Job controller ends the other pods), and
+    # a disrupted pod's replacement carries the ignored-failure count; on either the planner restarts the group
+    # as a new attempt (see planner.training). backoffLimit then never comes into play.
+    job["spec"]["backoffLimitPerIndex"] = 0
+    job["spec"]["maxFailedIndexes"] = 0
+    return job
 
 
 def evaluation_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    env, volumes, mounts = _volumes(owner, spec, model=True)
+    env, volumes, mounts = _volumes(owner, spec, config, model=True)
     judge = spec.evaluation.judge
     if judge is not None:
         # The judge's key: its endpoint's own, or the teacher endpoint's when the teacher (the first of several)

@@ -53,7 +53,7 @@ def student_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
     ws_vol, ws_mount = workspace_volume(names)
     ws_mount = {**ws_mount, "readOnly": True}
     src_vols, src_mounts = pvc_source_volumes(st.model)
-    hub_env, cache_volumes, cache_mounts = hub_access(spec)
+    hub_env, cache_volumes, cache_mounts = hub_access(spec, endpoint=config.hub_endpoint)
     pod_meta = pod_metadata(owner, STAGE, spec, config)
     container = {
         "name": "vllm",

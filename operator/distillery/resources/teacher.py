@@ -69,7 +69,7 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
                                tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT,
                                max_logprobs=spec.student.loss.top_logprobs
                                if spec.student.loss.type == LossType.KD else None)
-    hub_env, cache_volumes, cache_mounts = hub_access(spec, t.hub_token_secret_ref)
+    hub_env, cache_volumes, cache_mounts = hub_access(spec, t.hub_token_secret_ref, endpoint=config.hub_endpoint)
     env: list[dict[str, Any]] = [*served["env"], *hub_env]
     volumes, mounts = pvc_source_volumes(t.model)
     volumes += cache_volumes

@@ -251,11 +251,20 @@ class TeacherOutage:
         """Outages ended so far; a worker compares it with the value seen before its request."""
         self.exhausted = False
         self.lock = asyncio.Lock()
+        self.since_wall: float | None = None
+        self.error = ""
+
+    def report(self) -> dict[str, Any]:
+        """For the live progress report: since when (Unix time) and why the teacher is unreachable, while it is."""
+        if self.since_wall is None:
+            return {}
+        return {"teacher_unreachable_since": int(self.since_wall), "teacher_error": self.error[:200]}
 
     def ended(self) -> None:
         if self.since is not None:
             log.info("the teacher answers again after %.0f s", time.monotonic() - self.since)
             self.since, self.steps = None, 0
+            self.since_wall, self.error = None, ""
             self.generation += 1
 
     async def wait(self, generation: int, error: str) -> bool:
@@ -267,7 +276,7 @@ class TeacherOutage:
                 return True
             now = time.monotonic()
             if self.since is None:
-                self.since = now
+                self.since, self.since_wall, self.error = now, time.time(), error
                 log.warning("the teacher is unreachable (%s); waiting up to %.0f s for it", error, self.budget_s)
             left = self.since + self.budget_s - now
             if left <= 0:
@@ -447,7 +456,8 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     async with client:
         for writer in writers.values():
             writer.start()
-        reporter = LiveProgress("labeling", index, counters.as_dict, progress_interval_s)
+        reporter = LiveProgress("labeling", index, lambda: counters.as_dict() | labeler.outage.report(),
+                                progress_interval_s)
         reporter.start()
         labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
         loop = asyncio.get_running_loop()

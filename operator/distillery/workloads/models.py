@@ -4,6 +4,7 @@ The trainer, the evaluator and the CPU server share it; errors say what to fix (
 mounted, a gated hub model without a token, LoRA target modules the model does not have).
 """
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ def _model_location(ref: str) -> str:
 
 
 def _hub_hint(ref: str, err: Exception) -> ModelLoadError:
+    from huggingface_hub.errors import GatedRepoError
+
+    if isinstance(err.__cause__, GatedRepoError) or isinstance(err, GatedRepoError):
+        status = getattr(getattr(err.__cause__ or err, "response", None), "status_code", "401")
+        return ModelLoadError(f"model {ref!r} is gated on the hub and the hub refused it ({status}, "
+                              f"{'no token' if not os.environ.get('HF_TOKEN') else 'the token has no access'}): set "
+                              f"spec.hubTokenSecretRef to a Secret holding a token with access to it. Cause: {err}")
     if is_local_ref(ref):
         return ModelLoadError(f"model {ref!r} cannot be loaded from {resolve_model_ref(ref, pvc_base())}: {err}")
     return ModelLoadError(f"model {ref!r} cannot be loaded from the hub (offline, gated or not found?); copy it "
