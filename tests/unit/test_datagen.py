@@ -166,9 +166,9 @@ def test_generation_runs_between_the_teacher_and_labeling() -> None:
     w.step()
     w.make_available("demo-teacher")
     w.step()
-    assert w.has("Job", "demo-generate") and not w.has("Job", "demo-label")
+    assert w.has("Job", "demo-gen") and not w.has("Job", "demo-label")
     assert w.status.phase == Phase.GENERATING
-    w.complete_job("demo-generate", json.dumps({"generated": 60, "kept": 50, "rejected": 10, "rejections": {
+    w.complete_job("demo-gen", json.dumps({"generated": 60, "kept": 50, "rejected": 10, "rejections": {
         "near-duplicate of a seed": 4, "not a JSON object": 6}}), "generation")
     w.step()
     record = w.status.stages["generation"]
@@ -200,15 +200,15 @@ def test_suspend_pauses_generation_and_removes_the_teacher() -> None:
     w.step()
     w.spec = make_spec(**{"dataset.generate": GENERATE, "suspend": True})
     w.step()
-    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is True
+    assert w.children[("Job", "demo-gen")]["spec"]["suspend"] is True
     assert not w.has("Deployment", "demo-teacher")
     w.spec = make_spec(**{"dataset.generate": GENERATE})
     w.step()
-    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is True  # the teacher is not back yet
+    assert w.children[("Job", "demo-gen")]["spec"]["suspend"] is True  # the teacher is not back yet
     w.make_available("demo-teacher")
     w.step()
     # Resumed only against a serving teacher; the pod resumes from generated/log.jsonl.
-    assert w.children[("Job", "demo-generate")]["spec"]["suspend"] is False
+    assert w.children[("Job", "demo-gen")]["spec"]["suspend"] is False
 
 
 def test_without_generate_the_stage_is_skipped() -> None:

@@ -57,7 +57,7 @@ class Names:
     workspace = property(lambda self: f"{self.parent}-workspace")
     pipeline = property(lambda self: f"{self.parent}-pipeline")
     teacher = property(lambda self: f"{self.parent}-teacher")
-    generate = property(lambda self: f"{self.parent}-generate")
+    generate = property(lambda self: f"{self.parent}-gen")
     label = property(lambda self: f"{self.parent}-label")
     train = property(lambda self: f"{self.parent}-train")
     eval = property(lambda self: f"{self.parent}-eval")
