@@ -142,9 +142,12 @@ def test_a_training_node_deleted_mid_run_restarts_the_group_from_its_last_checkp
         # The node goes: its pod's processes freeze (the local kubelet's lost machine), rank 0 waits for them in a
         # collective, the pod GC marks the pod DisruptionTarget and the Job replaces it.
         kube.run("delete", "node", lost["spec"]["nodeName"])
-        restarting = kube.wait_for(lambda: (c := condition(pipeline.get(), "Trained")) and
-                                   c["reason"] == "RestartingGroup" and c, 300, what="the training group restarting")
-        assert "attempt 2" in restarting["message"] and "disruption" in restarting["message"], restarting
+        # The operator's Event, not the RestartingGroup condition: the condition lasts only until the next
+        # attempt runs, which a poll may miss on a fast machine.
+        restarted = kube.wait_for(lambda: next((e for e in kube.get("events", namespace=ns)["items"]
+                                                if e.get("reason") == "TrainingRestarted"), None),
+                                  300, what="the training group restarting")
+        assert "attempt 2" in restarted["message"] and "disruption" in restarted["message"], restarted
         dist = pipeline.finished()
     finally:
         # The node comes back for the session's other tests, as the profile made it.
