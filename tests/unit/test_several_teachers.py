@@ -258,3 +258,28 @@ def test_distillery_status_shows_each_teacher_and_the_disagreements() -> None:
         "big", "990", "950", "96.0%", "120,000", "45,000", "3.50"]
     assert next(line for line in lines if line.strip().startswith("hosted ")).split()[-1] == "-"
     assert "rows where the teachers disagreed: 17" in text
+
+
+def test_labels_of_several_teachers_are_fingerprinted_teacher_by_teacher_and_with_the_strategy() -> None:
+    base = workspace.labels_fingerprint(several())
+    assert workspace.labels_fingerprint(several()) == base
+    other_model = several([BIG, {**OTHER, "model": "mistralai/Mistral-Large-Instruct-2411"}])
+    swapped = several([OTHER, BIG])
+    judged = several(strategy={"mode": "all"})
+    for spec in (other_model, swapped, judged):
+        changed = workspace.labels_fingerprint(spec)
+        assert changed["teacher"] != base["teacher"]
+        assert {k: v for k, v in changed.items() if k != "teacher"} == {k: v for k, v in base.items() if k != "teacher"}
+    assert workspace.labels_fingerprint(make_spec())["teacher"] != base["teacher"]
+
+
+def test_reused_labels_start_none_of_several_teachers() -> None:
+    source = several()
+    w = World(several(dataset={**source.dataset.to_wire(), "labelsFrom": "first"}))
+    w.labels_source = {"metadata": {"name": "first"}, "status": {"labels": {
+        "fingerprint": workspace.labels_fingerprint(source), "rows": 100}}}
+    w.step()
+    w.step()
+    assert not [name for kind, name in w.children if kind == "Deployment"]
+    assert w.status.stages["teacher"].state == StageState.SKIPPED and w.reason("TeacherReady") == "LabelsReused"
+    assert w.has("Job", "demo-label") and w.children[("Job", "demo-label")]["spec"]["completions"] == 1
