@@ -1,7 +1,9 @@
 """Operator and real workloads together: the stage pods' programs run through the local kubelet
 (DeepSpeed on CPU, a tiny student) and their results reach the Distillation's status."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,8 +14,11 @@ from tests.cluster.conftest import Kube, OperatorProcess
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
 
 
-def test_real_workloads_take_a_distillation_to_succeeded_with_results(
-        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+def run_to_the_end(kube: Kube, namespace: str, tmp_path: Path,
+                   edit: Callable[[dict[str, Any]], None] | None = None,
+                   while_running: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The local sample (after `edit`) through the operator and the local kubelet until it has Succeeded or
+    Failed; `while_running(name)` checks something on the way."""
     config = tmp_path / "operator.yaml"
     # Pods finish when their program does; kwok must not complete them first.
     config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
@@ -21,16 +26,27 @@ def test_real_workloads_take_a_distillation_to_succeeded_with_results(
     operator.start()
     manifest = local_sample()
     manifest["metadata"]["namespace"] = namespace
+    if edit is not None:
+        edit(manifest)
+    name = manifest["metadata"]["name"]
     workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
     try:
         workloads.start()
         kube.apply(models_claim(namespace), manifest, namespace=namespace)
-        name = manifest["metadata"]["name"]
-        dist = kube.wait_for(lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
-                             in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
+        if while_running is not None:
+            while_running(name)
+        finished: dict[str, Any] = kube.wait_for(
+            lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
+            in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
+        return finished
     finally:
         workloads.stop()
         operator.stop()
+
+
+def test_real_workloads_take_a_distillation_to_succeeded_with_results(
+        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+    dist = run_to_the_end(kube, namespace, tmp_path)
     status = dist["status"]
     assert status["phase"] == "Succeeded", status
     assert status["progress"]["rowsLabeled"] == 36
@@ -46,24 +62,11 @@ def test_a_student_that_misses_the_quality_gate_is_not_served(
         kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
     """The real pipeline with a gate the tiny student cannot pass: the Distillation fails with QualityGateFailed
     and the numbers, no student Deployment is made, and the trained adapter is left in the workspace."""
-    config = tmp_path / "operator.yaml"
-    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
-    operator = OperatorProcess(kube.kubeconfig, tmp_path, config)
-    operator.start()
-    manifest = local_sample()
-    manifest["metadata"]["namespace"] = namespace
-    manifest["metadata"]["name"] = "gated"
-    manifest["spec"]["evaluation"] = {"gate": {"minScore": 100}}
-    workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
-    try:
-        workloads.start()
-        kube.apply(models_claim(namespace), manifest, namespace=namespace)
-        dist = kube.wait_for(lambda: ((d := kube.get("distillation", "gated", namespace)).get("status") or {})
-                             .get("phase") in ("Succeeded", "Failed") and d, 600, interval=2,
-                             what="a finished pipeline")
-    finally:
-        workloads.stop()
-        operator.stop()
+    def gated(manifest: dict[str, Any]) -> None:
+        manifest["metadata"]["name"] = "gated"
+        manifest["spec"]["evaluation"] = {"gate": {"minScore": 100}}
+
+    dist = run_to_the_end(kube, namespace, tmp_path, gated)
     status = dist["status"]
     distilled = next(r["score"] for r in status["results"] if r["model"] == "distilled-student")
     assert distilled < 100, f"the tiny student scored {distilled}: this gate no longer tests a failing student"
@@ -80,30 +83,21 @@ def test_two_teachers_vote_and_the_pipeline_succeeds_with_per_teacher_status(
         kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
     """Two in-cluster teachers (two Deployments, started together) vote; the second answers wrong on a share of
     the rows, so some rows tie and are rejected, and both teachers' agreement reaches the status."""
-    config = tmp_path / "operator.yaml"
-    config.write_text(yaml.safe_dump({"pod_annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "24h"}}))
-    operator = OperatorProcess(kube.kubeconfig, tmp_path, config)
-    operator.start()
-    manifest = local_sample()
-    manifest["metadata"]["namespace"] = namespace
-    manifest["metadata"]["name"] = "nli-two-teachers"
-    member = manifest["spec"].pop("teacher")
-    manifest["spec"]["teachers"] = [{**member, "name": "right"}, {**member, "name": "sloppy", "minSuccessRatio": 0.5}]
-    manifest["spec"]["teacherStrategy"] = {"mode": "vote"}
-    manifest["spec"]["teachers"][0]["minSuccessRatio"] = 0.5
-    workloads = LocalWorkloads(manifest, kube.kubeconfig, tmp_path / "local")
-    name = manifest["metadata"]["name"]
-    try:
-        workloads.start()
-        kube.apply(models_claim(namespace), manifest, namespace=namespace)
-        kube.wait_for(lambda: {"nli-two-teachers-teacher-0", "nli-two-teachers-teacher-1"} <= {
+    name = "nli-two-teachers"
+
+    def two_teachers(manifest: dict[str, Any]) -> None:
+        manifest["metadata"]["name"] = name
+        member = manifest["spec"].pop("teacher")
+        manifest["spec"]["teachers"] = [{**member, "name": "right", "minSuccessRatio": 0.5},
+                                        {**member, "name": "sloppy", "minSuccessRatio": 0.5}]
+        manifest["spec"]["teacherStrategy"] = {"mode": "vote"}
+
+    def both_deployments(name: str) -> None:
+        kube.wait_for(lambda: {f"{name}-teacher-0", f"{name}-teacher-1"} <= {
             d["metadata"]["name"] for d in kube.get("deployments", namespace=namespace)["items"]},
             120, interval=1, what="both teachers' Deployments")
-        dist = kube.wait_for(lambda: ((d := kube.get("distillation", name, namespace)).get("status") or {}).get("phase")
-                             in ("Succeeded", "Failed") and d, 600, interval=2, what="a finished pipeline")
-    finally:
-        workloads.stop()
-        operator.stop()
+
+    dist = run_to_the_end(kube, namespace, tmp_path, two_teachers, both_deployments)
     status = dist["status"]
     assert status["phase"] == "Succeeded", status
     progress = status["progress"]

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -415,6 +415,35 @@ def _shard_rows(rows: list[dict[str, Any]], index: int, shards: int) -> list[dic
     return [row for row in rows if row[ROW_ID] % shards == index]
 
 
+async def until_done_or_sigterm(work: Coroutine[Any, Any, None], writers: Sequence[LabelWriter],
+                                reporter: LiveProgress) -> bool:
+    """Run `work` with its label writers and live reporter around it; True when SIGTERM interrupted it.
+
+    Preemption sends SIGTERM: stop asking, keep what is finished (the writers flush), exit promptly. Signals
+    reach only the main thread, so a labeler run from another thread (tests) leaves them alone."""
+    for writer in writers:
+        writer.start()
+    reporter.start()
+    labeling = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
+    try:
+        await labeling
+    except asyncio.CancelledError:
+        if not labeling.cancelled():
+            raise
+        return True
+    finally:
+        if on_main_thread:
+            loop.remove_signal_handler(signal.SIGTERM)
+        for writer in writers:
+            await writer.close()
+        await asyncio.to_thread(reporter.stop)
+    return False
+
+
 async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]], index: int,
               progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
     """Label this shard's rows of every split; returns (summary, exit code)."""
@@ -452,32 +481,11 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
         log.warning("selfConsistency %d with temperature 0: the samples will agree by construction",
                     cfg.prompt.self_consistency)
 
-    interrupted = False
     async with client:
-        for writer in writers.values():
-            writer.start()
         reporter = LiveProgress("labeling", index, lambda: counters.as_dict() | labeler.outage.report(),
                                 progress_interval_s)
-        reporter.start()
-        labeling = asyncio.ensure_future(labeler.label_all(pending, writers))
-        loop = asyncio.get_running_loop()
-        # Preemption sends SIGTERM: stop asking, keep what is finished, exit promptly. Signals reach
-        # only the main thread, so a labeler run from another thread (tests) leaves them alone.
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        if on_main_thread:
-            loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
-        try:
-            await labeling
-        except asyncio.CancelledError:
-            if not labeling.cancelled():
-                raise
-            interrupted = True
-        finally:
-            if on_main_thread:
-                loop.remove_signal_handler(signal.SIGTERM)
-            for writer in writers.values():
-                await writer.close()
-            await asyncio.to_thread(reporter.stop)
+        interrupted = await until_done_or_sigterm(labeler.label_all(pending, writers), list(writers.values()),
+                                                  reporter)
 
     wall = time.monotonic() - started
     decided = counters.rows_ok + counters.rows_rejected
@@ -700,32 +708,13 @@ async def run_several(cfg: PipelineConfig, task: TaskDefinition, splits: dict[st
              index, cfg.label_shards, labeler.counters.rows_total, resumed, len(labeler.replies),
              ", ".join(labeler.order), cfg.teacher_strategy)
 
-    interrupted = False
     every = [*writers.values(), *reply_writers.values()]
     async with contextlib.AsyncExitStack() as stack:
         for client in [*clients.values(), *([judge] if judge else [])]:
             await stack.enter_async_context(client)
-        for writer in every:
-            writer.start()
         reporter = LiveProgress("labeling", index, labeler.snapshot, progress_interval_s)
-        reporter.start()
-        labeling = asyncio.ensure_future(labeler.label_all(pending, writers, reply_writers))
-        loop = asyncio.get_running_loop()
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        if on_main_thread:
-            loop.add_signal_handler(signal.SIGTERM, labeling.cancel)
-        try:
-            await labeling
-        except asyncio.CancelledError:
-            if not labeling.cancelled():
-                raise
-            interrupted = True
-        finally:
-            if on_main_thread:
-                loop.remove_signal_handler(signal.SIGTERM)
-            for writer in every:
-                await writer.close()
-            await asyncio.to_thread(reporter.stop)
+        interrupted = await until_done_or_sigterm(labeler.label_all(pending, writers, reply_writers), every,
+                                                  reporter)
 
     counters = labeler.counters
     wall = time.monotonic() - started
