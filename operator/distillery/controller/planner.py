@@ -482,18 +482,23 @@ class _Pass:
         self.apply(teacher.teacher_service(self.owner))
         view = self.obs.teacher
         if view is not None and view.available:
-            record = self.stage(Stage.TEACHER)
-            if record.state != StageState.SUCCEEDED:
-                record.start_time = record.start_time or self.now
-                record.state = StageState.SUCCEEDED
-                record.message = f"{view.available_replicas} replica(s) serving {t.model}"
-                self.event("TeacherReady", f"Teacher {t.model} is serving")
-            self.cond("TeacherReady", True, "Serving", f"{view.available_replicas} replica(s) serving {t.model}")
+            self.teacher_serving(f"{view.available_replicas} replica(s) serving {t.model}",
+                                 f"Teacher {t.model} is serving")
             return
         # A teacher that was ready and lost its pods goes back to starting; labeling waits and resumes.
         reason, message = self.not_ready(Stage.TEACHER, view, f"teacher {t.model} is not serving yet")
         self.start(Stage.TEACHER, StageState.RUNNING, message)
         self.cond("TeacherReady", False, reason, message)
+
+    def teacher_serving(self, message: str, event: str) -> None:
+        """The teacher stage succeeded (once: the Event is posted when it first does)."""
+        record = self.stage(Stage.TEACHER)
+        if record.state != StageState.SUCCEEDED:
+            record.start_time = record.start_time or self.now
+            record.state = StageState.SUCCEEDED
+            record.message = message
+            self.event("TeacherReady", event)
+        self.cond("TeacherReady", True, "Serving", message)
 
     def several_teachers(self) -> None:
         """spec.teachers: every in-cluster teacher gets its Deployment and Service; they start together (one
@@ -523,13 +528,7 @@ class _Pass:
         waiting = [i for i in served if not ((view := views[i]) is not None and view.available)]
         serving = ", ".join(f"{members[i].name} ({members[i].model})" for i in served)
         if not waiting:
-            record = self.stage(Stage.TEACHER)
-            if record.state != StageState.SUCCEEDED:
-                record.start_time = record.start_time or self.now
-                record.state = StageState.SUCCEEDED
-                record.message = f"teachers serving: {serving}"
-                self.event("TeacherReady", f"Teachers are serving: {serving}")
-            self.cond("TeacherReady", True, "Serving", f"teachers serving: {serving}")
+            self.teacher_serving(f"teachers serving: {serving}", f"Teachers are serving: {serving}")
             return
         names = ", ".join(members[i].name for i in waiting)
         reason, message = self.not_ready(Stage.TEACHER, views[waiting[0]], f"teacher(s) {names} not serving yet")

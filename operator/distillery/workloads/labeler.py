@@ -444,21 +444,30 @@ async def until_done_or_sigterm(work: Coroutine[Any, Any, None], writers: Sequen
     return False
 
 
-async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]], index: int,
-              progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
-    """Label this shard's rows of every split; returns (summary, exit code)."""
-    started = time.monotonic()
-    labels_dir = cfg.workspace.labels_dir
+def _client(teacher: TeacherClientConfig) -> OpenAIChatClient:
+    return OpenAIChatClient(teacher.base_url, teacher.model, timeout_s=teacher.request_timeout_seconds,
+                            max_attempts=teacher.max_attempts, api_key=teacher_api_key(teacher))
+
+
+def _my_rows(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]],
+             index: int) -> dict[str, list[dict[str, Any]]]:
+    """This shard's rows of every split, checked against the task's columns."""
     mine = {split: _shard_rows(splits.get(split, []), index, cfg.label_shards) for split in SPLITS}
     for rows in mine.values():
         if rows:
             # A first row without a needed column is a column-mapping error: fail now, not row by row.
             task.teacher_messages(rows[0])
+    return mine
+
+
+async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]], index: int,
+              progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
+    """Label this shard's rows of every split; returns (summary, exit code)."""
+    started = time.monotonic()
+    labels_dir = cfg.workspace.labels_dir
+    mine = _my_rows(cfg, task, splits, index)
     writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
-    client = OpenAIChatClient(
-        cfg.teacher.base_url, cfg.teacher.model, timeout_s=cfg.teacher.request_timeout_seconds,
-        max_attempts=cfg.teacher.max_attempts,
-    )
+    client = _client(cfg.teacher)
     labeler = Labeler(cfg, task, client)
     counters = labeler.counters
     counters.rows_total = sum(len(rows) for rows in mine.values())
@@ -673,21 +682,13 @@ class SeveralTeachers:
         return None, f"the judge gave no valid verdict line: {text[-200:]!r}", tokens_in, tokens_out
 
 
-def _client(teacher: TeacherClientConfig) -> OpenAIChatClient:
-    return OpenAIChatClient(teacher.base_url, teacher.model, timeout_s=teacher.request_timeout_seconds,
-                            max_attempts=teacher.max_attempts, api_key=teacher_api_key(teacher))
-
-
 async def run_several(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]],
                       index: int, progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
     """`run` for several teachers: label this shard's rows with every teacher; returns (summary, exit code)."""
     assert cfg.teachers is not None
     started = time.monotonic()
     labels_dir = cfg.workspace.labels_dir
-    mine = {split: _shard_rows(splits.get(split, []), index, cfg.label_shards) for split in SPLITS}
-    for rows in mine.values():
-        if rows:
-            task.teacher_messages(rows[0])
+    mine = _my_rows(cfg, task, splits, index)
     writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
     reply_writers = {split: LabelWriter(replies_path(labels_dir, split, index)) for split in SPLITS}
     clients = {str(t.name): _client(t) for t in cfg.teachers}
