@@ -175,7 +175,10 @@ class OperatorProcess:
             return r.read().decode()
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+        return "\n".join(self.log_of_start(n) for n in range(1, self.starts + 1))
+
+    def log_of_start(self, number: int) -> str:
+        return (self.log_dir / f"operator-{number}.log").read_text(errors="replace")
 
 
 @pytest.fixture

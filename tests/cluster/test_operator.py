@@ -1,5 +1,6 @@
 """The operator on the real control plane, with kwok running the stage pods."""
 
+import json
 import random
 import time
 from typing import Any
@@ -226,7 +227,13 @@ def test_operator_killed_at_thirty_moments_finishes_every_pipeline_exactly_once(
         count: int, kube: Kube, namespace: str, operator: OperatorProcess) -> None:
     slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "4s"}
     names = [f"chaos-{i}" for i in range(count)]
-    kube.apply(*(distillation(n, scheduling={"podAnnotations": slow}) for n in names), namespace=namespace)
+    # One GPU per pod. With whole-node teachers and training, the twenty student servers (which stay) land
+    # wherever the scheduler spreads them; once they touch enough of the 8 nodes, no later teacher or training
+    # group finds a whole node, and the pipelines would wait on the scheduler, not on the operator under test.
+    one_gpu = {"teacher": {"model": "Qwen/Qwen2.5-7B-Instruct", "gpuType": "H100", "gpus": 1},
+               "student": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "gpuType": "H100", "nodes": 2, "gpusPerNode": 1}}
+    kube.apply(*(distillation(n, scheduling={"podAnnotations": slow}, **one_gpu) for n in names),
+               namespace=namespace)
     moments = random.Random(20261128 + count)  # the same 30 moments on every run
     for _ in range(30):
         operator.start_if_stopped()
@@ -234,8 +241,11 @@ def test_operator_killed_at_thirty_moments_finishes_every_pipeline_exactly_once(
         operator.kill()
     operator.start()
     for name in names:
-        kube.wait_for(lambda n=name: (condition(kube.get("distillation", n, namespace), "Succeeded") or {})
-                      .get("status") == "True", 300, what=f"{name} Succeeded")
+        try:
+            kube.wait_for(lambda n=name: (condition(kube.get("distillation", n, namespace), "Succeeded") or {})
+                          .get("status") == "True", 300, what=f"{name} Succeeded")
+        except AssertionError as stuck:
+            raise AssertionError(f"{stuck}\n{where_it_stopped(kube, namespace, name, operator)}") from None
 
     every = kube.get("events", namespace=namespace)["items"]
     for name in names:
@@ -254,3 +264,12 @@ def test_operator_killed_at_thirty_moments_finishes_every_pipeline_exactly_once(
         assert not [k for k in keys if k[0] == "Warning"], f"{name}: {keys}"
     uids = [j["metadata"]["ownerReferences"][0]["uid"] for j in kube.get("jobs", namespace=namespace)["items"]]
     assert len(uids) == 3 * count and all(uids.count(u) == 3 for u in uids), "one Job per stage per Distillation"
+
+
+def where_it_stopped(kube: Kube, namespace: str, name: str, operator: OperatorProcess) -> str:
+    """What a stuck pipeline's reader needs: its status, its children and pods, the operator's last words."""
+    status = kube.get("distillation", name, namespace).get("status") or {}
+    pods = [(p["metadata"]["name"], p["status"].get("phase"), p["spec"].get("nodeName"))
+            for p in kube.get("pods", namespace=namespace)["items"] if p["metadata"]["name"].startswith(f"{name}-")]
+    return (f"status: {json.dumps(status, indent=1)}\nchildren: {sorted(children(kube, namespace, name))}\n"
+            f"pods: {pods}\noperator log (last start):\n{operator.log_of_start(operator.starts)[-6000:]}")
