@@ -11,6 +11,7 @@ from distillery.api.spec import DistillationSpec, GateSpec
 from distillery.api.status import DistillationStatus, ModelScore, Phase, StageState, format_time
 from distillery.controller.observe import MOUNT_GRACE_SECONDS, NodeView, creating_too_long, mount_failure, observe
 from distillery.controller.planner import (
+    MAX_TRAINING_ATTEMPTS,
     Apply,
     Create,
     Delete,
@@ -860,6 +861,22 @@ def test_a_failed_training_group_restarts_until_the_backoff_limit_then_fails() -
     assert not deletes(result)
     assert w.status.phase == Phase.FAILED and w.reason("Stalled") == "TrainingFailed"
     assert w.status.stages["training"].failures == 2 and w.status.stages["training"].attempts == 2
+
+
+def test_a_group_disrupted_at_its_last_attempt_fails_and_frees_its_gpus() -> None:
+    w = training_world(nodes=2)
+    w.status.stages["training"].attempts = MAX_TRAINING_ATTEMPTS
+    w.children[("Job", "demo-train")]["metadata"]["annotations"]["distillery.dev/attempt"] = str(MAX_TRAINING_ATTEMPTS)
+    w.pods.append(replacement_pod(w))
+    result = w.step()
+    # The remaining rank would wait in a collective for the lost one while holding the group's GPUs.
+    assert deletes(result) == [Delete("Job", "demo-train", propagation="Foreground")]
+    assert w.status.phase == Phase.FAILED and w.reason("Trained") == "TooManyRestarts"
+    message = w.status.stages["training"].message or ""
+    assert f"gave up after {MAX_TRAINING_ATTEMPTS} attempts" in message and "disruption" in message
+    w.gone("Job", "demo-train")
+    again = w.step()
+    assert not [a for a in again.actions if isinstance(a, Create)] and w.status.phase == Phase.FAILED
 
 
 def test_a_training_configuration_error_fails_at_once_without_a_restart() -> None:

@@ -921,7 +921,15 @@ class _Pass:
         else:
             return False
         if attempt >= MAX_TRAINING_ATTEMPTS:
-            return False
+            # Left to itself the Job would hold every GPU of the group while the remaining ranks wait for the
+            # lost one: fail the stage and end the group (its checkpoints stay in the workspace).
+            message = f"gave up after {attempt} attempts of the training group: {why}"[:1000]
+            if not view.finished and not view.deleting:
+                self.actions.append(Delete("Job", self.names.train, propagation="Foreground"))
+            student = self.spec.student
+            self.finish(Stage.TRAINING, StageState.FAILED, message, gpus=student.nodes * student.gpus_per_node)
+            self.cond(STAGE_CONDITION[Stage.TRAINING], False, "TooManyRestarts", message)
+            return True
         record.attempts, record.failures = attempt + 1, failures or None
         self.actions.append(Delete("Job", self.names.train, propagation="Foreground"))
         message = f"restarting the training group as attempt {attempt + 1} from its last checkpoint: {why}"
