@@ -5,8 +5,6 @@ trainer's saved chat template makes the persona the default system message."""
 import asyncio
 import json
 import shutil
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ from distillery.api.spec import (
 )
 from distillery.devcluster.teacher_server import FaultConfig, TeacherServer
 from distillery.workloads import evaluator, labeler
-from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import build_finetune_set, prompt_ids
 from distillery.workloads.labeler import read_labels
 from distillery.workloads.models import load_tokenizer
@@ -243,22 +240,7 @@ def test_the_cpu_server_answers_in_character_with_the_persona_template(tmp_path:
     template = tmp_path / "chat_template.jinja"
     tokenizer = load_tokenizer(str(model_dir))
     template.write_text(persona_chat_template(tokenizer.chat_template, ADA))
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([tm.PYTHON, "-m", "distillery.cli", "serve", "--model", str(model_dir),
-                                 "--chat-template", str(template), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=tm.subprocess_env(tmp_path / "t-log"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            assert proc.poll() is None, log.read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-
+    with tm.serving(["--model", str(model_dir), "--chat-template", str(template)], tmp_path) as url:
         def prompt_tokens(messages: list[dict[str, str]]) -> int:
             body = json.dumps({"model": str(model_dir), "messages": messages, "max_tokens": 1}).encode()
             req = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
@@ -271,6 +253,3 @@ def test_the_cpu_server_answers_in_character_with_the_persona_template(tmp_path:
             {"role": "system", "content": persona_system(ADA)}, *caller]))
         own = [{"role": "system", "content": "Be terse."}, *caller]
         assert prompt_tokens(own) == len(prompt_ids(tokenizer, own))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -1,8 +1,6 @@
 """`distillery serve` on CPU over real HTTP: the tiny base model with the trained adapter."""
 
 import json
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,7 +9,6 @@ from typing import Any
 import pytest
 
 from distillery.api.spec import PromptSpec, Task
-from distillery.workloads.environment import free_port
 from distillery.workloads.tasks import get_task
 from distillery.workloads.tasks.nli import LABELS
 from tests.workloads import tinymodel as tm
@@ -24,29 +21,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.getbasetemp()
     model_dir = tm.tiny_model(root)
     trained = tm.trained_workspace(root, model_dir)
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(
-        [tm.PYTHON, "-m", "distillery.cli", "serve", "--model", str(model_dir), "--adapter",
-         str(trained / "train" / "adapter"), "--port", str(port), "--served-model-name", "student"],
-        stdout=log, stderr=subprocess.STDOUT, env=tm.subprocess_env(root / "serve-termination-log"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (root / "serve.log").read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not become healthy"
-                time.sleep(0.5)
+    with tm.serving(["--model", str(model_dir), "--adapter", str(trained / "train" / "adapter"),
+                     "--served-model-name", "student"], root) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def request(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:

@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, Workspa
 from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
 from distillery.devcluster.tiny import save_tiny_model
 from distillery.devcluster.tiny import synthetic_nli_rows as nli_rows
+from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import FinetuneSet, load_finetune_set
 from distillery.workloads.models import load_tokenizer
 from distillery.workloads.tasks import get_task
@@ -142,6 +146,31 @@ def distillery(args: Sequence[str], termination_log: Path, timeout: float = 240)
     """`python -m distillery.cli ARGS` to completion, output captured."""
     return subprocess.run([PYTHON, "-m", "distillery.cli", *args], capture_output=True, text=True,
                           env=subprocess_env(termination_log), timeout=timeout, check=False)
+
+
+@contextmanager
+def serving(args: Sequence[str], root: Path) -> Iterator[str]:
+    """`distillery serve ARGS` on a free port, yielding its URL once /health answers; a server that exits
+    first fails the test with its log. Stopped on the way out."""
+    port = free_port()
+    log = root / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([PYTHON, "-m", "distillery.cli", "serve", *args, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=subprocess_env(root / f"serve-{port}-termination-log"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()[-4000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:  # not listening yet, or not healthy yet (urllib's HTTPError is an OSError)
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 _trained: dict[Path, Path] = {}
