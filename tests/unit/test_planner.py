@@ -276,6 +276,8 @@ def test_failed_labeling_releases_the_teacher() -> None:
     w.step()
     assert w.reason("Failed") == "LabelingFailed"
     assert not w.has("Deployment", "demo-teacher")
+    assert w.reason("TeacherReady") == "RemovedAfterFailure"
+    assert w.status.stages["teacher"].message == "teacher removed after the labeling stage failed, to free its GPUs"
 
 
 def test_suspend_pauses_jobs_frees_the_teacher_and_resume_continues() -> None:
@@ -712,6 +714,7 @@ def test_a_teacher_that_judges_serves_until_evaluation_is_over() -> None:
     assert deleted == [Delete("Deployment", "demo-teacher"), Delete("Service", "demo-teacher")]
     assert w.status.stages["teacher"].state == StageState.REMOVED
     assert "after evaluation" in (w.status.stages["teacher"].message or "")
+    assert w.reason("TeacherReady") == "RemovedAfterEvaluation"
     assert [(r.model, r.score, r.judge, r.unjudged) for r in w.status.results] == [
         ("distilled-student", 41.2, 72.5, 1)]
 

@@ -647,10 +647,8 @@ class _Pass:
             t = self.spec.primary_teacher
             record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
             record.state = StageState.REMOVED
-            record.message = ("teacher removed after evaluation, which it judged, to free its GPUs"
-                              if self.judge_uses_teacher() and self.done(Stage.EVALUATION)
-                              else "teacher removed after labeling to free its GPUs")
-            self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
+            reason, record.message = self.removal("teacher", "its")
+            self.cond("TeacherReady", False, reason, record.message)
 
     def release_teachers(self) -> None:
         """Several teachers: those not kept are removed together; the stage's GPU-hours and each teacher's
@@ -672,11 +670,20 @@ class _Pass:
             hours = _hours_between(record.start_time, self.now)
             record.gpu_hours = round(sum(members[i].replicas * members[i].gpus for i in removed) * hours, 4)
             record.state = StageState.REMOVED
-            record.message = "teachers removed after labeling to free their GPUs"
-            self.cond("TeacherReady", False, "RemovedAfterLabeling", record.message)
+            reason, record.message = self.removal("teachers", "their")
+            self.cond("TeacherReady", False, reason, record.message)
             stats = self.teacher_stats()
             for i in removed:
                 stats[i].gpu_hours = round(members[i].replicas * members[i].gpus * hours, 4)
+
+    def removal(self, who: str, whose: str) -> tuple[str, str]:
+        """Why the teacher stage ended, as TeacherReady's reason and message."""
+        failed = self.failed_stage()
+        if failed is not None:
+            return "RemovedAfterFailure", f"{who} removed after the {failed.value} stage failed, to free {whose} GPUs"
+        if self.judge_uses_teacher() and self.done(Stage.EVALUATION):
+            return "RemovedAfterEvaluation", f"{who} removed after evaluation, which it judged, to free {whose} GPUs"
+        return "RemovedAfterLabeling", f"{who} removed after labeling to free {whose} GPUs"
 
     def teacher_stats(self) -> list[TeacherStats]:
         """status.teachers in spec.teachers order, created on first use."""
