@@ -211,6 +211,35 @@ def test_teacher_is_removed_as_soon_as_labeling_is_done() -> None:
     assert w.reason("TeacherReady") == "RemovedAfterLabeling"
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_a_pipeline_whose_status_is_never_written_still_succeeds(keep: bool) -> None:
+    """The operator killed before each of its status writes: every pass plans from an empty status, so only the
+    children carry the pipeline. The teacher, removed (or kept) by a pass whose status was lost, must not hold
+    the Distillation in StartingTeacher for ever once a write lands."""
+    w = World(make_spec(**{"teacher.keepAfterLabeling": keep}))
+
+    def step_and_lose_status() -> None:
+        w.step()
+        w.status = DistillationStatus()
+
+    step_and_lose_status()
+    w.make_available("demo-teacher")
+    step_and_lose_status()
+    w.complete_job("demo-label")
+    step_and_lose_status()
+    assert w.has("Deployment", "demo-teacher") == keep
+    w.complete_job("demo-train")
+    step_and_lose_status()
+    w.complete_job("demo-eval")
+    step_and_lose_status()
+    w.make_available("demo-student")
+    w.step()
+    assert w.status.phase == Phase.SUCCEEDED and w.cond("Succeeded") == "True"
+    assert w.status.stages["teacher"].state == (StageState.SUCCEEDED if keep else StageState.REMOVED)
+    assert w.reason("TeacherReady") == ("Serving" if keep else "RemovedAfterLabeling")
+    assert w.created().count("Deployment/demo-teacher") == 1
+
+
 def test_teacher_is_kept_when_asked() -> None:
     w = World(make_spec(**{"teacher.keepAfterLabeling": True}))
     run_to_success(w)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from distillery.api.crd import MAX_NAME_LENGTH, spec_schema
 from distillery.api.pipeline import PipelineConfig, teacher_api_key_env
 from distillery.api.spec import DistillationSpec
-from distillery.api.status import StageState
+from distillery.api.status import DistillationStatus, Phase, StageState
 from distillery.cli.status import render
 from distillery.controller.observe import NodeView
 from distillery.controller.planner import Create, Delete, gpu_pool_fits_all
@@ -203,6 +203,26 @@ def test_teachers_start_together_label_when_all_serve_and_are_removed_together()
     assert hours is not None
     assert stats["big"].gpu_hours == stats["other"].gpu_hours == pytest.approx(hours / 2, abs=1e-3)
     assert stats["big"].tokens_in == 100 and stats["other"].tokens_out == 30
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_several_teachers_whose_status_is_never_written_still_end_their_stage(keep: bool) -> None:
+    """As for one teacher: passes that plan from an empty status (their writes lost to restarts) still end the
+    teacher stage once labeling is over, removed or kept."""
+    w = World(several([{**BIG, "keepAfterLabeling": keep}, {**OTHER, "keepAfterLabeling": keep}]),
+              nodes=(H100, H100))
+    w.step()
+    for name in ("demo-teacher-0", "demo-teacher-1"):
+        w.make_available(name)
+    w.step()
+    w.complete_job("demo-label")
+    w.status = DistillationStatus()
+    w.step()
+    w.status = DistillationStatus()
+    w.step()
+    assert w.has("Deployment", "demo-teacher-0") == keep
+    assert w.status.stages["teacher"].state == (StageState.SUCCEEDED if keep else StageState.REMOVED)
+    assert w.status.phase == Phase.TRAINING
 
 
 def test_suspend_removes_every_teacher_and_resume_starts_them_again() -> None:

@@ -40,6 +40,9 @@ DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
 UNSCHEDULABLE_GRACE_SECONDS = 15
 MAX_TRAINING_ATTEMPTS = 20
+UNFINISHED_TEACHER = {StageState.PENDING, StageState.WAITING, StageState.RUNNING, StageState.SUCCEEDED}
+"""Teacher stage states that its removal ends. Pending and Waiting too: labeling may have run under a status
+that never recorded the teacher (an operator killed before each of its status writes)."""
 """A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
 PHASE_OF_STAGE = {
     Stage.TEACHER: Phase.TEACHER,
@@ -469,10 +472,13 @@ class _Pass:
         # between deleting the teacher and writing that status must not start it again).
         label_job = self.obs.label_job
         if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
-            if (t.keep_after_labeling or self.judge_holds_teacher()) and self.obs.teacher is not None:
+            held = t.keep_after_labeling or self.judge_holds_teacher()
+            if held and self.obs.teacher is not None:
                 self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config))
             if self.judge_holds_teacher():
                 self.judging_teacher()
+            if held:
+                self.served_before_recorded([self.obs.teacher], f"serving {t.model}")
             return
         if self.obs.teacher is None:
             if self.wait_for_gpus(Stage.TEACHER, t.gpu_type, t.gpus):
@@ -489,6 +495,17 @@ class _Pass:
         reason, message = self.not_ready(Stage.TEACHER, view, f"teacher {t.model} is not serving yet")
         self.start(Stage.TEACHER, StageState.RUNNING, message)
         self.cond("TeacherReady", False, reason, message)
+
+    def served_before_recorded(self, views: list[DeploymentView | None], message: str) -> None:
+        """Labeling ran, so the teachers served, even if no status of this Distillation ever said so (an
+        operator killed before each of its status writes). A teacher kept after labeling gets its record back
+        from its Deployments here; a removed one from release_teacher. Without that the stage would stay
+        pending, and the Distillation would never succeed."""
+        if not self.done(Stage.TEACHER) and all(view is not None and view.available for view in views):
+            record = self.stage(Stage.TEACHER)
+            record.state, record.message = StageState.SUCCEEDED, message
+            record.start_time = record.start_time or self.now
+            self.cond("TeacherReady", True, "Serving", message)
 
     def teacher_serving(self, message: str, event: str) -> None:
         """The teacher stage succeeded (once: the Event is posted when it first does)."""
@@ -513,9 +530,13 @@ class _Pass:
             return
         label_job = self.obs.label_job
         if self.done(Stage.LABELING) or (label_job is not None and label_job.finished):
-            for i in served:
-                if members[i].keep_after_labeling and teacher_name(self.owner, i) in self.obs.deployments:
+            kept = [i for i in served if members[i].keep_after_labeling]
+            for i in kept:
+                if teacher_name(self.owner, i) in self.obs.deployments:
                     self.apply(teacher.teacher_deployment(self.owner, self.spec, self.config, i))
+            if kept == served:
+                self.served_before_recorded([self.obs.deployments.get(teacher_name(self.owner, i)) for i in kept],
+                                            "teachers serving: " + ", ".join(members[i].name for i in kept))
             return
         views = {i: self.obs.deployments.get(teacher_name(self.owner, i)) for i in served}
         if all(view is None for view in views.values()):
@@ -642,7 +663,7 @@ class _Pass:
         if ("Service", self.names.teacher) in self.obs.applied:
             self.delete("Service", self.names.teacher)
         record = self.stage(Stage.TEACHER)
-        if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
+        if record.state in UNFINISHED_TEACHER:
             record.completion_time = self.now
             t = self.spec.primary_teacher
             record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
@@ -665,7 +686,7 @@ class _Pass:
             if ("Service", name) in self.obs.applied:
                 self.delete("Service", name)
         record = self.stage(Stage.TEACHER)
-        if record.state in (StageState.SUCCEEDED, StageState.RUNNING):
+        if record.state in UNFINISHED_TEACHER:
             record.completion_time = self.now
             hours = _hours_between(record.start_time, self.now)
             record.gpu_hours = round(sum(members[i].replicas * members[i].gpus for i in removed) * hours, 4)
