@@ -132,3 +132,44 @@ def test_suspend_deletes_an_admitted_job_and_resume_queues_it_again(
                   what="Kueue admits the new labeling job")
     owners = suspend_owners(job_with_managed_fields(kube, "pause-label", namespace) or {"metadata": {}})
     assert OPERATOR_MANAGER not in owners and "kueue" in owners, owners
+
+
+def test_a_disrupted_training_group_restarts_through_kueue_and_gives_its_quota_back(
+        kube: Kube, namespace: str, kueue: None, operator: OperatorProcess) -> None:
+    """A training node is deleted mid-run under Kueue: the operator's foreground delete must get past the
+    Workload Kueue owns (and its finalizer), the next attempt queue and be admitted by Kueue alone, and the
+    quota of the first attempt come back for it (16 GPUs, the whole ClusterQueue)."""
+    kube.apply(devkueue.local_queue(namespace))
+    manifest = training("disrupted")
+    # Longer than the pod GC takes to mark a pod whose node is gone (40 s quarantine, checked every 20 s).
+    manifest["spec"]["scheduling"]["podAnnotations"] = {"pod-complete.stage.kwok.x-k8s.io/delay": "120s"}
+    kube.apply(manifest, namespace=namespace)
+    first = kube.wait_for(lambda: (job := kube.get("job", "disrupted-train", namespace)) and
+                          job["spec"].get("suspend") is False and job, 240, what="Kueue admits training")
+    pods = kube.wait_for(lambda: [p for p in kube.get("pods", namespace=namespace,
+                                                      selector="distillery.dev/stage=training")["items"]
+                                  if p["status"].get("phase") == "Running"] or None, 60, what="training pods run")
+    lost = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
+    node = kube.get("node", lost["spec"]["nodeName"])
+    try:
+        kube.run("delete", "node", lost["spec"]["nodeName"])
+        restarted = kube.wait_for(lambda: next((e for e in kube.get("events", namespace=namespace)["items"]
+                                                if e.get("reason") == "TrainingRestarted"), None),
+                                  300, what="the training group restarting")
+        assert "attempt 2" in restarted["message"] and "disruption" in restarted["message"], restarted
+        second = kube.wait_for(lambda: (job := kube.get("job", "disrupted-train", namespace)) and
+                               job["metadata"]["uid"] != first["metadata"]["uid"] and job, 180,
+                               what="the second attempt's Job (the first one's Workload gone)")
+        assert second["metadata"]["annotations"]["distillery.dev/attempt"] == "2"
+        kube.wait_for(lambda: (condition(kube.get("distillation", "disrupted", namespace), "Succeeded") or {})
+                      .get("status") == "True", 600, what="disrupted Succeeded")
+    finally:
+        meta = node["metadata"]
+        node["metadata"] = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
+        node.pop("status", None)
+        kube.apply(node, server_side=False, check=False)
+    owners = suspend_owners(job_with_managed_fields(kube, "disrupted-train", namespace) or {"metadata": {}})
+    assert OPERATOR_MANAGER not in owners and "kueue" in owners, owners
+    training_status = kube.get("distillation", "disrupted", namespace)["status"]["stages"]["training"]
+    assert training_status["attempts"] == 2 and not training_status.get("failures"), training_status
+
