@@ -110,6 +110,10 @@ async def test_the_judge_scores_every_model_next_to_the_reference_metric(
     for model, entry in entries.items():
         assert entry["judge"] == expected_judge([p[model] for p in predictions], REFERENCES), model
         assert entry["unjudged"] == 0 and "score" in entry
+        # Each row's score sits beside its reply, so a low mean can be traced to the rows that made it.
+        assert [p["judge"][model] for p in predictions] == [
+            round(10 * token_f1(p[model], ref)) if p[model] else 0 for p, ref in zip(predictions, REFERENCES,
+                                                                                   strict=True)], model
     assert entries["teacher"]["judge"] == 75.0  # three replies equal to the reference, one shares no word
     # One request per reply, none malformed.
     assert saved["judge"] == {"model": "teacher", "requests": 3 * len(QUESTIONS), "malformed": 0, "unjudged": 0}
@@ -157,6 +161,7 @@ async def test_persona_adherence_is_judged(tmp_path: Path, trained: Path, model_
     predictions = [json.loads(line) for line in (workspace / "eval" / "predictions.jsonl").read_text().splitlines()]
     in_character = [bool(p["distilled-student"]) and "ada" in p["distilled-student"].lower() for p in predictions]
     assert distilled["persona"] == round(100 * sum(in_character) / len(in_character), 2)
+    assert [p["persona"]["distilled-student"] for p in predictions] == [10 * c for c in in_character]
     assert saved["judge"]["requests"] == 2 * 2 * len(QUESTIONS) - sum(not p["distilled-student"]
                                                                       for p in predictions) * 2
 

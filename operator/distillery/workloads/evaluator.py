@@ -116,12 +116,17 @@ def format_table(results: Sequence[dict[str, Any]], metric: str) -> str:
     return "\n".join(text_table(headers, rows, indent=""))
 
 
+RowScores = dict[str, dict[str, dict[Any, float | None]]]
+"""Per-row judge scores (0..10, None where the judge gave none): key ("judge" or "persona") -> model -> row id."""
+
+
 def judge_results(judge_cfg: JudgeClientConfig, persona: Persona | None, task: TaskDefinition,
                   rows: Sequence[EvalRow], predictions: dict[str, list[str]],
-                  results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Adds the judge's score (and persona adherence) to each result entry; returns the judge's tally. The
-    teacher is judged on the rows with gold answers only, as its reference metric is."""
-    plan: list[tuple[dict[str, Any], str, list[list[Message] | None]]] = []
+                  results: list[dict[str, Any]]) -> tuple[dict[str, Any], RowScores]:
+    """Adds the judge's score (and persona adherence) to each result entry; returns the judge's tally and
+    every row's score, so a low mean can be traced to its rows. The teacher is judged on the rows with gold
+    answers only, as its reference metric is."""
+    plan: list[tuple[dict[str, Any], str, list[EvalRow], list[list[Message] | None]]] = []
     for entry in results:
         answers = predictions.get(entry["model"])
         if answers is None:
@@ -129,21 +134,24 @@ def judge_results(judge_cfg: JudgeClientConfig, persona: Persona | None, task: T
         picked = [(r, a) for r, a in zip(rows, answers, strict=True) if entry["model"] != "teacher" or r.gold]
         if not picked:
             continue
-        plan.append((entry, "judge", [task.judge_messages(r.row, a, r.reference) if a else None
-                                      for r, a in picked]))
+        judged = [r for r, _ in picked]
+        plan.append((entry, "judge", judged, [task.judge_messages(r.row, a, r.reference) if a else None
+                                              for r, a in picked]))
         if persona is not None:
-            plan.append((entry, "persona", [
+            plan.append((entry, "persona", judged, [
                 persona_judge_messages(persona, task.student_messages(r.row)[-1]["content"], a) if a else None
                 for r, a in picked]))
     tally = JudgeTally()
-    scores = judge(judge_cfg, [p for _, _, prompts in plan for p in prompts], tally)
+    scores = judge(judge_cfg, [p for _, _, _, prompts in plan for p in prompts], tally)
+    per_row: RowScores = {}
     start = 0
-    for entry, key, prompts in plan:
+    for entry, key, judged, prompts in plan:
         chunk = scores[start:start + len(prompts)]
         start += len(prompts)
         entry[key] = mean_percent(chunk)
         entry["unjudged"] = entry.get("unjudged", 0) + sum(score is None for score in chunk)
-    return {"model": judge_cfg.model, **tally.summary()}
+        per_row.setdefault(key, {})[entry["model"]] = {r.row[ROW_ID]: s for r, s in zip(judged, chunk, strict=True)}
+    return {"model": judge_cfg.model, **tally.summary()}, per_row
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -209,14 +217,18 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[s
     kind = "gold" if len(gold_rows) == len(rows) else "teacher" if not gold_rows else "mixed"
     summary = {"metric": metric, "rows": len(rows), "reference": kind, "gold_rows": len(gold_rows),
                "results": results}
+    per_row: RowScores = {}
     if cfg.judge is not None:
-        summary["judge"] = judge_results(cfg.judge, cfg.prompt.persona, task, rows, predictions, results)
+        summary["judge"], per_row = judge_results(cfg.judge, cfg.prompt.persona, task, rows, predictions, results)
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(layout.eval_dir / "results.json", summary)
     with open(layout.eval_dir / "predictions.jsonl", "w") as handle:
         for i, r in enumerate(rows):
-            handle.write(json.dumps({ROW_ID: r.row[ROW_ID], "reference": r.reference,
-                                     **{name: preds[i] for name, preds in predictions.items()}}) + "\n")
+            row_id = r.row[ROW_ID]
+            judged = {key: {model: by_row[row_id] for model, by_row in models.items() if row_id in by_row}
+                      for key, models in per_row.items()}
+            handle.write(json.dumps({ROW_ID: row_id, "reference": r.reference,
+                                     **{name: preds[i] for name, preds in predictions.items()}, **judged}) + "\n")
     print(format_table(results, metric), flush=True)
     return EXIT_OK, summary
 
