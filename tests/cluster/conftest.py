@@ -8,6 +8,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,29 @@ class Kube:
                 return last
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@contextmanager
+def node_deleted(kube: Kube, name: str) -> Iterator[None]:
+    """A machine lost for the duration: its Node deleted, then put back as the profile made it, for the
+    session's other tests."""
+    node = kube.get("node", name)
+    kube.run("delete", "node", name)
+    try:
+        yield
+    finally:
+        meta = node["metadata"]
+        node["metadata"] = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
+        node.pop("status", None)
+        kube.apply(node, server_side=False, check=False)
+
+
+def training_restarted(kube: Kube, namespace: str) -> dict[str, Any]:
+    """The operator's TrainingRestarted Event, not the RestartingGroup condition: the condition lasts only until
+    the next attempt runs, which a poll may miss on a fast machine."""
+    return kube.wait_for(lambda: next((e for e in kube.get("events", namespace=namespace)["items"]
+                                       if e.get("reason") == "TrainingRestarted"), None),
+                         300, what="the training group restarting")
 
 
 def running_cluster(suffix: str = "") -> Iterator[DevCluster]:

@@ -9,7 +9,14 @@ import pytest
 
 from distillery.devcluster import kueue as devkueue
 from distillery.devcluster.cluster import DevCluster
-from tests.cluster.conftest import Kube, OperatorProcess, install_crd, running_cluster
+from tests.cluster.conftest import (
+    Kube,
+    OperatorProcess,
+    install_crd,
+    node_deleted,
+    running_cluster,
+    training_restarted,
+)
 from tests.cluster.test_operator import condition, distillation
 
 pytestmark = pytest.mark.cluster
@@ -150,12 +157,8 @@ def test_a_disrupted_training_group_restarts_through_kueue_and_gives_its_quota_b
                                                       selector="distillery.dev/stage=training")["items"]
                                   if p["status"].get("phase") == "Running"] or None, 60, what="training pods run")
     lost = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
-    node = kube.get("node", lost["spec"]["nodeName"])
-    try:
-        kube.run("delete", "node", lost["spec"]["nodeName"])
-        restarted = kube.wait_for(lambda: next((e for e in kube.get("events", namespace=namespace)["items"]
-                                                if e.get("reason") == "TrainingRestarted"), None),
-                                  300, what="the training group restarting")
+    with node_deleted(kube, lost["spec"]["nodeName"]):
+        restarted = training_restarted(kube, namespace)
         assert "attempt 2" in restarted["message"] and "disruption" in restarted["message"], restarted
         second = kube.wait_for(lambda: (job := kube.get("job", "disrupted-train", namespace)) and
                                job["metadata"]["uid"] != first["metadata"]["uid"] and job, 180,
@@ -163,11 +166,6 @@ def test_a_disrupted_training_group_restarts_through_kueue_and_gives_its_quota_b
         assert second["metadata"]["annotations"]["distillery.dev/attempt"] == "2"
         kube.wait_for(lambda: (condition(kube.get("distillation", "disrupted", namespace), "Succeeded") or {})
                       .get("status") == "True", 600, what="disrupted Succeeded")
-    finally:
-        meta = node["metadata"]
-        node["metadata"] = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
-        node.pop("status", None)
-        kube.apply(node, server_side=False, check=False)
     owners = suspend_owners(job_with_managed_fields(kube, "disrupted-train", namespace) or {"metadata": {}})
     assert OPERATOR_MANAGER not in owners and "kueue" in owners, owners
     training_status = kube.get("distillation", "disrupted", namespace)["status"]["stages"]["training"]

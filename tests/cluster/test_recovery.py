@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from distillery.devcluster.demo import LocalWorkloads, local_sample, models_claim
-from tests.cluster.conftest import Kube, OperatorProcess
+from tests.cluster.conftest import Kube, OperatorProcess, node_deleted, training_restarted
 from tests.cluster.test_operator import condition
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
@@ -137,24 +137,12 @@ def test_a_training_node_deleted_mid_run_restarts_the_group_from_its_last_checkp
                   900, interval=1, what="the first training checkpoint")
     pods = kube.get("pods", namespace=ns, selector="distillery.dev/stage=training")["items"]
     lost = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
-    node = kube.get("node", lost["spec"]["nodeName"])
-    try:
-        # The node goes: its pod's processes freeze (the local kubelet's lost machine), rank 0 waits for them in a
-        # collective, the pod GC marks the pod DisruptionTarget and the Job replaces it.
-        kube.run("delete", "node", lost["spec"]["nodeName"])
-        # The operator's Event, not the RestartingGroup condition: the condition lasts only until the next
-        # attempt runs, which a poll may miss on a fast machine.
-        restarted = kube.wait_for(lambda: next((e for e in kube.get("events", namespace=ns)["items"]
-                                                if e.get("reason") == "TrainingRestarted"), None),
-                                  300, what="the training group restarting")
+    # The node goes: its pod's processes freeze (the local kubelet's lost machine), rank 0 waits for them in a
+    # collective, the pod GC marks the pod DisruptionTarget and the Job replaces it.
+    with node_deleted(kube, lost["spec"]["nodeName"]):
+        restarted = training_restarted(kube, ns)
         assert "attempt 2" in restarted["message"] and "disruption" in restarted["message"], restarted
         dist = pipeline.finished()
-    finally:
-        # The node comes back for the session's other tests, as the profile made it.
-        meta = node["metadata"]
-        node["metadata"] = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
-        node.pop("status", None)
-        kube.apply(node, server_side=False, check=False)
     status = dist["status"]
     assert status["phase"] == "Succeeded", status
     assert status["stages"]["training"]["attempts"] == 2, status["stages"]["training"]
