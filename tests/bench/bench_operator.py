@@ -200,7 +200,7 @@ def main() -> int:
         crd = Path(tmp) / "crd.yaml"
         crd.write_text(render())
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/distillations.distillery.dev")
+        cluster.wait_established("distillations.distillery.dev")
         cluster.kubectl("create", "namespace", "bench")
         cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(static_volumes(args.count)))
         config = Path(tmp) / "operator.yaml"

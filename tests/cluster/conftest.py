@@ -128,7 +128,7 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 def install_crd(kube: Kube) -> None:
     kube.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.run("wait", "--for=condition=Established", "crd/distillations.distillery.dev", "--timeout=60s")
+    kube.cluster.wait_established("distillations.distillery.dev")
 
 
 @pytest.fixture(scope="session")

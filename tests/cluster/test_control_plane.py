@@ -157,7 +157,7 @@ def test_crd_with_a_cel_rule_rejects_a_bad_object(kube: Kube, namespace: str) ->
         },
     }
     kube.apply(crd)
-    kube.run("wait", "--for=condition=Established", "crd/widgets.example.test", "--timeout=30s")
+    kube.cluster.wait_established("widgets.example.test")
     good = {"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "good"},
             "spec": {"min": 1, "max": 2}}
     bad = {**good, "metadata": {"name": "bad"}, "spec": {"min": 3, "max": 2}}

@@ -192,8 +192,7 @@ class DevCluster:
         crds = kueue.crds(binaries.kueue_crds, base, ca)
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue.NAMESPACE}}
         self._apply(namespace, *crds)
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     *[f"crd/{c['metadata']['name']}" for c in crds])
+        self.wait_established(*[c["metadata"]["name"] for c in crds], timeout=timeout)
         config = self.dir / "kueue-config.yaml"
         config.write_text(yaml.safe_dump(kueue.configuration(state.ports["kueue_webhook"],
                                                              state.ports["kueue_health"], cert_dir)))
@@ -222,8 +221,7 @@ class DevCluster:
             started = time.monotonic()
             crds = [yaml.safe_load(p.read_text()) for p in sorted(binaries.karpenter_crds.glob("*.yaml"))]
             self._apply(*crds)
-            self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                         *[f"crd/{c['metadata']['name']}" for c in crds])
+            self.wait_established(*[c["metadata"]["name"] for c in crds], timeout=timeout)
             types = self.dir / "karpenter-instance-types.json"
             types.write_text(json.dumps(karpenter.instance_types()))
             for port in ("karpenter_metrics", "karpenter_health"):
@@ -255,6 +253,21 @@ class DevCluster:
         state.save(self.state_file)
         self._create_nodes()
         self._wait(self._nodes_ready, timeout, "nodes Ready")
+
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Until every named CRD is served. Not `kubectl wait --for=condition=Established`: it fails at once, instead
+        of waiting, when it reads the CRD before the API server has written any condition into its status."""
+        def established() -> bool:
+            result = self.kubectl("get", *[f"crd/{name}" for name in crds], "-o", "json", check=False)
+            if result.returncode != 0:
+                return False
+            found = json.loads(result.stdout)
+            items = found.get("items", [found])
+            return len(items) == len(crds) and all(
+                any(c.get("type") == "Established" and c.get("status") == "True"
+                    for c in (item.get("status") or {}).get("conditions") or []) for item in items)
+
+        self._wait(established, timeout, f"CRDs {', '.join(crds)} established")
 
     def _apply(self, *manifests: dict[str, Any], check: bool = True) -> bool:
         result = self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=distillery-dev-cluster",

@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as crd_file:
         crd_file.write(crd.render())
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", crd_file.name)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/distillations.distillery.dev", "--timeout=60s")
+    cluster.wait_established("distillations.distillery.dev")
 
     local = args.workloads == "local"
     if args.manifest:
