@@ -41,6 +41,15 @@ def test_pvc_files_of_each_kind(tmp_path: Path) -> None:
     assert pvc(tmp_path, "rows.csv") == [{"text": "e", "label": "1"}, {"text": "f, quoted", "label": "2"}]
 
 
+def test_json_lines_may_hold_unicode_line_separators_inside_their_strings(tmp_path: Path) -> None:
+    volume = tmp_path / "data"
+    volume.mkdir()
+    rows = [{"text": "one\u2028two"}, {"text": "three\x85four\x1cfive"}, {"text": "six"}]
+    # json.dumps escapes them; another writer need not, and JSON allows them raw.
+    (volume / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    assert pvc(tmp_path, "rows.jsonl") == rows
+
+
 def test_a_pvc_directory_reads_its_files_in_order(tmp_path: Path) -> None:
     shards = tmp_path / "data" / "train"
     (shards / "part-2").mkdir(parents=True)

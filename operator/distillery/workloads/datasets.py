@@ -34,7 +34,9 @@ def parse_records(name: str, data: bytes) -> list[Row]:
     suffix = PurePosixPath(name).suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and other separators that
+        # JSON strings may hold unescaped (text scraped from the web does), and would cut such a record in two.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
