@@ -1,6 +1,7 @@
 """Operator and real workloads together: the stage pods' programs run through the local kubelet
 (DeepSpeed on CPU, a tiny student) and their results reach the Distillation's status."""
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from distillery.devcluster.demo import LocalWorkloads, local_sample, models_claim
+from distillery.workloads.labeler import read_labels
 from tests.cluster.conftest import Kube, OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
@@ -110,3 +112,24 @@ def test_two_teachers_vote_and_the_pipeline_succeeds_with_per_teacher_status(
     assert status["stages"]["teacher"]["state"] == "Removed"
     assert not [d for d in kube.get("deployments", namespace=namespace)["items"]
                 if d["metadata"]["name"].startswith(f"{name}-teacher")], "teachers removed together"
+
+
+def test_logit_distillation_runs_through_the_operator_with_the_teachers_log_probabilities(
+        kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
+    """student.loss kd end to end: the labeling pod asks the teacher (the local one, which answers with the tiny
+    models' own tokens) for top-k log-probabilities, stores them beside the labels, and the training pod adds the
+    KL term on the examples whose text lines up with the teacher's tokens."""
+    def kd(manifest: dict[str, Any]) -> None:
+        manifest["metadata"]["name"] = "nli-kd"
+        manifest["spec"]["student"].update({"includeRationale": True, "loss": {
+            "type": "kd", "weight": 0.5, "temperature": 2.0, "topLogprobs": 4}})
+
+    dist = run_to_the_end(kube, namespace, tmp_path, kd)
+    assert dist["status"]["phase"] == "Succeeded", dist["status"]
+    [labels_dir] = [d for d in (tmp_path / "local").rglob("labels") if d.is_dir()]
+    stored = [r for r in read_labels(labels_dir, "train") if r.status == "ok"]
+    assert stored and all(r.logprobs for r in stored), "every accepted label keeps its log-probabilities"
+    [pod] = kube.get("pods", namespace=namespace, selector="distillery.dev/stage=training")["items"]
+    summary = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert summary["kd_examples"] > 0 and summary["kd_missing"] == 0, summary
+    assert summary["kd_examples"] + summary["kd_unaligned"] == summary["examples"], summary
