@@ -40,10 +40,10 @@ DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
 UNSCHEDULABLE_GRACE_SECONDS = 15
 MAX_TRAINING_ATTEMPTS = 20
+"""A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
 UNFINISHED_TEACHER = {StageState.PENDING, StageState.WAITING, StageState.RUNNING, StageState.SUCCEEDED}
 """Teacher stage states that its removal ends. Pending and Waiting too: labeling may have run under a status
 that never recorded the teacher (an operator killed before each of its status writes)."""
-"""A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
 PHASE_OF_STAGE = {
     Stage.TEACHER: Phase.TEACHER,
     Stage.GENERATION: Phase.GENERATING,
