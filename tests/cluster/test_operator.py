@@ -228,8 +228,9 @@ def test_operator_killed_at_thirty_moments_finishes_every_pipeline_exactly_once(
     slow = {"pod-complete.stage.kwok.x-k8s.io/delay": "4s"}
     names = [f"chaos-{i}" for i in range(count)]
     # One GPU per pod. With whole-node teachers and training, the twenty student servers (which stay) land
-    # wherever the scheduler spreads them; once they touch enough of the 8 nodes, no later teacher or training
-    # group finds a whole node, and the pipelines would wait on the scheduler, not on the operator under test.
+    # wherever the scheduler spreads them; should they touch enough of the 8 nodes, no later teacher or training
+    # group could find a whole node and the pipelines would wait on the scheduler, not on the operator under test.
+    # Smaller pods also let more of each pipeline run while the operator is being killed.
     one_gpu = {"teacher": {"model": "Qwen/Qwen2.5-7B-Instruct", "gpuType": "H100", "gpus": 1},
                "student": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "gpuType": "H100", "nodes": 2, "gpusPerNode": 1}}
     kube.apply(*(distillation(n, scheduling={"podAnnotations": slow}, **one_gpu) for n in names),

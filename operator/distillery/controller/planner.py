@@ -41,7 +41,7 @@ ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.
 UNSCHEDULABLE_GRACE_SECONDS = 15
 MAX_TRAINING_ATTEMPTS = 20
 """A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
-UNFINISHED_TEACHER = {StageState.PENDING, StageState.WAITING, StageState.RUNNING, StageState.SUCCEEDED}
+ENDED_BY_TEACHER_REMOVAL = {StageState.PENDING, StageState.WAITING, StageState.RUNNING, StageState.SUCCEEDED}
 """Teacher stage states that its removal ends. Pending and Waiting too: labeling may have run under a status
 that never recorded the teacher (an operator killed before each of its status writes)."""
 PHASE_OF_STAGE = {
@@ -663,7 +663,7 @@ class _Pass:
         if ("Service", self.names.teacher) in self.obs.applied:
             self.delete("Service", self.names.teacher)
         record = self.stage(Stage.TEACHER)
-        if record.state in UNFINISHED_TEACHER:
+        if record.state in ENDED_BY_TEACHER_REMOVAL:
             record.completion_time = self.now
             t = self.spec.primary_teacher
             record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
@@ -686,7 +686,7 @@ class _Pass:
             if ("Service", name) in self.obs.applied:
                 self.delete("Service", name)
         record = self.stage(Stage.TEACHER)
-        if record.state in UNFINISHED_TEACHER:
+        if record.state in ENDED_BY_TEACHER_REMOVAL:
             record.completion_time = self.now
             hours = _hours_between(record.start_time, self.now)
             record.gpu_hours = round(sum(members[i].replicas * members[i].gpus for i in removed) * hours, 4)
