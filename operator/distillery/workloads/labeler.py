@@ -517,9 +517,13 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
         summary["error"] = (f"only {ratio:.1%} of rows got a valid answer, "
                             f"below teacher.minSuccessRatio {cfg.teacher.min_success_ratio:.0%}")
         return summary, EXIT_LOW_SUCCESS
-    # What a run that reuses these labels (dataset.labelsFrom) checks; every shard writes the same.
-    write_json_atomic(cfg.workspace.labels_fingerprint, {"fingerprint": cfg.labels_fingerprint})
+    write_fingerprint(cfg)
     return summary, EXIT_OK
+
+
+def write_fingerprint(cfg: PipelineConfig) -> None:
+    """What a run that reuses these labels (dataset.labelsFrom) checks; every shard writes the same."""
+    write_json_atomic(cfg.workspace.labels_fingerprint, {"fingerprint": cfg.labels_fingerprint})
 
 
 class JudgeUnavailable(Exception):
@@ -741,6 +745,7 @@ async def run_several(cfg: PipelineConfig, task: TaskDefinition, splits: dict[st
         summary["error"] = (f"only {ratio:.1%} of rows got a label, below the teachers' minSuccessRatio "
                             f"{min_ratio:.0%}")
         return summary, EXIT_LOW_SUCCESS
+    write_fingerprint(cfg)
     return summary, EXIT_OK
 
 
