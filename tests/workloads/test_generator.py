@@ -16,7 +16,7 @@ from distillery.resources.workspace import pipeline_config
 from distillery.workloads import generator, labeler
 from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text
-from distillery.workloads.labeler import read_labels
+from distillery.workloads.labels import read_labels
 from distillery.workloads.tasks import TaskDefinition, get_task
 from tests.workloads.conftest import NLI_ROWS
 

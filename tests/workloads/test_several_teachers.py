@@ -17,9 +17,10 @@ from distillery.devcluster.teacher_server import ResponderContext, TaskAwareResp
 from distillery.devcluster.tiny import build_tokenizer
 from distillery.workloads import labeler
 from distillery.workloads.finetune_data import build_finetune_set
-from distillery.workloads.labeler import LabelRecord, read_labels, read_records, replies_path
+from distillery.workloads.labels import LabelRecord, read_labels, read_records, replies_path
+from distillery.workloads.strategy_judge import parse_verdict, strategy_judge_messages
 from distillery.workloads.tasks import TaskDefinition, get_task
-from distillery.workloads.teacher_votes import judge_messages, parse_verdict, plurality
+from distillery.workloads.teacher_votes import plurality
 from tests.workloads.conftest import NLI_ROWS
 
 CONVERSATIONS: list[dict[str, Any]] = [
@@ -88,7 +89,7 @@ def test_plurality_and_verdicts() -> None:
     assert parse_verdict("**Best:** Reply 3", 3) == 2
     assert parse_verdict("Best: 4", 3) is None and parse_verdict("I like both.", 2) is None
     prompt = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi?"}]
-    text = judge_messages(prompt, ["a", "b"])[-1]["content"]
+    text = strategy_judge_messages(prompt, ["a", "b"])[-1]["content"]
     assert "hi?" in text and "be nice" not in text and "Reply 2:\nb" in text
 
 
