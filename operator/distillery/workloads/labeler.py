@@ -227,7 +227,7 @@ class Labeler:
         self.order = list(self.teachers)
         assert (self.strategy is None) == (len(self.order) == 1), "a teacherStrategy combines several teachers"
         self.judge = judge
-        self.per_teacher = {name: Counter[str]() for name in self.order} if self.strategy else {}
+        self.per_teacher = {name: Counter[str]() for name in self.order} if self.several else {}
         self.rows_disagreed = 0
         self.unlabeled = 0
         self.judge_error = ""
@@ -236,13 +236,14 @@ class Labeler:
         """Teachers' records of rows not decided yet (from the replies file of a pod that stopped)."""
 
     @property
-    def keeps_replies(self) -> bool:
-        """Several teachers: each one's record is kept as it answers, before the row's label is decided."""
+    def several(self) -> bool:
+        """Several teachers, combined by the teacher strategy; each one's record is kept (the replies file) as
+        it answers, before the row's label is decided."""
         return self.strategy is not None
 
     @property
     def last_error(self) -> str:
-        errors = [f"{name}: {t.last_error}" if self.keeps_replies else t.last_error
+        errors = [f"{name}: {t.last_error}" if self.several else t.last_error
                   for name, t in self.teachers.items() if t.last_error]
         return "; ".join([*errors, *([f"judge: {self.judge_error}"] if self.judge_error else [])])
 
@@ -253,7 +254,7 @@ class Labeler:
         """The counters, and with several teachers `rows_disagreed` and `teacher.<name>.<counter>`: flat numbers,
         which the operator adds up across shards."""
         flat = self.counters.as_dict()
-        if self.strategy is not None:
+        if self.several:
             flat["rows_disagreed"] = self.rows_disagreed
         for name, counts in self.per_teacher.items():
             for key in ("answered", "agreed", "tokens_in", "tokens_out"):
@@ -442,7 +443,7 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     labeler = Labeler(cfg, task, clients, judge)
     writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
     reply_writers = ({split: LabelWriter(replies_path(labels_dir, split, index)) for split in SPLITS}
-                     if labeler.keeps_replies else {})
+                     if labeler.several else {})
     counters = labeler.counters
     counters.rows_total = sum(len(rows) for rows in mine.values())
     labeler.resume(mine, writers, reply_writers)
@@ -479,12 +480,12 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
         summary["error"] = "interrupted by SIGTERM; a rerun resumes"
         return summary, 128 + signal.SIGTERM
     if unlabeled:
-        who = "a teacher" if labeler.keeps_replies else "the teacher"
+        who = "a teacher" if labeler.several else "the teacher"
         summary["error"] = (f"{unlabeled} rows not labeled, {who} kept failing "
                             f"({labeler.last_error[:300]}); a rerun resumes")
         return summary, EXIT_UNLABELED
     if ratio < min_ratio:
-        bound = "the teachers' minSuccessRatio" if labeler.keeps_replies else "teacher.minSuccessRatio"
+        bound = "the teachers' minSuccessRatio" if labeler.several else "teacher.minSuccessRatio"
         summary["error"] = f"only {ratio:.1%} of rows got a valid answer, below {bound} {min_ratio:.0%}"
         return summary, EXIT_LOW_SUCCESS
     write_fingerprint(cfg)
