@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from distillery.devcluster.demo import LocalWorkloads, local_sample, models_claim
-from distillery.workloads.labeler import read_labels
+from distillery.workloads.labels import read_labels
 from tests.cluster.conftest import Kube, OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]

@@ -83,3 +83,14 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from distillery.controller.kube import KubeClient\n")
     assert "distillery.controller.kube" in imports(bad)
     assert "controller" not in ALLOWED["workloads"]
+
+
+WORKLOAD_PROGRAMS = {f"distillery.workloads.{name}" for name in
+                     ("labeler", "generator", "trainer", "evaluator", "serve", "launch")}
+"""What `distillery <command>` runs in a stage pod; what they share lives in library modules."""
+
+
+def test_no_workload_imports_a_program() -> None:
+    broken = [f"{m} imports {target}" for m, targets in graph().items() if layer(m) == "workloads"
+              for target in sorted(targets & WORKLOAD_PROGRAMS) if target != m]
+    assert not broken, "\n".join(broken)

@@ -15,7 +15,7 @@ from distillery.workloads.finetune_data import (
     pack,
     prompt_ids,
 )
-from distillery.workloads.labeler import LabelRecord
+from distillery.workloads.labels import LabelRecord
 from distillery.workloads.tasks import get_task
 from tests.workloads import tinymodel as tm
 

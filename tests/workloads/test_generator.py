@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from distillery.api.pipeline import GENERATED_LOG_FILE, PipelineConfig
-from distillery.api.spec import DistillationSpec
+from distillery.api.spec import DistillationSpec, StrategyMode
 from distillery.devcluster.teacher_server import TeacherServer
 from distillery.resources.common import Owner
 from distillery.resources.workspace import pipeline_config
 from distillery.workloads import generator, labeler
 from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text
-from distillery.workloads.labeler import read_labels
+from distillery.workloads.labels import read_labels
 from distillery.workloads.tasks import TaskDefinition, get_task
 from tests.workloads.conftest import NLI_ROWS
 
@@ -197,3 +197,22 @@ async def test_every_task_gets_inputs_in_its_own_columns(path: Path, tmp_path: P
     assert not {"answer", "answerKey", "label", "highlights", "category"} & set(summary["columns"])
     for row in rows:
         assert task.teacher_messages(row) and task.student_messages(row)
+
+
+async def test_generation_with_several_teachers_uses_the_first_ones_own_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With spec.teachers the pod has each endpoint teacher's key in its own variable and no TEACHER_API_KEY;
+    the generator asks the first teacher with that teacher's key."""
+    monkeypatch.delenv("TEACHER_API_KEY", raising=False)
+    monkeypatch.setenv("TEACHER_API_KEY_GOLD", "right")
+    async with TeacherServer(api_key="right") as teacher:
+        config = generating_config(tmp_path, teacher.url, count=6)
+        cfg = PipelineConfig.load(config)
+        first = cfg.teacher.model_copy(update={"name": "gold", "api_key_env": "TEACHER_API_KEY_GOLD"})
+        other = cfg.teacher.model_copy(update={"name": "other", "base_url": "http://127.0.0.1:9/v1"})
+        config.write_text(cfg.model_copy(update={"teacher": first, "teachers": [first, other],
+                                                 "teacher_strategy": StrategyMode.VOTE}).to_json())
+        code, result = await generate(config)
+        assert teacher.outcomes["401"] == 0
+    assert code == 0
+    assert len(parse_records("train.jsonl", result["cfg"].workspace.generated_train.read_bytes())) == 6

@@ -26,11 +26,11 @@ from distillery.api.spec import (
 )
 from distillery.devcluster.teacher_server import FaultConfig, TeacherServer
 from distillery.workloads import evaluator, labeler
+from distillery.workloads.evaluation_judge import JUDGE_ROLE, MalformedJudgement, parse_score
 from distillery.workloads.finetune_data import build_finetune_set, prompt_ids
-from distillery.workloads.labeler import read_labels
+from distillery.workloads.labels import read_labels
 from distillery.workloads.models import load_tokenizer
 from distillery.workloads.tasks import get_task
-from distillery.workloads.tasks.judge import JUDGE_ROLE, MalformedJudgement, parse_score
 from distillery.workloads.tasks.metrics import token_f1
 from distillery.workloads.tasks.persona import persona_chat_template, persona_system
 from tests.workloads import tinymodel as tm

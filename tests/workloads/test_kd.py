@@ -19,7 +19,8 @@ from distillery.api.spec import KD_NEEDS_LOGPROBS, DistillationSpec, PromptSpec,
 from distillery.devcluster.teacher_server import LogprobsMode, TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.devcluster.tiny import build_tokenizer
 from distillery.workloads import labeler
-from distillery.workloads.labeler import NO_LOGPROBS, read_labels, read_records, shard_path
+from distillery.workloads.labeler import NO_LOGPROBS
+from distillery.workloads.labels import read_labels, read_records, shard_path
 from distillery.workloads.loss import answer_loss_sum
 from distillery.workloads.tasks import get_task
 from distillery.workloads.teacher_logprobs import StudentVocabulary, TokenLogprobs, text_bytes, token_bytes_table

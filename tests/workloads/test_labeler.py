@@ -25,9 +25,9 @@ from distillery.devcluster.teacher_server import (
     TeacherServer,
     lookup_from_rows,
 )
-from distillery.workloads import labeler
+from distillery.workloads import labeler, teacher_outage
 from distillery.workloads.datasets import split_rows
-from distillery.workloads.labeler import LabelRecord, read_labels, read_records, shard_path
+from distillery.workloads.labels import LabelRecord, read_labels, read_records, shard_path
 from distillery.workloads.openai_client import (
     OpenAIChatClient,
     TeacherMisconfigured,
@@ -495,7 +495,7 @@ async def test_a_teacher_restart_mid_labeling_is_waited_out_without_asking_label
         await asyncio.to_thread(restarted.wait, 120)
 
     teacher.responder = responder
-    monkeypatch.setattr(labeler, "outage_sleep", wait_for_the_restart)
+    monkeypatch.setattr(teacher_outage, "outage_sleep", wait_for_the_restart)
     config = write_config(teacher.url, concurrency=2, max_attempts=2)
 
     labeling = asyncio.ensure_future(label(config))

@@ -17,9 +17,10 @@ from distillery.devcluster.teacher_server import ResponderContext, TaskAwareResp
 from distillery.devcluster.tiny import build_tokenizer
 from distillery.workloads import labeler
 from distillery.workloads.finetune_data import build_finetune_set
-from distillery.workloads.labeler import LabelRecord, read_labels, read_records, replies_path
+from distillery.workloads.labels import LabelRecord, read_labels, read_records, replies_path
+from distillery.workloads.strategy_judge import parse_verdict, strategy_judge_messages
 from distillery.workloads.tasks import TaskDefinition, get_task
-from distillery.workloads.teacher_votes import judge_messages, parse_verdict, plurality
+from distillery.workloads.teacher_votes import plurality
 from tests.workloads.conftest import NLI_ROWS
 
 CONVERSATIONS: list[dict[str, Any]] = [
@@ -88,7 +89,7 @@ def test_plurality_and_verdicts() -> None:
     assert parse_verdict("**Best:** Reply 3", 3) == 2
     assert parse_verdict("Best: 4", 3) is None and parse_verdict("I like both.", 2) is None
     prompt = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi?"}]
-    text = judge_messages(prompt, ["a", "b"])[-1]["content"]
+    text = strategy_judge_messages(prompt, ["a", "b"])[-1]["content"]
     assert "hi?" in text and "be nice" not in text and "Reply 2:\nb" in text
 
 
@@ -218,3 +219,28 @@ async def test_a_restarted_pod_asks_only_the_teachers_that_had_not_answered(
     result = records(config)
     assert len(result) == len(NLI_ROWS)
     assert all(r.teachers is not None and set(r.teachers) == {"gold", "b"} for r in result)
+
+
+async def test_several_teachers_labels_can_be_reused(servers: dict[str, TeacherServer], tmp_path: Path) -> None:
+    """dataset.labelsFrom naming a several-teacher Distillation: its finished labels carry the fingerprint that
+    the copying pod checks, so they are copied, not refused for a missing labels/fingerprint.json."""
+    config = write_config(tmp_path, {name: s.url for name, s in servers.items()}, "vote")
+    fingerprint = {"task": "nli", "teacher": "gold-b-c-vote", "prompt": "default", "rows": "nli-rows"}
+    source = PipelineConfig.load(config).model_copy(update={"labels_fingerprint": fingerprint})
+    config.write_text(source.to_json())
+    assert await label(config) == 0
+    asked = sum(s.total_requests for s in servers.values())
+
+    claim = tmp_path / "pvc" / "claim"
+    claim.mkdir(parents=True)
+    (claim / "workspace").symlink_to(source.workspace.root)
+    reusing = source.model_copy(update={"workspace": source.workspace.model_copy(update={"root": str(tmp_path / "b")}),
+                                        "labels_from": "pvc://claim/workspace"})
+    summary, code = labeler.reuse_labels(reusing, str(tmp_path / "pvc"))
+
+    assert code == labeler.EXIT_OK, summary
+    for split in ("train", "validation"):
+        assert read_labels(reusing.workspace.labels_dir, split) == read_labels(source.workspace.labels_dir, split)
+    assert summary["rows_done"] == len(NLI_ROWS) == summary["rows_ok"] + summary["rows_rejected"]
+    assert json.loads(reusing.workspace.labels_fingerprint.read_text())["fingerprint"] == fingerprint
+    assert sum(s.total_requests for s in servers.values()) == asked  # copied, no teacher asked

@@ -53,6 +53,8 @@ GENERATED_LOG_FILE = "log.jsonl"
 """One line per generation request (kept or rejected, with the reason): what a restarted pod resumes from."""
 FINGERPRINT_PARTS = ("task", "teacher", "prompt", "rows")
 """What reused labels must agree on (`spec.dataset.labelsFrom`)."""
+ONE_TEACHER_NAME = "teacher"
+"""The name `PipelineConfig.teacher_list()` gives spec.teacher, which has none (spec.teachers' members do)."""
 
 
 class TeacherClientConfig(ApiModel):
@@ -160,6 +162,13 @@ class PipelineConfig(ApiModel):
     labels_from: str | None = None
     """pvc://claim/path of a workspace whose labels (and generated inputs) the labeling stage copies instead
     of asking the teacher, after checking their fingerprint and rows."""
+
+    def teacher_list(self) -> list[TeacherClientConfig]:
+        """Every teacher the labeler asks, each with a name: `teachers`, or `teacher` as a list of one (no
+        teacher_strategy then: its reply is the label). pipeline.json keeps both fields as they are."""
+        if self.teachers is not None:
+            return list(self.teachers)
+        return [self.teacher.model_copy(update={"name": self.teacher.name or ONE_TEACHER_NAME})]
 
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), indent=2, sort_keys=True)

@@ -42,16 +42,16 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from distillery.devcluster.tiny import DEFAULT_CORPUS, build_tokenizer
+from distillery.workloads.evaluation_judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER
 from distillery.workloads.generator import REPLY_INSTRUCTION
+from distillery.workloads.strategy_judge import VERDICT_MARKER
 from distillery.workloads.tasks import Message, Row, TaskDefinition
 from distillery.workloads.tasks.conversation import REPLY_MARKER
-from distillery.workloads.tasks.judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER
 from distillery.workloads.tasks.metrics import token_f1
 from distillery.workloads.tasks.multiple_choice import LETTERS
 from distillery.workloads.tasks.nli import LABELS
 from distillery.workloads.tasks.persona import IN_CHARACTER
 from distillery.workloads.tasks.summarization import COD_KEY, COD_MISSING_KEY, SUMMARY_MARKER
-from distillery.workloads.teacher_votes import VERDICT_MARKER
 
 Outcome = Literal["ok", "400", "429", "500", "503", "slow", "malformed", "length"]
 """"length" answers the valid text with finish_reason "length", as a server cut off at max_tokens does."""

@@ -25,8 +25,8 @@ def workspace_layout(cfg: PipelineConfig) -> WorkspaceLayout:
 
 
 def teacher_api_key(teacher: TeacherClientConfig) -> str | None:
-    """The bearer token of one of several teachers (or the judge), when its manifest gives it one; None lets
-    the client fall back to TEACHER_API_KEY."""
+    """A teacher's bearer token from the variable its client config names (an endpoint teacher of several, or
+    teacherStrategy's judge); None lets the client fall back to TEACHER_API_KEY."""
     return os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
 
 

@@ -28,14 +28,14 @@ from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, JudgeClientCo
 from distillery.api.spec import Baseline, Persona, TrainingMethod
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import workspace_layout
+from distillery.workloads.evaluation_judge import JudgeTally, judge, mean_percent
 from distillery.workloads.finetune_data import prompt_ids
-from distillery.workloads.judging import JudgeTally, judge, mean_percent
-from distillery.workloads.labeler import read_labels
+from distillery.workloads.labels import read_labels
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer
 from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
 from distillery.workloads.report import text_table
 from distillery.workloads.tasks import Message, MissingColumn, Row, TaskDefinition, get_task
-from distillery.workloads.tasks.judge import persona_judge_messages
+from distillery.workloads.tasks.persona import persona_judge_messages
 
 SHORT_MAX_NEW_TOKENS = 256
 COT_MAX_NEW_TOKENS = 1024

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillery.workloads.labeler import LabelRecord, read_labels
+from distillery.workloads.labels import LabelRecord, read_labels
 from distillery.workloads.tasks import MissingColumn, Parsed, TaskDefinition
 from distillery.workloads.teacher_logprobs import StudentVocabulary, TopK
 

@@ -40,6 +40,7 @@ from distillery.workloads.openai_client import (
     OpenAIChatClient,
     TeacherRejected,
     TeacherUnavailable,
+    teacher_client,
 )
 from distillery.workloads.progress import LiveProgress, compact_json, write_termination_message
 from distillery.workloads.tasks import MissingColumn, TaskDefinition, get_task
@@ -346,8 +347,7 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, base_dir_for_pvc: str |
     started = time.monotonic()
     layout = workspace_layout(cfg)
     seeds = load_rows(spec.seeds, "train", base_dir_for_pvc)
-    client = OpenAIChatClient(cfg.teacher.base_url, cfg.teacher.model,
-                              timeout_s=cfg.teacher.request_timeout_seconds, max_attempts=cfg.teacher.max_attempts)
+    client = teacher_client(cfg.teacher)
     generator = Generator(cfg, task, spec, seeds, known_rows(cfg, base_dir_for_pvc), client)
     log_file = OutcomeLog(layout.generated_dir / GENERATED_LOG_FILE)
     resumed = len(log_file.existing)

@@ -18,8 +18,9 @@ from typing import Any, Self
 
 import aiohttp
 
-from distillery.api.pipeline import TEACHER_API_KEY_ENV
+from distillery.api.pipeline import TEACHER_API_KEY_ENV, TeacherClientConfig
 from distillery.api.spec import Sampling
+from distillery.workloads.environment import teacher_api_key
 from distillery.workloads.teacher_logprobs import TokenLogprobs
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -214,3 +215,9 @@ def parse_completion(payload: Any) -> tuple[list[str], list[str], int, int, list
     usage = payload.get("usage") or {}
     return (texts, reasons, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
             logprobs)
+
+
+def teacher_client(teacher: TeacherClientConfig) -> OpenAIChatClient:
+    """A client for a teacher (or teacherStrategy's judge) with its timeout, attempts and bearer token."""
+    return OpenAIChatClient(teacher.base_url, teacher.model, timeout_s=teacher.request_timeout_seconds,
+                            max_attempts=teacher.max_attempts, api_key=teacher_api_key(teacher))

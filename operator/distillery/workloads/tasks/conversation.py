@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
+from distillery.workloads.evaluation_judge import judge_system, section
 from distillery.workloads.tasks.base import (
     MalformedAnswer,
     Message,
@@ -14,7 +15,6 @@ from distillery.workloads.tasks.base import (
     check_lengths,
     split_on_last_marker,
 )
-from distillery.workloads.tasks.judge import judge_system, section
 from distillery.workloads.tasks.metrics import mean_percent, token_f1
 from distillery.workloads.tasks.persona import with_persona
 

@@ -1,9 +1,11 @@
 """prompt.persona: the system message the teacher labels in, the student is trained with, and the served
-student falls back to when a caller sends no system message of their own."""
+student falls back to when a caller sends no system message of their own; and the rubric evaluation.judge
+scores the student's character by."""
 
 import json
 
 from distillery.api.spec import Persona
+from distillery.workloads.evaluation_judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER, section
 
 IN_CHARACTER = "Stay in character as "
 """Every persona system message says this before the persona's name (the local teacher reads it back)."""
@@ -38,3 +40,15 @@ def persona_chat_template(template: str, persona: Persona) -> str:
               f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
               "{%- endif -%}")
     return prefix + template
+
+
+def persona_judge_messages(persona: Persona, request: str, reply: str) -> list[dict[str, str]]:
+    """The persona rubric: does the reply speak as the persona (name, traits, tone)?"""
+    system = (f"{JUDGE_ROLE} of how well an assistant keeps to its persona. Rate only the character: whether "
+              f"the reply speaks as the persona would, with its name when it refers to itself, its traits and its "
+              f"tone, not whether it is correct. Explain in at most two sentences, then end with a last line "
+              f"'{SCORE_MARKER}: N' where N is an integer from 0 (out of character) to {MAX_SCORE} (fully in "
+              f"character), and nothing after it.")
+    user = "\n\n".join([section("persona", persona_system(persona)), section("request", request),
+                        section("reply", reply)])
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -5,6 +5,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from distillery.workloads.evaluation_judge import judge_system, section
 from distillery.workloads.tasks.base import (
     MalformedAnswer,
     Message,
@@ -15,7 +16,6 @@ from distillery.workloads.tasks.base import (
     check_lengths,
     split_on_last_marker,
 )
-from distillery.workloads.tasks.judge import judge_system, section
 from distillery.workloads.tasks.metrics import rouge
 
 SUMMARY_MARKER = "Summary"
