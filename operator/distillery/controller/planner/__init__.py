@@ -8,7 +8,6 @@ an operator restart (status says what finished; children say what exists).
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,23 +20,24 @@ from distillery.api.status import (
     LabelsRecord,
     ModelScore,
     Phase,
-    Progress,
     Stage,
     StageState,
     StageStatus,
-    TeacherStats,
     format_time,
     results_line,
     seconds_between,
 )
-from distillery.controller.conditions import get_condition, set_condition
+from distillery.controller.conditions import get_condition
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
+from distillery.controller.planner.actions import Action, Apply, Create, Delete, Event, Patch, Plan
+from distillery.controller.planner.context import ORDER, Pass, hours_between
 from distillery.resources import jobs, reporting, student, teacher, workspace
-from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, gpu_node_fits, manifest_hash
+from distillery.resources.common import Owner, gpu_node_fits
 from distillery.resources.teacher import served_teachers, teacher_name
 
-DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
-ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
+__all__ = ["MAX_TRAINING_ATTEMPTS", "Action", "Apply", "Create", "Delete", "Event", "Patch", "Plan", "gap_closed",
+           "gate_verdict", "gpu_pool_fits", "gpu_pool_fits_all", "plan"]
+
 UNSCHEDULABLE_GRACE_SECONDS = 15
 MAX_TRAINING_ATTEMPTS = 20
 """A bound on whole-group training restarts of any cause, so a pool that keeps losing nodes cannot loop forever."""
@@ -56,54 +56,6 @@ PHASE_OF_STAGE = {
 JobBuilder = Callable[[Owner, DistillationSpec, OperatorConfig], dict[str, Any]]
 PROGRESS_SUMMARY_WIDTH = 80
 """`kubectl get` prints status.progressSummary as a column; keep it one screen wide."""
-
-
-@dataclass(frozen=True)
-class Create:
-    manifest: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Delete:
-    kind: str
-    name: str
-    propagation: str = "Background"
-    """Foreground keeps the object until its dependents are gone (a Job until its pods have ended)."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    kind: str
-    name: str
-    patch: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Apply:
-    """Server-side apply of a child that exists: its desired fields changed since they were last applied."""
-
-    manifest: dict[str, Any]
-
-
-Action = Create | Delete | Patch | Apply
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass
-class Plan:
-    actions: list[Action] = field(default_factory=list)
-    status: DistillationStatus = field(default_factory=DistillationStatus)
-    events: list[Event] = field(default_factory=list)
-
-
-def _hours_between(start: str | None, end: str | None) -> float:
-    return max(0.0, (seconds_between(start, end) or 0.0) / 3600)
 
 
 def gpu_pool_fits(nodes: tuple[NodeView, ...], config: OperatorConfig, region: str, gpu_type: str | None,
@@ -219,82 +171,8 @@ def _judge_scores(entry: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-class _Pass:
+class _Pass(Pass):
     """One reconcile pass; mutates a copy of the status and collects actions and events."""
-
-    def __init__(self, owner: Owner, generation: int, spec: DistillationSpec, status: DistillationStatus,
-                 observed: Observed, now: datetime, config: OperatorConfig) -> None:
-        self.owner, self.spec, self.obs, self.config = owner, spec, observed, config
-        self.names = Names(owner.name)
-        self.generation = generation
-        self.now = format_time(now)
-        self.status = status.model_copy(deep=True)
-        self.status.observed_generation = generation
-        for stage in ORDER:
-            self.status.stages.setdefault(stage.value, StageStatus())
-        self.actions: list[Action] = []
-        self.events: list[Event] = []
-        self.teacher_released = False
-
-    # helpers -------------------------------------------------------------
-    def stage(self, stage: Stage) -> StageStatus:
-        return self.status.stages[stage.value]
-
-    def cond(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
-        self.status.conditions = set_condition(self.status.conditions, type_, status, reason, message, self.now,
-                                               self.generation)
-
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event("Warning" if warning else "Normal", reason, message[:1000]))
-
-    def create(self, manifest: dict[str, Any]) -> None:
-        self.actions.append(Create(manifest))
-
-    def apply(self, manifest: dict[str, Any]) -> None:
-        """A child whose fields may change after creation (replicas, images, operator-wide annotations, an
-        upgraded builder): created when absent, server-side applied when what the builders want now differs
-        from what was last applied. The hash of the last applied manifest rides on the child itself, so a
-        restarted operator writes nothing for children that are already right."""
-        digest = manifest_hash(manifest)
-        meta = manifest["metadata"]
-        stamped = {**manifest, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
-                                                                    APPLIED_HASH_ANNOTATION: digest}}}
-        applied = self.obs.applied.get((manifest["kind"], meta["name"]))
-        if applied is None:
-            self.actions.append(Create(stamped))
-        elif applied != digest:
-            self.actions.append(Apply(stamped))
-
-    def delete(self, kind: str, name: str) -> None:
-        self.actions.append(Delete(kind, name))
-
-    def start(self, stage: Stage, state: StageState = StageState.RUNNING, message: str | None = None) -> None:
-        record = self.stage(stage)
-        if record.start_time is None and state == StageState.RUNNING:
-            record.start_time = self.now
-        record.state = state
-        record.message = message
-
-    def finish(self, stage: Stage, state: StageState, message: str | None = None, gpus: int = 0) -> None:
-        record = self.stage(stage)
-        if record.state in DONE | {StageState.FAILED}:
-            return
-        record.start_time = record.start_time or self.now
-        record.completion_time = self.now
-        record.state = state
-        record.message = message
-        if gpus:
-            record.gpu_hours = round(gpus * _hours_between(record.start_time, record.completion_time), 4)
-        if state == StageState.SUCCEEDED:
-            self.event("StageSucceeded", f"Stage {stage.value} succeeded" + (f": {message}" if message else ""))
-        elif state == StageState.FAILED:
-            self.event("StageFailed", f"Stage {stage.value} failed: {message}", warning=True)
-
-    def done(self, stage: Stage) -> bool:
-        return self.stage(stage).state in DONE
-
-    def failed_stage(self) -> Stage | None:
-        return next((s for s in ORDER if self.stage(s).state == StageState.FAILED), None)
 
     def wait_for_gpus(self, stage: Stage, gpu_type: str, gpus: int, pods: int = 1) -> bool:
         """True when the region can hold the stage; otherwise records why it waits."""
@@ -380,13 +258,6 @@ class _Pass:
             self.release_teacher()
             return self.conclude_failed(failed)
         return self.conclude()
-
-    def ready_for(self, stage: Stage) -> bool:
-        """The teacher gates generation and labeling; after that each stage waits for all stages between it
-        and generation."""
-        if stage in (Stage.GENERATION, Stage.LABELING):
-            return all(self.done(s) for s in ORDER[:ORDER.index(stage)])
-        return all(self.done(s) for s in ORDER[1:ORDER.index(stage)])
 
     def generate_inputs(self) -> None:
         """dataset.generate: a Job writes new inputs with the teacher before labeling; reused labels bring
@@ -502,18 +373,13 @@ class _Pass:
         from its Deployments here; a removed one from release_teacher. Without that the stage would stay
         pending, and the Distillation would never succeed."""
         if not self.done(Stage.TEACHER) and all(view is not None and view.available for view in views):
-            record = self.stage(Stage.TEACHER)
-            record.state, record.message = StageState.SUCCEEDED, message
-            record.start_time = record.start_time or self.now
+            self.transition(Stage.TEACHER, StageState.SUCCEEDED, message)
             self.cond("TeacherReady", True, "Serving", message)
 
     def teacher_serving(self, message: str, event: str) -> None:
         """The teacher stage succeeded (once: the Event is posted when it first does)."""
-        record = self.stage(Stage.TEACHER)
-        if record.state != StageState.SUCCEEDED:
-            record.start_time = record.start_time or self.now
-            record.state = StageState.SUCCEEDED
-            record.message = message
+        if self.stage(Stage.TEACHER).state != StageState.SUCCEEDED:
+            self.transition(Stage.TEACHER, StageState.SUCCEEDED, message)
             self.event("TeacherReady", event)
         self.cond("TeacherReady", True, "Serving", message)
 
@@ -640,9 +506,7 @@ class _Pass:
                 self.event("QualityGatePassed", message)
             return True
         if record.state != StageState.FAILED:
-            record.state, record.message = StageState.FAILED, f"quality gate failed: {message}"
-            record.start_time = record.start_time or self.now
-            record.completion_time = self.now
+            self.transition(Stage.SERVING, StageState.FAILED, f"quality gate failed: {message}", ended=True)
             self.event(QUALITY_GATE_FAILED, f"the student is not served: {message}; the trained adapter stays in "
                                             f"the workspace", warning=True)
         self.cond("StudentReady", False, QUALITY_GATE_FAILED, record.message or message)
@@ -664,12 +528,10 @@ class _Pass:
             self.delete("Service", self.names.teacher)
         record = self.stage(Stage.TEACHER)
         if record.state in ENDED_BY_TEACHER_REMOVAL:
-            record.completion_time = self.now
             t = self.spec.primary_teacher
-            record.gpu_hours = round(t.replicas * t.gpus * _hours_between(record.start_time, self.now), 4)
-            record.state = StageState.REMOVED
-            reason, record.message = self.removal("teacher", "its")
-            self.cond("TeacherReady", False, reason, record.message)
+            reason, message = self.removal("teacher", "its")
+            self.transition(Stage.TEACHER, StageState.REMOVED, message, ended=True, gpus=t.replicas * t.gpus)
+            self.cond("TeacherReady", False, reason, message)
 
     def release_teachers(self) -> None:
         """Several teachers: those not kept are removed together; the stage's GPU-hours and each teacher's
@@ -687,12 +549,11 @@ class _Pass:
                 self.delete("Service", name)
         record = self.stage(Stage.TEACHER)
         if record.state in ENDED_BY_TEACHER_REMOVAL:
-            record.completion_time = self.now
-            hours = _hours_between(record.start_time, self.now)
-            record.gpu_hours = round(sum(members[i].replicas * members[i].gpus for i in removed) * hours, 4)
-            record.state = StageState.REMOVED
-            reason, record.message = self.removal("teachers", "their")
-            self.cond("TeacherReady", False, reason, record.message)
+            hours = hours_between(record.start_time, self.now)
+            reason, message = self.removal("teachers", "their")
+            self.transition(Stage.TEACHER, StageState.REMOVED, message, ended=True,
+                            gpus=sum(members[i].replicas * members[i].gpus for i in removed))
+            self.cond("TeacherReady", False, reason, message)
             stats = self.teacher_stats()
             for i in removed:
                 stats[i].gpu_hours = round(members[i].replicas * members[i].gpus * hours, 4)
@@ -705,13 +566,6 @@ class _Pass:
         if self.judge_uses_teacher() and self.done(Stage.EVALUATION):
             return "RemovedAfterEvaluation", f"{who} removed after evaluation, which it judged, to free {whose} GPUs"
         return "RemovedAfterLabeling", f"{who} removed after labeling to free {whose} GPUs"
-
-    def teacher_stats(self) -> list[TeacherStats]:
-        """status.teachers in spec.teachers order, created on first use."""
-        members = self.spec.teachers or []
-        known = {s.name: s for s in self.status.teachers or []}
-        self.status.teachers = [known.get(t.name) or TeacherStats(name=t.name) for t in members]
-        return self.status.teachers
 
     def stage_job(self, stage: Stage, view: JobView | None, build: JobBuilder,
                   summarise: Callable[[dict[str, Any]], None], gpus: int = 0) -> None:
@@ -756,11 +610,6 @@ class _Pass:
                 self.start(stage, StageState.RUNNING)
                 self.cond(STAGE_CONDITION[stage], False, "Running", running)
 
-    @property
-    def kueue_managed(self) -> bool:
-        """The stage Jobs carry Kueue's queue-name label: Kueue alone decides when they run."""
-        return bool(self.spec.scheduling.queue_name)
-
     def queued(self, stage: Stage, kueue_message: str) -> None:
         """A Job that Kueue holds suspended until its ClusterQueue has quota: waiting, not running, so its
         GPU-hours start counting only once Kueue admits it."""
@@ -790,11 +639,6 @@ class _Pass:
         if stage == Stage.EVALUATION and self.status.results:
             return ", ".join(f"{r.model} {r.score:.2f}" for r in self.status.results)
         return f"{stage.value} job completed"
-
-    def progress(self) -> Progress:
-        if self.status.progress is None:
-            self.status.progress = Progress()
-        return self.status.progress
 
     def live_progress(self) -> None:
         """Fold what running pods reported into status.progress (finished stages keep their final summary)."""
@@ -904,7 +748,8 @@ class _Pass:
         attempt = record.attempts or 1
         if view is not None and view.attempt > attempt:
             # The Job knows better than a status that lost its count (restored from a backup, say).
-            attempt = record.attempts = view.attempt
+            attempt = view.attempt
+            self.transition(Stage.TRAINING, attempts=attempt)
         if view is not None and view.attempt < attempt:
             # The attempt restarted last is still going away: foreground deletion keeps its Job until its pods
             # have ended, so the next attempt never meets the last one's ranks or checkpoint writes.
@@ -939,7 +784,7 @@ class _Pass:
             detail = "; ".join(dict.fromkeys(m for m in self.obs.messages.get(Stage.TRAINING.value, []) if m))
             why, failures = f"{view.reason or 'JobFailed'}: {view.message} {detail[:300]}".strip(), failures + 1
             if failures > self.config.job_backoff_limit:
-                record.failures = failures
+                self.transition(Stage.TRAINING, failures=failures)
                 return False
         elif not view.finished and not view.deleting and self.spec.student.nodes > 1 \
                 and Stage.TRAINING.value in self.obs.replaced:
@@ -953,13 +798,13 @@ class _Pass:
             # lost one: fail the stage and end the group (its checkpoints stay in the workspace).
             message = f"gave up after {attempt} attempts of the training group: {why}"[:1000]
             if not view.finished and not view.deleting:
-                self.actions.append(Delete("Job", self.names.train, propagation="Foreground"))
+                self.delete("Job", self.names.train, propagation="Foreground")
             student = self.spec.student
             self.finish(Stage.TRAINING, StageState.FAILED, message, gpus=student.nodes * student.gpus_per_node)
             self.cond(STAGE_CONDITION[Stage.TRAINING], False, "TooManyRestarts", message)
             return True
-        record.attempts, record.failures = attempt + 1, failures or None
-        self.actions.append(Delete("Job", self.names.train, propagation="Foreground"))
+        self.transition(Stage.TRAINING, attempts=attempt + 1, failures=failures)
+        self.delete("Job", self.names.train, propagation="Foreground")
         message = f"restarting the training group as attempt {attempt + 1} from its last checkpoint: {why}"
         self.event("TrainingRestarted", message, warning=True)
         self.start(Stage.TRAINING, StageState.RUNNING, message[:1000])
@@ -982,12 +827,9 @@ class _Pass:
         self.apply(student.student_service(self.owner))
         self.status.student_endpoint = student.student_endpoint(self.owner)
         if view is not None and view.available and view.replicas == sv.replicas:
-            record = self.stage(Stage.SERVING)
-            if record.state != StageState.SUCCEEDED:
-                record.state = StageState.SUCCEEDED
-                record.start_time = record.start_time or self.now
-                record.completion_time = self.now
-                record.message = f"{view.available_replicas} replica(s) serving"
+            if self.stage(Stage.SERVING).state != StageState.SUCCEEDED:
+                self.transition(Stage.SERVING, StageState.SUCCEEDED, f"{view.available_replicas} replica(s) serving",
+                                ended=True)
                 self.event("StudentReady", f"Student serving at {self.status.student_endpoint}")
             self.cond("StudentReady", True, "Serving", f"{view.available_replicas} replica(s) at "
                       f"{self.status.student_endpoint}")
@@ -1039,8 +881,7 @@ class _Pass:
         if present and not self.done(Stage.LABELING):
             for name in present:
                 self.delete("Deployment", name)
-            record = self.stage(Stage.TEACHER)
-            record.state, record.message = StageState.PENDING, "removed while suspended"
+            self.start(Stage.TEACHER, StageState.PENDING, "removed while suspended")
             self.cond("TeacherReady", False, "Suspended", "the teacher is removed while suspended")
         elif self.obs.teacher is not None and self.done(Stage.LABELING) and self.judge_holds_teacher():
             # Labeling is done, so its stage record stays; the judge comes back on resume (judging_teacher).
@@ -1117,11 +958,6 @@ class _Pass:
     def total_gpu_hours(self) -> None:
         hours = [s.gpu_hours for s in self.status.stages.values() if s.gpu_hours]
         self.status.gpu_hours = round(sum(hours), 4) if hours else None
-
-    def plan(self) -> Plan:
-        order = {"Ready": 0, "Succeeded": 1, "Failed": 2, "Reconciling": 3, "Stalled": 4, "Suspended": 5}
-        self.status.conditions.sort(key=lambda c: (order.get(c.type, 10), c.type))
-        return Plan(actions=self.actions, status=self.status, events=self.events)
 
 
 def plan(owner: Owner, generation: int, spec: DistillationSpec, status: DistillationStatus, observed: Observed,
