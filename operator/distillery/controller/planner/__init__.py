@@ -6,9 +6,8 @@ removal, failure, suspend and resume, and resuming a half-built pipeline after
 an operator restart (status says what finished; children say what exists).
 """
 
-import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from distillery.api.config import OperatorConfig
@@ -17,18 +16,16 @@ from distillery.api.spec import DistillationSpec, GateSpec
 from distillery.api.status import (
     STAGE_CONDITION,
     DistillationStatus,
-    LabelsRecord,
     ModelScore,
     Phase,
     Stage,
     StageState,
-    StageStatus,
-    format_time,
     results_line,
     seconds_between,
 )
 from distillery.controller.conditions import get_condition
 from distillery.controller.observe import DeploymentView, JobView, NodeView, Observed
+from distillery.controller.planner import reports
 from distillery.controller.planner.actions import Action, Apply, Create, Delete, Event, Patch, Plan
 from distillery.controller.planner.context import ORDER, Pass, hours_between
 from distillery.resources import jobs, reporting, student, teacher, workspace
@@ -138,39 +135,6 @@ def gpu_pool_fits_all(nodes: tuple[NodeView, ...], config: OperatorConfig, regio
     return True
 
 
-def _summary(messages: list[str]) -> dict[str, Any]:
-    """Merge the JSON termination messages of a stage's pods (one per shard or node)."""
-    merged: dict[str, Any] = {}
-    for message in messages:
-        try:
-            data = json.loads(message)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(data, dict):
-            continue
-        for key, value in data.items():
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            if numeric and isinstance(merged.get(key), int | float):
-                # Counts add up across shards; losses and times do not.
-                merged[key] = merged[key] + value if key not in ("loss", "final_loss", "wall_seconds") else value
-            else:
-                merged.setdefault(key, value)
-    return merged
-
-
-def _judge_scores(entry: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.judge's numbers in one evaluator result entry, those that are numbers."""
-    found: dict[str, Any] = {}
-    for key in ("judge", "persona"):
-        value = entry.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            found[key] = round(float(value), 2)
-    unjudged = entry.get("unjudged")
-    if isinstance(unjudged, int) and not isinstance(unjudged, bool):
-        found["unjudged"] = unjudged
-    return found
-
-
 class _Pass(Pass):
     """One reconcile pass; mutates a copy of the status and collects actions and events."""
 
@@ -235,7 +199,7 @@ class _Pass(Pass):
         self.resume_jobs()
         self.generate_inputs()
         if (self.obs.label_job is not None or self.ready_for(Stage.LABELING)) and self.labels_reusable():
-            self.stage_job(Stage.LABELING, self.obs.label_job, jobs.labeling_job, self.labeling_summary)
+            self.stage_job(Stage.LABELING, self.obs.label_job, jobs.labeling_job, reports.labeling_summary)
         if self.done(Stage.LABELING) and not self.judge_holds_teacher():
             self.release_teacher()
         if self.ready_for(Stage.TRAINING):
@@ -245,13 +209,13 @@ class _Pass(Pass):
                 self.finish(Stage.EVALUATION, StageState.SKIPPED, "evaluation disabled")
             elif not self.wait_for_gpus(Stage.EVALUATION, self.spec.student.gpu_type, 1) and not (
                     self.obs.eval_job is None and self.wait_for_judge()):
-                self.stage_job(Stage.EVALUATION, self.obs.eval_job, jobs.evaluation_job, self.evaluation_summary,
+                self.stage_job(Stage.EVALUATION, self.obs.eval_job, jobs.evaluation_job, reports.evaluation_summary,
                                gpus=1)
             if self.done(Stage.EVALUATION) and self.judge_uses_teacher():
                 self.release_teacher()
         if self.ready_for(Stage.SERVING) and self.quality_gate():
             self.serving()
-        self.live_progress()
+        reports.live_progress(self)
 
         failed = self.failed_stage()
         if failed is not None:
@@ -271,20 +235,7 @@ class _Pass(Pass):
                 self.cond("Generated", False, "NotRequested", reason)
             return
         if self.obs.generate_job is not None or self.ready_for(Stage.GENERATION):
-            self.stage_job(Stage.GENERATION, self.obs.generate_job, jobs.generation_job, self.generation_summary)
-
-    def generation_summary(self, summary: dict[str, Any]) -> None:
-        if summary:
-            self.generation_progress(summary)
-
-    def generation_progress(self, report: dict[str, Any]) -> None:
-        p = self.progress()
-        p.inputs_generated = int(report.get("generated", 0))
-        p.inputs_kept = int(report.get("kept", 0))
-        p.inputs_rejected = int(report.get("rejected", 0))
-        reasons = report.get("rejections")
-        if isinstance(reasons, dict):
-            p.input_rejections = {str(k): int(v) for k, v in reasons.items() if isinstance(v, int)} or None
+            self.stage_job(Stage.GENERATION, self.obs.generate_job, jobs.generation_job, reports.generation_summary)
 
     def labels_reusable(self) -> bool:
         """dataset.labelsFrom naming a Distillation: its labels must be finished and made from the same task,
@@ -568,7 +519,7 @@ class _Pass(Pass):
         return "RemovedAfterLabeling", f"{who} removed after labeling to free {whose} GPUs"
 
     def stage_job(self, stage: Stage, view: JobView | None, build: JobBuilder,
-                  summarise: Callable[[dict[str, Any]], None], gpus: int = 0) -> None:
+                  summarise: Callable[[Pass, dict[str, Any]], None], gpus: int = 0) -> None:
         if self.done(stage):
             return
         # One message from creation to completion: pod counts would turn every pod event into a status write.
@@ -583,9 +534,9 @@ class _Pass(Pass):
             return
         messages = self.obs.messages.get(stage.value, [])
         if view.complete:
-            summary = _summary(messages)
-            summarise(summary)
-            self.finish(stage, StageState.SUCCEEDED, self.describe(stage, summary), gpus=gpus)
+            summary = reports._summary(messages)
+            summarise(self, summary)
+            self.finish(stage, StageState.SUCCEEDED, reports.describe(self, stage, summary), gpus=gpus)
             self.cond(STAGE_CONDITION[stage], True, "Succeeded", self.stage(stage).message or "")
         elif view.failed:
             detail = "; ".join(dict.fromkeys(m for m in messages if m))[:600]
@@ -620,123 +571,6 @@ class _Pass(Pass):
         self.start(stage, StageState.WAITING, message)
         self.cond(STAGE_CONDITION[stage], False, "QueuedByKueue", message)
 
-    def describe(self, stage: Stage, summary: dict[str, Any]) -> str:
-        if stage == Stage.LABELING and summary.get("reused_from"):
-            return (f"{summary.get('rows_ok', 0)} labels reused from {summary['reused_from']}, "
-                    f"{summary.get('rows_rejected', 0)} rejected; the teacher was not asked")
-        if stage == Stage.GENERATION and "kept" in summary:
-            reasons = summary.get("rejections") or {}
-            detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-            return (f"{summary.get('generated', 0)} inputs generated, {summary['kept']} kept, "
-                    f"{summary.get('rejected', 0)} rejected" + (f" ({detail})" if detail else ""))[:1000]
-        if stage == Stage.LABELING and "rows_ok" in summary:
-            return f"{summary['rows_ok']} rows labeled, {summary.get('rows_rejected', 0)} rejected"
-        if stage == Stage.TRAINING and "steps" in summary:
-            # student.loss kd: how many examples the teacher's distribution reached (the rest trained on text alone).
-            kd = (f", logit distillation on {summary['kd_examples']} of {summary.get('examples', '?')} examples"
-                  if "kd_examples" in summary else "")
-            return f"{summary['steps']} optimizer steps, final loss {summary.get('final_loss', '?')}{kd}"
-        if stage == Stage.EVALUATION and self.status.results:
-            return ", ".join(f"{r.model} {r.score:.2f}" for r in self.status.results)
-        return f"{stage.value} job completed"
-
-    def live_progress(self) -> None:
-        """Fold what running pods reported into status.progress (finished stages keep their final summary)."""
-        shards: dict[str, list[dict[str, Any]]] = {}
-        for key, value in sorted(self.obs.progress.items()):
-            try:
-                data = json.loads(value)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict):
-                shards.setdefault(key.rsplit("-", 1)[0], []).append(data)
-        if shards.get(jobs.GENERATION) and self.stage(Stage.GENERATION).state == StageState.RUNNING:
-            self.generation_progress(shards[jobs.GENERATION][0])
-        if shards.get(jobs.LABELING) and self.stage(Stage.LABELING).state == StageState.RUNNING:
-            self.labeling_progress(shards[jobs.LABELING])
-            self.teacher_outage(shards[jobs.LABELING])
-        if shards.get(jobs.TRAINING) and self.stage(Stage.TRAINING).state == StageState.RUNNING:
-            lead = max(shards[jobs.TRAINING], key=lambda r: int(r.get("step", 0)))
-            p = self.progress()
-            p.train_step = int(lead.get("step", 0))
-            p.train_steps = int(lead.get("total_steps", 0)) or None
-            loss = lead.get("loss")
-            p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
-
-    def progress_line(self, stage: Stage, record: StageStatus) -> str:
-        p = self.status.progress
-        generate = self.spec.dataset.generate
-        if stage == Stage.GENERATION and p and generate and p.inputs_kept is not None:
-            return f"generating {p.inputs_kept}/{generate.count}"
-        if stage == Stage.LABELING and p and p.rows_total:
-            return f"labeling {(p.rows_labeled or 0) + (p.rows_rejected or 0)}/{p.rows_total}"
-        if stage == Stage.TRAINING and p and p.train_steps:
-            loss = f" loss {p.train_loss:.3f}" if p.train_loss is not None else ""
-            return f"training {p.train_step or 0}/{p.train_steps}{loss}"
-        return f"{stage.value}: {record.state.value.lower()}"
-
-    def labeling_summary(self, summary: dict[str, Any]) -> None:
-        if summary:
-            self.labeling_progress([summary])
-        # What another Distillation's dataset.labelsFrom compares with its own before reusing these labels.
-        self.status.labels = LabelsRecord(fingerprint=workspace.labels_fingerprint(self.spec),
-                                          rows=int(summary.get("rows_ok", 0)) if summary else None,
-                                          reused_from=workspace.labels_source_uri(self.spec))
-
-    def labeling_progress(self, reports: list[dict[str, Any]]) -> None:
-        """The labeler's counters (live reports of every shard, or the final summary) in status terms."""
-        p = self.progress()
-        p.rows_labeled = sum(int(r.get("rows_ok", 0)) for r in reports)
-        p.rows_rejected = sum(int(r.get("rows_rejected", 0)) for r in reports)
-        p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
-        p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
-        p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
-        if self.spec.teachers is None:
-            return
-        p.rows_disagreed = sum(int(r.get("rows_disagreed", 0)) for r in reports)
-        for stats in self.teacher_stats():
-            def total(key: str, name: str = stats.name) -> int:
-                return sum(int(r.get(f"teacher.{name}.{key}", 0)) for r in reports)
-            stats.rows_answered, stats.rows_agreed = total("answered"), total("agreed")
-            stats.agreement_rate = (round(stats.rows_agreed / stats.rows_answered, 4)
-                                    if stats.rows_answered else None)
-            stats.tokens_in, stats.tokens_out = total("tokens_in"), total("tokens_out")
-
-    def teacher_outage(self, reports: list[dict[str, Any]]) -> None:
-        """A labeler that waits out a teacher outage says so in its live report; the stage says why it stalls."""
-        waiting = [r for r in reports if isinstance(r.get("teacher_unreachable_since"), int)]
-        if not waiting:
-            return
-        first = min(waiting, key=lambda r: int(r["teacher_unreachable_since"]))
-        since = format_time(datetime.fromtimestamp(int(first["teacher_unreachable_since"]), UTC))
-        budget = self.spec.primary_teacher.outage_budget_seconds
-        message = (f"{len(waiting)} labeling shard(s) wait for the teacher, unreachable since {since} "
-                   f"({first.get('teacher_error', '')}); they give up after teacher.outageBudgetSeconds ({budget} s) "
-                   "and resume from the rows already labeled")
-        self.cond(STAGE_CONDITION[Stage.LABELING], False, "WaitingForTeacher", message)
-
-    def training_summary(self, summary: dict[str, Any]) -> None:
-        if not summary:
-            return
-        p = self.progress()
-        p.train_step = summary.get("steps")
-        p.train_steps = summary.get("total_steps", summary.get("steps"))
-        loss = summary.get("final_loss")
-        p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
-
-    def evaluation_summary(self, summary: dict[str, Any]) -> None:
-        metric = str(summary.get("metric", "score"))
-        scores = []
-        for r in summary.get("results") or []:
-            try:
-                scores.append(ModelScore(model=str(r["model"]), prompt=str(r.get("prompt", "")), metric=metric,
-                                         score=round(float(r["score"]), 2), rows=int(r.get("rows", 0)),
-                                         **_judge_scores(r)))
-            except (KeyError, TypeError, ValueError):
-                continue
-        if scores:
-            self.status.results = scores
-
     def training(self) -> None:
         s = self.spec.student
         if self.done(Stage.TRAINING):
@@ -765,7 +599,7 @@ class _Pass(Pass):
             job["metadata"].setdefault("annotations", {})[jobs.ATTEMPT_ANNOTATION] = str(attempt)
             return job
 
-        self.stage_job(Stage.TRAINING, view, build, self.training_summary, gpus=s.nodes * s.gpus_per_node)
+        self.stage_job(Stage.TRAINING, view, build, reports.training_summary, gpus=s.nodes * s.gpus_per_node)
 
     def restart_training(self, view: JobView, attempt: int) -> bool:
         """Restart the whole training group as a new Job when one of its pods was lost or failed.
@@ -944,7 +778,7 @@ class _Pass(Pass):
             self.cond("Reconciling", True, stage_cond.reason if waiting and stage_cond else "Progressing",
                       record.message or f"stage {current.value} in progress")
             self.cond("Ready", False, "InProgress", f"stage {current.value} in progress")
-            self.status.progress_summary = self.progress_line(current, record)
+            self.status.progress_summary = reports.progress_line(self, current, record)
         self.fill_unknown()
         self.total_gpu_hours()
         return self.plan()
