@@ -12,7 +12,7 @@ from distillery.api.pipeline import GENERATED_LOG_FILE, PipelineConfig
 from distillery.api.spec import DistillationSpec
 from distillery.devcluster.teacher_server import TeacherServer
 from distillery.resources.common import Owner
-from distillery.resources.workspace import pipeline_config
+from distillery.resources.pipeline_json import pipeline_config
 from distillery.workloads import generator, labeler
 from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text
@@ -120,7 +120,7 @@ async def test_reused_labels_are_copied_when_the_fingerprint_and_rows_match(
     source = write_config(teacher.url)
     assert await asyncio.to_thread(labeler.main, ["--config", str(source), "--progress-interval", "0.1"]) == 0
     source_cfg = PipelineConfig.load(source)
-    fingerprint = json.loads(source_cfg.workspace.labels_fingerprint.read_text())["fingerprint"]
+    fingerprint = json.loads(source_cfg.pipeline_json.labels_fingerprint.read_text())["fingerprint"]
     asked = teacher.total_requests
 
     def reusing(name: str, **changes: Any) -> PipelineConfig:

@@ -135,7 +135,6 @@ class Observed:
     """Children of one Distillation (by deterministic name) and the cluster's nodes."""
 
     pvc: bool = False
-    teacher: DeploymentView | None = None
     generate_job: JobView | None = None
     label_job: JobView | None = None
     train_job: JobView | None = None
@@ -154,10 +153,10 @@ class Observed:
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
     unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(the scheduler's message, since when), by stage label, for a stage pod that cannot be placed."""
     stuck: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(the kubelet's waiting reason, its message with the pod and restart count), by stage label, for a stage
     pod whose container cannot start or keeps crashing."""
-    """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
     replaced: dict[str, str] = field(default_factory=dict)
     """By stage label: a message naming a Job pod that replaced one lost to a disruption (node deleted, drained,
     preempted): in a multi-pod torch group the other pods then wait for a peer that is gone."""
@@ -261,7 +260,6 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
                                     if (k, names.workload) in by_key),
         progress_configmap=("ConfigMap", names.progress) in by_key,
         progress=dict((by_key.get(("ConfigMap", names.progress)) or {}).get("data") or {}),
-        teacher=deployment(names.teacher),
         generate_job=job(names.generate),
         label_job=job(names.label),
         train_job=job(names.train),

@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.pipeline import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV, teacher_api_key_env
+from distillery.api.pipeline import JUDGE_API_KEY_ENV
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
 from distillery.resources.common import (
@@ -25,8 +25,8 @@ from distillery.resources.common import (
     workload_security_context,
     workspace_volume,
 )
+from distillery.resources.pipeline_json import label_shards, labels_source_uri, teacher_key_env
 from distillery.resources.reporting import workload_env
-from distillery.resources.workspace import label_shards, labels_source_uri
 
 # Pod stage labels equal the status stage names, so pods and stages key the same maps.
 LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
@@ -116,12 +116,9 @@ def _teacher_pod(owner: Owner, spec: DistillationSpec, config: OperatorConfig, c
                  extra_uris: tuple[str | None, ...] = ()) -> dict[str, Any]:
     """A CPU pod of the labeler image that talks to the teachers (labeling, generation) and their judge."""
     env, volumes, mounts = _volumes(owner, spec, config, model=False, extra_uris=extra_uris)
-    if spec.teacher is not None and spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
-        env.append({"name": TEACHER_API_KEY_ENV,
-                    "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
-    for member in spec.teachers or []:
+    for member in spec.teacher_list():
         if member.endpoint and member.endpoint.api_key_secret_ref:
-            env.append({"name": teacher_api_key_env(member.name),
+            env.append({"name": teacher_key_env(spec, member),
                         "valueFrom": {"secretKeyRef": member.endpoint.api_key_secret_ref.to_wire()}})
     judge = spec.teacher_strategy.judge if spec.teacher_strategy is not None else None
     if judge is not None and judge.endpoint is not None and judge.endpoint.api_key_secret_ref is not None:

@@ -18,8 +18,8 @@ from distillery.api.status import (
 )
 from distillery.controller.conditions import set_condition
 from distillery.controller.observe import Observed
-from distillery.controller.planner.actions import Action, Apply, Create, Delete, Event, Plan
-from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, manifest_hash
+from distillery.controller.planner.actions import Action, Apply, Create, Delete, Event, Patch, Plan
+from distillery.resources.common import APPLIED_HASH_ANNOTATION, Names, Owner, digest
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED, StageState.REMOVED}
 ORDER = [Stage.TEACHER, Stage.GENERATION, Stage.LABELING, Stage.TRAINING, Stage.EVALUATION, Stage.SERVING]
@@ -137,18 +137,21 @@ class Pass:
         upgraded builder): created when absent, server-side applied when what the builders want now differs
         from what was last applied. The hash of the last applied manifest rides on the child itself, so a
         restarted operator writes nothing for children that are already right."""
-        digest = manifest_hash(manifest)
+        applied_hash = digest(manifest)
         meta = manifest["metadata"]
         stamped = {**manifest, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
-                                                                    APPLIED_HASH_ANNOTATION: digest}}}
+                                                                    APPLIED_HASH_ANNOTATION: applied_hash}}}
         applied = self.obs.applied.get((manifest["kind"], meta["name"]))
         if applied is None:
             self.actions.append(Create(stamped))
-        elif applied != digest:
+        elif applied != applied_hash:
             self.actions.append(Apply(stamped))
 
     def delete(self, kind: str, name: str, propagation: str = "Background") -> None:
         self.actions.append(Delete(kind, name, propagation))
+
+    def patch(self, kind: str, name: str, patch: dict[str, Any]) -> None:
+        self.actions.append(Patch(kind, name, patch))
 
     def plan(self) -> Plan:
         self.status.conditions.sort(key=lambda c: (CONDITION_ORDER.get(c.type, 10), c.type))

@@ -6,7 +6,7 @@ from typing import Any
 
 from distillery.api.status import STAGE_CONDITION, LabelsRecord, ModelScore, Stage, StageState, StageStatus, format_time
 from distillery.controller.planner.context import Pass
-from distillery.resources import jobs, workspace
+from distillery.resources import jobs, pipeline_json
 
 
 def _summary(messages: list[str]) -> dict[str, Any]:
@@ -104,9 +104,9 @@ def labeling_summary(ctx: Pass, summary: dict[str, Any]) -> None:
     if summary:
         labeling_progress(ctx, [summary])
     # What another Distillation's dataset.labelsFrom compares with its own before reusing these labels.
-    ctx.status.labels = LabelsRecord(fingerprint=workspace.labels_fingerprint(ctx.spec),
+    ctx.status.labels = LabelsRecord(fingerprint=pipeline_json.labels_fingerprint(ctx.spec),
                                       rows=int(summary.get("rows_ok", 0)) if summary else None,
-                                      reused_from=workspace.labels_source_uri(ctx.spec))
+                                      reused_from=pipeline_json.labels_source_uri(ctx.spec))
 
 
 def labeling_progress(ctx: Pass, reports: list[dict[str, Any]]) -> None:
