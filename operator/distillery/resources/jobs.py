@@ -161,14 +161,10 @@ def training_service(owner: Owner) -> dict[str, Any]:
     }
 
 
-def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    s = spec.student
-    name = Names(owner.name).train
-    hub_env, volumes, mounts = _volumes(owner, spec, config, model=True)
-    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
-    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    env: list[dict[str, Any]] = [
-        *hub_env,
+def _torchrun_env(owner: Owner, spec: DistillationSpec) -> list[dict[str, Any]]:
+    """Where rank 0 listens and the group's shape, for `distillery launch` (torchrun) on each node."""
+    s, name = spec.student, Names(owner.name).train
+    return [
         # On SIGTERM torchrun passes the signal on and waits this long for the workers' checkpoint
         # (its default is 30 s) before killing them; the pod's grace period is a little longer.
         {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
@@ -181,6 +177,14 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
     ]
+
+
+def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    s = spec.student
+    name = Names(owner.name).train
+    hub_env, volumes, mounts = _volumes(owner, spec, config, model=True)
+    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each; `distillery launch` is torchrun
     # exiting with the first failed worker's code (torchrun's own is 1), so the failure policy can read it.
     container = _container(
@@ -188,7 +192,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         ["--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
          "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
          "-m", "distillery.cli", "train", "--config", config_path()],
-        [*env, *workload_env(owner)],
+        [*hub_env, *_torchrun_env(owner, spec), *workload_env(owner)],
         gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node), memory=f"{64 * s.gpus_per_node}Gi"),
         mounts)
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
