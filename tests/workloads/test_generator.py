@@ -120,7 +120,7 @@ async def test_reused_labels_are_copied_when_the_fingerprint_and_rows_match(
     source = write_config(teacher.url)
     assert await asyncio.to_thread(labeler.main, ["--config", str(source), "--progress-interval", "0.1"]) == 0
     source_cfg = PipelineConfig.load(source)
-    fingerprint = json.loads(source_cfg.pipeline_json.labels_fingerprint.read_text())["fingerprint"]
+    fingerprint = json.loads(source_cfg.workspace.labels_fingerprint.read_text())["fingerprint"]
     asked = teacher.total_requests
 
     def reusing(name: str, **changes: Any) -> PipelineConfig:
