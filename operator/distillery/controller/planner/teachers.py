@@ -2,12 +2,12 @@
 together, labeling waits until all serve, and those not kept are removed together once labeling is over;
 a single in-cluster teacher that judges the evaluation serves on until evaluation is over."""
 
-from distillery.api.spec import NamedTeacherSpec
 from distillery.api.status import Stage, StageState
 from distillery.controller.observe import DeploymentView
 from distillery.controller.planner.capacity import wait_for_teachers_gpus
 from distillery.controller.planner.context import Pass, hours_between
 from distillery.controller.planner.serving import not_ready
+from distillery.controller.planner.teacher_words import teacher_words
 from distillery.resources import teacher
 from distillery.resources.teacher import served_teachers, teacher_name
 
@@ -18,17 +18,6 @@ that never recorded the teacher (an operator killed before each of its status wr
 
 def _views(ctx: Pass, served: list[int]) -> dict[int, DeploymentView | None]:
     return {i: ctx.obs.deployments.get(teacher_name(ctx.owner, ctx.spec, i)) for i in served}
-
-
-def _serving_words(ctx: Pass, members: list[NamedTeacherSpec], served: list[int],
-                   views: dict[int, DeploymentView | None]) -> tuple[str, str]:
-    """TeacherReady's message and the Event's once every served teacher is available."""
-    if not ctx.spec.several_teachers:
-        view, model = views[served[0]], members[served[0]].model
-        assert view is not None
-        return f"{view.available_replicas} replica(s) serving {model}", f"Teacher {model} is serving"
-    serving = ", ".join(f"{members[i].name} ({members[i].model})" for i in served)
-    return f"teachers serving: {serving}", f"Teachers are serving: {serving}"
 
 
 def teacher_stage(ctx: Pass) -> None:
@@ -54,12 +43,7 @@ def teacher_stage(ctx: Pass) -> None:
 
 
 def _endpoints_only(ctx: Pass) -> None:
-    if ctx.spec.several_teachers:
-        skipped = used = "every teacher is an external endpoint"
-    else:
-        endpoint = ctx.spec.teacher_list()[0].endpoint
-        assert endpoint is not None
-        skipped, used = f"external endpoint {endpoint.url}", f"using {endpoint.url}"
+    skipped, used = teacher_words(ctx.spec).endpoints()
     if ctx.stage(Stage.TEACHER).state != StageState.SKIPPED:
         ctx.finish(Stage.TEACHER, StageState.SKIPPED, skipped)
     ctx.cond("TeacherReady", True, "ExternalEndpoint", used)
@@ -75,34 +59,25 @@ def _after_labeling(ctx: Pass, served: list[int]) -> None:
     if judge_holds_teacher(ctx):
         judging_teacher(ctx)
     if held == served:
-        if ctx.spec.several_teachers:
-            message = "teachers serving: " + ", ".join(members[i].name for i in held)
-        else:
-            message = f"serving {members[served[0]].model}"
-        served_before_recorded(ctx, list(_views(ctx, held).values()), message)
+        served_before_recorded(ctx, list(_views(ctx, held).values()), teacher_words(ctx.spec).kept(held))
 
 
 def _serve(ctx: Pass, served: list[int]) -> None:
-    members = ctx.spec.teacher_list()
+    members, words = ctx.spec.teacher_list(), teacher_words(ctx.spec)
     views = _views(ctx, served)
     if all(view is None for view in views.values()):
         if wait_for_teachers_gpus(ctx, [members[i] for i in served]):
             return
-        ctx.start(Stage.TEACHER, StageState.RUNNING, f"starting {len(served)} teacher servers"
-                  if ctx.spec.several_teachers else "starting the teacher server")
+        ctx.start(Stage.TEACHER, StageState.RUNNING, words.starting(served))
     for i in served:
         ctx.apply(teacher.teacher_deployment(ctx.owner, ctx.spec, ctx.config, i))
         ctx.apply(teacher.teacher_service(ctx.owner, ctx.spec, i))
     waiting = [i for i in served if not ((view := views[i]) is not None and view.available)]
     if not waiting:
-        teacher_serving(ctx, *_serving_words(ctx, members, served, views))
+        teacher_serving(ctx, *words.serving(served, views))
         return
     # A teacher that was ready and lost its pods goes back to starting; labeling waits and resumes.
-    if ctx.spec.several_teachers:
-        default = f"teacher(s) {', '.join(members[i].name for i in waiting)} not serving yet"
-    else:
-        default = f"teacher {members[waiting[0]].model} is not serving yet"
-    reason, message = not_ready(ctx, Stage.TEACHER, views[waiting[0]], default)
+    reason, message = not_ready(ctx, Stage.TEACHER, views[waiting[0]], words.not_serving(waiting))
     ctx.start(Stage.TEACHER, StageState.RUNNING, message)
     ctx.cond("TeacherReady", False, reason, message)
 
@@ -136,7 +111,7 @@ def judge_uses_teacher(ctx: Pass) -> bool:
     only with a single teacher."""
     judge = ctx.spec.evaluation.judge
     return bool(judge is not None and judge.teacher and ctx.spec.evaluation.enabled
-                and not ctx.spec.several_teachers and ctx.spec.teacher_list()[0].endpoint is None)
+                and ctx.spec.teacher_list()[0].endpoint is None)
 
 
 def judge_holds_teacher(ctx: Pass) -> bool:
@@ -211,7 +186,8 @@ def release_teacher(ctx: Pass) -> None:
 
 def _removal(ctx: Pass) -> tuple[str, str]:
     """Why the teacher stage ended, as TeacherReady's reason and message."""
-    who, whose = ("teachers", "their") if ctx.spec.several_teachers else ("teacher", "its")
+    words = teacher_words(ctx.spec)
+    who, whose = words.who, words.whose
     failed = ctx.failed_stage()
     if failed is not None:
         return "RemovedAfterFailure", f"{who} removed after the {failed.value} stage failed, to free {whose} GPUs"
