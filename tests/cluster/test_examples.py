@@ -9,7 +9,7 @@ import yaml
 
 from distillery.api.crd import GROUP, KIND, VERSION
 from distillery.api.spec import DistillationSpec, Task
-from distillery.resources import workspace
+from distillery.resources import pipeline_json
 from distillery.workloads.generator import input_columns
 from distillery.workloads.tasks import get_task
 from tests.cluster.conftest import REPO, Kube
@@ -86,7 +86,7 @@ def test_reuse_labels_example_matches_the_labels_it_names() -> None:
     doc = load(REPO / "examples" / "reuse-labels.yaml")
     reusing = DistillationSpec.model_validate(doc["spec"])
     assert reusing.dataset.labels_from == load(REPO / "examples" / "nli-conjnli.yaml")["metadata"]["name"]
-    assert workspace.labels_fingerprint(reusing) == workspace.labels_fingerprint(source)
+    assert pipeline_json.labels_fingerprint(reusing) == pipeline_json.labels_fingerprint(source)
     assert reusing.student.model != source.student.model
 
 

@@ -9,7 +9,7 @@ import pytest
 from distillery.api.config import OperatorConfig
 from distillery.api.crd import MAX_NAME_LENGTH
 from distillery.api.spec import DistillationSpec
-from distillery.resources import jobs, reporting, student, teacher, workspace
+from distillery.resources import jobs, pipeline_json, reporting, student, teacher, workspace
 from distillery.resources.common import Owner
 from tests.cluster.conftest import Kube
 from tests.cluster.test_operator import distillation
@@ -155,8 +155,8 @@ def test_every_child_of_the_longest_name_is_valid(kube: Kube, crd: None, namespa
     name = "n" * MAX_NAME_LENGTH
     spec = DistillationSpec.model_validate(_set(distillation(name), "spec.student.nodes", 128)["spec"])
     owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
-    children = [workspace.workspace_pvc(owner, spec, CONFIG), workspace.pipeline_configmap(owner, spec),
-                teacher.teacher_deployment(owner, spec, CONFIG), teacher.teacher_service(owner),
+    children = [workspace.workspace_pvc(owner, spec, CONFIG), pipeline_json.pipeline_configmap(owner, spec),
+                teacher.teacher_deployment(owner, spec, CONFIG), teacher.teacher_service(owner, spec),
                 jobs.labeling_job(owner, spec, CONFIG), jobs.generation_job(owner, spec, CONFIG),
                 jobs.training_service(owner),
                 jobs.training_job(owner, spec, CONFIG),
@@ -222,7 +222,7 @@ def test_several_teachers_are_accepted_and_every_child_of_the_longest_name_is_va
     name = "n" * MAX_NAME_LENGTH
     spec = DistillationSpec.model_validate(several_teachers(name)["spec"])
     owner = Owner(name, namespace, "00000000-0000-0000-0000-000000000000")
-    children = [workspace.pipeline_configmap(owner, spec), jobs.labeling_job(owner, spec, CONFIG),
+    children = [pipeline_json.pipeline_configmap(owner, spec), jobs.labeling_job(owner, spec, CONFIG),
                 *(build for i in teacher.served_teachers(spec)
                   for build in (teacher.teacher_deployment(owner, spec, CONFIG, i),
                                 teacher.teacher_service(owner, spec, i)))]

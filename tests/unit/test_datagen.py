@@ -10,7 +10,7 @@ from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import PipelineConfig
 from distillery.api.spec import DistillationSpec, PromptSpec, Task
 from distillery.api.status import Phase, StageState
-from distillery.resources import jobs, workspace
+from distillery.resources import jobs, pipeline_json
 from distillery.resources.common import Owner
 from distillery.workloads.generator import (
     DUPLICATE_OF,
@@ -228,7 +228,7 @@ def test_the_generation_job_runs_the_generator_with_the_seeds_claim() -> None:
 
 def finished_source(spec: DistillationSpec) -> dict[str, Any]:
     return {"metadata": {"name": "first"}, "status": {"labels": {
-        "fingerprint": workspace.labels_fingerprint(spec), "rows": 100}}}
+        "fingerprint": pipeline_json.labels_fingerprint(spec), "rows": 100}}}
 
 
 def reusing_world(**overrides: Any) -> World:
@@ -293,7 +293,7 @@ def test_a_pvc_source_is_checked_by_the_labeling_pod() -> None:
     job = w.children[("Job", "demo-label")]
     pipeline = json.loads(w.children[("ConfigMap", "demo-pipeline")]["data"]["pipeline.json"])
     assert pipeline["labelsFrom"] == "pvc://archive/runs/first"
-    assert pipeline["labelsFingerprint"] == workspace.labels_fingerprint(w.spec)
+    assert pipeline["labelsFingerprint"] == pipeline_json.labels_fingerprint(w.spec)
     assert {"name": "src-1", "persistentVolumeClaim": {"claimName": "archive", "readOnly": True}} in \
         job["spec"]["template"]["spec"]["volumes"]
 
@@ -306,10 +306,10 @@ def test_finished_labels_record_their_fingerprint() -> None:
     w.complete_job("demo-label", json.dumps({"rows_ok": 90, "rows_rejected": 10, "rows_total": 100}), "labeling")
     w.step()
     assert w.status.labels is not None
-    assert w.status.labels.fingerprint == workspace.labels_fingerprint(w.spec) and w.status.labels.rows == 90
+    assert w.status.labels.fingerprint == pipeline_json.labels_fingerprint(w.spec) and w.status.labels.rows == 90
     # The student, serving and labeling parallelism do not change what the labels are.
     other = make_spec(**{"student.model": "other", "teacher.replicas": 2, "serving.enabled": False})
-    assert workspace.labels_fingerprint(other) == w.status.labels.fingerprint
+    assert pipeline_json.labels_fingerprint(other) == w.status.labels.fingerprint
 
 
 def test_status_shows_generated_kept_and_rejected_with_reasons() -> None:

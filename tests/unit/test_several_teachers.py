@@ -14,7 +14,7 @@ from distillery.api.status import DistillationStatus, Phase, StageState
 from distillery.cli.status import render
 from distillery.controller.observe import NodeView
 from distillery.controller.planner import Create, Delete, gpu_pool_fits_all
-from distillery.resources import jobs, teacher, workspace
+from distillery.resources import jobs, pipeline_json, teacher
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL, TEACHER_LABEL, Owner
 from tests.unit.test_planner import A100, CONFIG, H100, OWNER, World, make_spec
 from tests.unit.test_status_view import SUCCEEDED
@@ -121,8 +121,8 @@ def test_a_single_teacher_renders_what_it_always_did() -> None:
     deployment = teacher.teacher_deployment(OWNER, spec, CONFIG)
     assert deployment["metadata"]["name"] == "demo-teacher"
     assert TEACHER_LABEL not in deployment["spec"]["selector"]["matchLabels"]
-    assert teacher.teacher_service(OWNER)["metadata"]["name"] == "demo-teacher"
-    pipeline = json.loads(workspace.pipeline_configmap(OWNER, spec)["data"]["pipeline.json"])
+    assert teacher.teacher_service(OWNER, spec)["metadata"]["name"] == "demo-teacher"
+    pipeline = json.loads(pipeline_json.pipeline_configmap(OWNER, spec)["data"]["pipeline.json"])
     assert {"teachers", "teacherStrategy", "judge"}.isdisjoint(pipeline)
     assert set(pipeline["teacher"]) == {"baseUrl", "model", "sampling", "concurrency", "requestTimeoutSeconds",
                                         "maxAttempts", "minSuccessRatio", "outageBudgetSeconds"}
@@ -130,7 +130,7 @@ def test_a_single_teacher_renders_what_it_always_did() -> None:
 
 def test_the_pipeline_lists_every_teacher_its_key_and_the_judge() -> None:
     spec = several([BIG, HOSTED], {"mode": "judge", "judge": {"teacher": "hosted"}}, task="conversation")
-    cfg = PipelineConfig.model_validate_json(workspace.pipeline_config(OWNER, spec).to_json())
+    cfg = PipelineConfig.model_validate_json(pipeline_json.pipeline_config(OWNER, spec).to_json())
     assert cfg.teachers is not None and [t.name for t in cfg.teachers] == ["big", "hosted"]
     assert cfg.teachers[0].base_url == "http://demo-teacher-0.team-a.svc:8000/v1"
     assert cfg.teachers[1].base_url == "https://api.example.com/v1" and cfg.teachers[1].model == "gpt-x"
@@ -281,23 +281,23 @@ def test_distillery_status_shows_each_teacher_and_the_disagreements() -> None:
 
 
 def test_labels_of_several_teachers_are_fingerprinted_teacher_by_teacher_and_with_the_strategy() -> None:
-    base = workspace.labels_fingerprint(several())
-    assert workspace.labels_fingerprint(several()) == base
+    base = pipeline_json.labels_fingerprint(several())
+    assert pipeline_json.labels_fingerprint(several()) == base
     other_model = several([BIG, {**OTHER, "model": "mistralai/Mistral-Large-Instruct-2411"}])
     swapped = several([OTHER, BIG])
     judged = several(strategy={"mode": "all"})
     for spec in (other_model, swapped, judged):
-        changed = workspace.labels_fingerprint(spec)
+        changed = pipeline_json.labels_fingerprint(spec)
         assert changed["teacher"] != base["teacher"]
         assert {k: v for k, v in changed.items() if k != "teacher"} == {k: v for k, v in base.items() if k != "teacher"}
-    assert workspace.labels_fingerprint(make_spec())["teacher"] != base["teacher"]
+    assert pipeline_json.labels_fingerprint(make_spec())["teacher"] != base["teacher"]
 
 
 def test_reused_labels_start_none_of_several_teachers() -> None:
     source = several()
     w = World(several(dataset={**source.dataset.to_wire(), "labelsFrom": "first"}))
     w.labels_source = {"metadata": {"name": "first"}, "status": {"labels": {
-        "fingerprint": workspace.labels_fingerprint(source), "rows": 100}}}
+        "fingerprint": pipeline_json.labels_fingerprint(source), "rows": 100}}}
     w.step()
     w.step()
     assert not [name for kind, name in w.children if kind == "Deployment"]

@@ -23,7 +23,7 @@ from distillery.devcluster.local_kubelet import LocalVolumes, resolve_env, run_c
 from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.resources import jobs
 from distillery.resources.common import STAGE_LABEL, Owner
-from distillery.resources.workspace import pipeline_configmap
+from distillery.resources.pipeline_json import pipeline_configmap
 from distillery.workloads.tasks import get_task
 from tests.workloads.tinymodel import OPERATOR_DIR, nli_rows, tiny_model
 

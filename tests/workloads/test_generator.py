@@ -12,7 +12,7 @@ from distillery.api.pipeline import GENERATED_LOG_FILE, PipelineConfig
 from distillery.api.spec import DistillationSpec, StrategyMode
 from distillery.devcluster.teacher_server import TeacherServer
 from distillery.resources.common import Owner
-from distillery.resources.workspace import pipeline_config
+from distillery.resources.pipeline_json import pipeline_config
 from distillery.workloads import generator, labeler
 from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from distillery.api.base import ApiModel
 from distillery.api.spec import (
+    SINGLE_TEACHER_NAME,
     DatasetSpec,
     EvaluationSpec,
     PromptSpec,
@@ -53,8 +54,6 @@ GENERATED_LOG_FILE = "log.jsonl"
 """One line per generation request (kept or rejected, with the reason): what a restarted pod resumes from."""
 FINGERPRINT_PARTS = ("task", "teacher", "prompt", "rows")
 """What reused labels must agree on (`spec.dataset.labelsFrom`)."""
-ONE_TEACHER_NAME = "teacher"
-"""The name `PipelineConfig.teacher_list()` gives spec.teacher, which has none (spec.teachers' members do)."""
 
 
 class TeacherClientConfig(ApiModel):
@@ -168,7 +167,7 @@ class PipelineConfig(ApiModel):
         teacher_strategy then: its reply is the label). pipeline.json keeps both fields as they are."""
         if self.teachers is not None:
             return list(self.teachers)
-        return [self.teacher.model_copy(update={"name": self.teacher.name or ONE_TEACHER_NAME})]
+        return [self.teacher.model_copy(update={"name": self.teacher.name or SINGLE_TEACHER_NAME})]
 
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), indent=2, sort_keys=True)

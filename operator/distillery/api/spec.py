@@ -185,6 +185,9 @@ class TeacherSpec(ApiModel):
 
 TeacherName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")]
 """A DNS-1035 label: it becomes a pod label value and names the teacher in status and in the labels files."""
+SINGLE_TEACHER_NAME = "teacher"
+"""spec.teacher's name in DistillationSpec.teacher_list() and PipelineConfig.teacher_list(); never written to the
+API server (only several teachers' names are)."""
 CHECKABLE_TASKS = ("math", "nli", "multiple-choice")
 """Tasks whose answers compare as equal or not, so teachers can vote on them."""
 
@@ -749,9 +752,19 @@ class DistillationSpec(ApiModel):
         assert self.teachers, "the validator requires teacher or teachers"
         return self.teachers[0]
 
-    def teacher_list(self) -> list[TeacherSpec]:
-        """Every teacher: [spec.teacher] or spec.teachers in order."""
-        return [self.teacher] if self.teacher is not None else list(self.teachers or [])
+    @property
+    def several_teachers(self) -> bool:
+        """spec.teachers is set: the teachers' names then reach their children's names and labels,
+        pipeline.json and status.teachers; a single teacher's children and pipeline.json carry none."""
+        return self.teachers is not None
+
+    def teacher_list(self) -> list[NamedTeacherSpec]:
+        """Every teacher with its name, in order: spec.teachers, or spec.teacher as a list of one teacher
+        named SINGLE_TEACHER_NAME, so that one teacher and several take one path through the operator."""
+        if self.teachers is not None:
+            return list(self.teachers)
+        assert self.teacher is not None, "the validator requires teacher or teachers"
+        return [NamedTeacherSpec(name=SINGLE_TEACHER_NAME, **dict(self.teacher))]
 
 
 MUTABLE_SPEC_FIELDS = frozenset({"suspend", "serving"})

@@ -135,7 +135,6 @@ class Observed:
     """Children of one Distillation (by deterministic name) and the cluster's nodes."""
 
     pvc: bool = False
-    teacher: DeploymentView | None = None
     generate_job: JobView | None = None
     label_job: JobView | None = None
     train_job: JobView | None = None
@@ -154,10 +153,10 @@ class Observed:
     messages: dict[str, list[str]] = field(default_factory=dict)
     """Termination messages of finished pods, by stage label."""
     unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(the scheduler's message, since when), by stage label, for a stage pod that cannot be placed."""
     stuck: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(the kubelet's waiting reason, its message with the pod and restart count), by stage label, for a stage
     pod whose container cannot start or keeps crashing."""
-    """(the scheduler's reason, since when), by stage label, for a stage pod that cannot be placed."""
     replaced: dict[str, str] = field(default_factory=dict)
     """By stage label: a message naming a Job pod that replaced one lost to a disruption (node deleted, drained,
     preempted): in a multi-pod torch group the other pods then wait for a peer that is gone."""
@@ -198,6 +197,59 @@ def workload_message(workload: dict[str, Any]) -> str:
     return ""
 
 
+@dataclass
+class _PodReadings:
+    """What the stage pods say, by stage label (the Observed fields of the same names)."""
+
+    messages: dict[str, list[str]] = field(default_factory=dict)
+    unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stuck: dict[str, tuple[str, str]] = field(default_factory=dict)
+    replaced: dict[str, str] = field(default_factory=dict)
+
+    def read(self, stage: str, pod: dict[str, Any], pod_events: Mapping[str, tuple[str, str]]) -> None:
+        meta = pod.get("metadata") or {}
+        ignored = str((meta.get("annotations") or {}).get(IGNORED_FAILURES_ANNOTATION, "0"))
+        if ignored.isdigit() and int(ignored) > 0:
+            self.replaced[stage] = (f"pod {meta.get('name')} replaced a pod lost to a disruption (node deleted, "
+                                    f"drained or preempted)")
+        if meta.get("name") in pod_events:
+            reason, why = pod_events[str(meta["name"])]
+            self.stuck[stage] = (reason, f"pod {meta.get('name')}: {why}"[:1000])
+        status = pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            self._container(stage, str(meta.get("name")), cs)
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
+                self.unschedulable[stage] = (str(c.get("message", ""))[:500],
+                                             str(c.get("lastTransitionTime") or ""))
+
+    def _container(self, stage: str, pod: str, cs: dict[str, Any]) -> None:
+        state = cs.get("state") or {}
+        message = (state.get("terminated") or {}).get("message")
+        if message:
+            self.messages.setdefault(stage, []).append(message)
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            restarts = int(cs.get("restartCount") or 0)
+            detail = f"pod {pod}: {waiting.get('message') or waiting['reason']}"
+            self.stuck[stage] = (str(waiting["reason"]),
+                                 detail + (f" (restarted {restarts} times)" if restarts else ""))
+
+
+def _read_pods(children: list[dict[str, Any]], pods: Iterable[dict[str, Any]],
+               pod_events: Mapping[str, tuple[str, str]] | None) -> _PodReadings:
+    # Pods carry the parent's name, not its UID: a Job pod counts only if it belongs to one of this
+    # Distillation's own Jobs (a predecessor of the same name may still be terminating).
+    job_uids = {(c.get("metadata") or {}).get("uid") for c in children if c.get("kind") == "Job"}
+    readings = _PodReadings()
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        stage = (meta.get("labels") or {}).get(STAGE_LABEL)
+        if stage and (stage not in JOB_STAGES or job_uids & set(meta.get("owners") or ())):
+            readings.read(stage, pod, pod_events or {})
+    return readings
+
+
 def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]],
             nodes: Iterable[NodeView], queue_messages: Mapping[str, str] | None = None,
             labels_source: dict[str, Any] | None = None,
@@ -206,7 +258,6 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
     `labels_source`: the Distillation whose labels this one reuses, if it exists.
     `pod_events`: (reason, message) of the newest Event saying why a pod's volumes cannot be set up (FailedMount,
     FailedAttachVolume), by pod name, for pods the kubelet keeps in ContainerCreating."""
-    pod_events = pod_events or {}
     names = Names(parent)
     queue_messages = queue_messages or {}
     children = list(children)
@@ -218,63 +269,27 @@ def observe(parent: str, children: Iterable[dict[str, Any]], pods: Iterable[dict
             return None
         return JobView.of(obj, queue_messages.get(str((obj.get("metadata") or {}).get("uid")), ""))
 
-    def deployment(name: str) -> DeploymentView | None:
-        obj = by_key.get(("Deployment", name))
-        return DeploymentView.of(obj) if obj else None
-
-    # Pods carry the parent's name, not its UID: a Job pod counts only if it belongs to one of this
-    # Distillation's own Jobs (a predecessor of the same name may still be terminating).
-    job_uids = {(c.get("metadata") or {}).get("uid") for c in children if c.get("kind") == "Job"}
-    messages: dict[str, list[str]] = {}
-    unschedulable: dict[str, tuple[str, str]] = {}
-    stuck: dict[str, tuple[str, str]] = {}
-    replaced: dict[str, str] = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        stage = (meta.get("labels") or {}).get(STAGE_LABEL)
-        if not stage or (stage in JOB_STAGES and not job_uids & set(meta.get("owners") or ())):
-            continue
-        ignored = str((meta.get("annotations") or {}).get(IGNORED_FAILURES_ANNOTATION, "0"))
-        if ignored.isdigit() and int(ignored) > 0:
-            replaced[stage] = (f"pod {meta.get('name')} replaced a pod lost to a disruption (node deleted, drained "
-                               f"or preempted)")
-        if meta.get("name") in pod_events:
-            reason, why = pod_events[str(meta["name"])]
-            stuck[stage] = (reason, f"pod {meta.get('name')}: {why}"[:1000])
-        status = pod.get("status") or {}
-        for cs in status.get("containerStatuses") or []:
-            state = cs.get("state") or {}
-            message = (state.get("terminated") or {}).get("message")
-            if message:
-                messages.setdefault(stage, []).append(message)
-            waiting = state.get("waiting") or {}
-            if waiting.get("reason") in STUCK_REASONS:
-                restarts = int(cs.get("restartCount") or 0)
-                detail = f"pod {meta.get('name')}: {waiting.get('message') or waiting['reason']}"
-                stuck[stage] = (str(waiting["reason"]), detail + (f" (restarted {restarts} times)" if restarts else ""))
-        for c in status.get("conditions") or []:
-            if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
-                unschedulable[stage] = (str(c.get("message", ""))[:500], str(c.get("lastTransitionTime") or ""))
+    deployments = {str(name): DeploymentView.of(c) for (kind, name), c in by_key.items() if kind == "Deployment"}
+    readings = _read_pods(children, pods, pod_events)
     return Observed(
         pvc=("PersistentVolumeClaim", names.workspace) in by_key,
         workload_identity=frozenset(k for k in ("ServiceAccount", "Role", "RoleBinding")
                                     if (k, names.workload) in by_key),
         progress_configmap=("ConfigMap", names.progress) in by_key,
         progress=dict((by_key.get(("ConfigMap", names.progress)) or {}).get("data") or {}),
-        teacher=deployment(names.teacher),
         generate_job=job(names.generate),
         label_job=job(names.label),
         train_job=job(names.train),
         eval_job=job(names.eval),
-        student=deployment(names.student),
-        deployments={str(name): DeploymentView.of(c) for (kind, name), c in by_key.items() if kind == "Deployment"},
+        student=deployments.get(names.student),
+        deployments=deployments,
         applied={(str(kind), str(name)): str(((c.get("metadata") or {}).get("annotations") or {})
                                              .get(APPLIED_HASH_ANNOTATION, ""))
                  for (kind, name), c in by_key.items() if kind in ("Deployment", "Service", "ConfigMap")},
-        messages={k: sorted(v) for k, v in messages.items()},
-        unschedulable=unschedulable,
-        stuck=stuck,
-        replaced=replaced,
+        messages={k: sorted(v) for k, v in readings.messages.items()},
+        unschedulable=readings.unschedulable,
+        stuck=readings.stuck,
+        replaced=readings.replaced,
         nodes=tuple(nodes),
         labels_source=LabelsSource.of(labels_source) if labels_source is not None else None,
     )

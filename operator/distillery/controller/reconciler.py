@@ -18,7 +18,7 @@ from distillery.controller import metrics
 from distillery.controller.cache import ClusterCache, Key, controller_uid
 from distillery.controller.conditions import set_condition
 from distillery.controller.kube import ApiError, KubeClient
-from distillery.controller.observe import creating_too_long, mount_failure, observe
+from distillery.controller.observe import Observed, creating_too_long, mount_failure, observe
 from distillery.controller.planner import Action, Apply, Create, Delete, Event, Patch, plan
 from distillery.resources.common import Owner
 
@@ -120,37 +120,15 @@ class Reconciler:
         meta = body["metadata"]
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         generation = int(meta.get("generation") or 0)
-        status_raw = body.get("status") or {}
-        version = str(meta.get("resourceVersion") or "")
-        written = self._written.get(key)
-        if written and version in written.stale:
-            status_raw = written.status
-        elif written:
-            written = None
-            del self._written[key]
-        stale = frozenset({version}) | (written.stale | {written.after} if written else frozenset())
+        status_raw, stale = self._status_to_plan_from(key, body)
         status = DistillationStatus.model_validate(status_raw)
         try:
             spec = DistillationSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
             # The CRD schema admits it but the models do not (an older CRD, say): say so, do not crash.
-            metrics.TERMINAL_ERRORS.labels(metrics.CONTROLLER).inc()
-            message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())[:1000]
-            now = format_time(datetime.now(UTC))
-            for type_, value in (("Stalled", True), ("Ready", False), ("Reconciling", False)):
-                status.conditions = set_condition(status.conditions, type_, value, "InvalidSpec", message, now,
-                                                  generation)
-            status.observed_generation = generation
-            await self._write_status(key, status_raw, status.to_wire(), stale)
+            await self._invalid_spec(key, generation, status_raw, status, stale, e)
             return
-        children = self.cache.children(owner.uid)
-        job_uids = {str(c["metadata"]["uid"]) for c in children if c.get("kind") == "Job"}
-        source = spec.dataset.labels_from
-        labels_source = (self.cache.distillation((namespace, source))
-                         if source and not source.startswith(PVC_SCHEME) else None)
-        pods = self.cache.pods(key)
-        observed = observe(name, children, pods, self.cache.nodes(), self.cache.queue_messages(job_uids),
-                           labels_source, await self._mount_failures(namespace, pods))
+        observed = await self._observe(key, owner, spec)
         result = plan(owner, generation, spec, status, observed, datetime.now(UTC), self.config)
         events = list(result.events)
         # Children of one pass are independent of each other (the planner orders stages across passes).
@@ -176,6 +154,41 @@ class Reconciler:
             raise failed[0]
         if rejected:
             raise rejected[0]
+
+    def _status_to_plan_from(self, key: Key, body: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+        """(the status to plan from, the resourceVersions that predate it): our last write while the cache
+        still shows an object from before it, else the object's own."""
+        status_raw = body.get("status") or {}
+        version = str(body["metadata"].get("resourceVersion") or "")
+        written = self._written.get(key)
+        if written and version in written.stale:
+            status_raw = written.status
+        elif written:
+            written = None
+            del self._written[key]
+        return status_raw, frozenset({version}) | (written.stale | {written.after} if written else frozenset())
+
+    async def _invalid_spec(self, key: Key, generation: int, status_raw: dict[str, Any], status: DistillationStatus,
+                            stale: frozenset[str], error: ValidationError) -> None:
+        metrics.TERMINAL_ERRORS.labels(metrics.CONTROLLER).inc()
+        message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in error.errors())[:1000]
+        now = format_time(datetime.now(UTC))
+        for type_, value in (("Stalled", True), ("Ready", False), ("Reconciling", False)):
+            status.conditions = set_condition(status.conditions, type_, value, "InvalidSpec", message, now,
+                                              generation)
+        status.observed_generation = generation
+        await self._write_status(key, status_raw, status.to_wire(), stale)
+
+    async def _observe(self, key: Key, owner: Owner, spec: DistillationSpec) -> Observed:
+        """What the planner reads of this Distillation's world, from the cache (and its pods' mount Events)."""
+        children = self.cache.children(owner.uid)
+        job_uids = {str(c["metadata"]["uid"]) for c in children if c.get("kind") == "Job"}
+        source = spec.dataset.labels_from
+        labels_source = (self.cache.distillation((owner.namespace, source))
+                         if source and not source.startswith(PVC_SCHEME) else None)
+        pods = self.cache.pods(key)
+        return observe(owner.name, children, pods, self.cache.nodes(), self.cache.queue_messages(job_uids),
+                       labels_source, await self._mount_failures(owner.namespace, pods))
 
     async def _apply(self, owner: Owner, action: Action) -> bool:
         """Apply one action idempotently; returns whether it changed anything. An answer the API server

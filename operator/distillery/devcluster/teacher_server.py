@@ -42,6 +42,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from distillery.devcluster.tiny import DEFAULT_CORPUS, build_tokenizer
+from distillery.resources.teacher import SERVED_NAME
 from distillery.workloads.evaluation_judge import JUDGE_ROLE, MAX_SCORE, SCORE_MARKER
 from distillery.workloads.generator import REPLY_INSTRUCTION
 from distillery.workloads.strategy_judge import VERDICT_MARKER
@@ -375,7 +376,7 @@ class TokenLogprobsMaker:
 
 class TeacherServer:
     def __init__(self, responder: Responder | None = None, faults: FaultConfig | None = None, *,
-                 model: str = "teacher", host: str = "127.0.0.1", port: int = 0,
+                 model: str = SERVED_NAME, host: str = "127.0.0.1", port: int = 0,
                  api_key: str | None = None, logprobs: LogprobsMode = "tiny") -> None:
         self.responder = responder or TaskAwareResponder()
         self.api_key = api_key
@@ -556,7 +557,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                      description="A local OpenAI-compatible teacher for tests and demos.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
-    parser.add_argument("--model", default="teacher")
+    parser.add_argument("--model", default=SERVED_NAME)
     parser.add_argument("--latency-ms", type=float, default=0)
     parser.add_argument("--rate-limit", type=float, default=0, help="share of requests answered 429")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")

@@ -308,6 +308,7 @@ def server_deployment(owner: Owner, name: str, stage: str, replicas: int, pod_me
     }
 
 
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """A short, stable digest of a manifest (key order does not matter)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+def digest(value: Any) -> str:
+    """A short, stable digest of a JSON value (key order does not matter): the manifest last applied to a
+    child, each part of the labels' fingerprint."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.pipeline import JUDGE_API_KEY_ENV, TEACHER_API_KEY_ENV, teacher_api_key_env
+from distillery.api.pipeline import JUDGE_API_KEY_ENV
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
 from distillery.resources.common import (
@@ -25,8 +25,8 @@ from distillery.resources.common import (
     workload_security_context,
     workspace_volume,
 )
+from distillery.resources.pipeline_json import label_shards, labels_source_uri, teacher_key_env
 from distillery.resources.reporting import workload_env
-from distillery.resources.workspace import label_shards, labels_source_uri
 
 # Pod stage labels equal the status stage names, so pods and stages key the same maps.
 LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
@@ -116,12 +116,9 @@ def _teacher_pod(owner: Owner, spec: DistillationSpec, config: OperatorConfig, c
                  extra_uris: tuple[str | None, ...] = ()) -> dict[str, Any]:
     """A CPU pod of the labeler image that talks to the teachers (labeling, generation) and their judge."""
     env, volumes, mounts = _volumes(owner, spec, config, model=False, extra_uris=extra_uris)
-    if spec.teacher is not None and spec.teacher.endpoint and spec.teacher.endpoint.api_key_secret_ref:
-        env.append({"name": TEACHER_API_KEY_ENV,
-                    "valueFrom": {"secretKeyRef": spec.teacher.endpoint.api_key_secret_ref.to_wire()}})
-    for member in spec.teachers or []:
+    for member in spec.teacher_list():
         if member.endpoint and member.endpoint.api_key_secret_ref:
-            env.append({"name": teacher_api_key_env(member.name),
+            env.append({"name": teacher_key_env(spec, member),
                         "valueFrom": {"secretKeyRef": member.endpoint.api_key_secret_ref.to_wire()}})
     judge = spec.teacher_strategy.judge if spec.teacher_strategy is not None else None
     if judge is not None and judge.endpoint is not None and judge.endpoint.api_key_secret_ref is not None:
@@ -164,14 +161,10 @@ def training_service(owner: Owner) -> dict[str, Any]:
     }
 
 
-def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
-    s = spec.student
-    name = Names(owner.name).train
-    hub_env, volumes, mounts = _volumes(owner, spec, config, model=True)
-    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
-    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    env: list[dict[str, Any]] = [
-        *hub_env,
+def _torchrun_env(owner: Owner, spec: DistillationSpec) -> list[dict[str, Any]]:
+    """Where rank 0 listens and the group's shape, for `distillery launch` (torchrun) on each node."""
+    s, name = spec.student, Names(owner.name).train
+    return [
         # On SIGTERM torchrun passes the signal on and waits this long for the workers' checkpoint
         # (its default is 30 s) before killing them; the pod's grace period is a little longer.
         {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
@@ -184,6 +177,14 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
     ]
+
+
+def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -> dict[str, Any]:
+    s = spec.student
+    name = Names(owner.name).train
+    hub_env, volumes, mounts = _volumes(owner, spec, config, model=True)
+    volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     # torchrun starts one process per GPU and sets RANK/LOCAL_RANK for each; `distillery launch` is torchrun
     # exiting with the first failed worker's code (torchrun's own is 1), so the failure policy can read it.
     container = _container(
@@ -191,7 +192,7 @@ def training_job(owner: Owner, spec: DistillationSpec, config: OperatorConfig) -
         ["--nnodes", str(s.nodes), "--nproc-per-node", str(s.gpus_per_node),
          "--node-rank", "$(NODE_RANK)", "--master-addr", "$(MASTER_ADDR)", "--master-port", "$(MASTER_PORT)",
          "-m", "distillery.cli", "train", "--config", config_path()],
-        [*env, *workload_env(owner)],
+        [*hub_env, *_torchrun_env(owner, spec), *workload_env(owner)],
         gpu_resources(config, s.gpus_per_node, cpu=str(8 * s.gpus_per_node), memory=f"{64 * s.gpus_per_node}Gi"),
         mounts)
     container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]

@@ -3,7 +3,7 @@
 from typing import Any
 
 from distillery.api.config import OperatorConfig
-from distillery.api.spec import DistillationSpec, LossType, TeacherSpec
+from distillery.api.spec import DistillationSpec, LossType
 from distillery.resources.common import (
     TEACHER_LABEL,
     Names,
@@ -26,32 +26,24 @@ SERVED_NAME = "teacher"
 
 
 def served_teachers(spec: DistillationSpec) -> list[int]:
-    """Indexes into spec.teachers of the teachers served in-cluster."""
-    return [i for i, t in enumerate(spec.teachers or []) if t.model]
+    """Indexes into spec.teacher_list() of the teachers served in-cluster."""
+    return [i for i, t in enumerate(spec.teacher_list()) if t.model]
 
 
-def teacher_at(spec: DistillationSpec, index: int | None) -> TeacherSpec:
-    if index is None:
-        assert spec.teacher is not None
-        return spec.teacher
-    assert spec.teachers is not None
-    return spec.teachers[index]
-
-
-def teacher_name(owner: Owner, index: int | None) -> str:
-    """The Deployment and Service of a served teacher."""
+def teacher_name(owner: Owner, spec: DistillationSpec, index: int) -> str:
+    """The Deployment and Service of spec.teacher_list()[index]: `<name>-teacher` for a single teacher,
+    `<name>-teacher-<index>` for one of several."""
     names = Names(owner.name)
-    return names.teacher if index is None else names.teacher_member(index)
+    return names.teacher_member(index) if spec.several_teachers else names.teacher
 
 
-def _member(manifest: dict[str, Any], spec: DistillationSpec, index: int | None, *paths: tuple[str, ...],
+def _member(manifest: dict[str, Any], spec: DistillationSpec, index: int, *paths: tuple[str, ...],
             ) -> dict[str, Any]:
     """Several teachers: their own label on the manifest and at `paths` (selectors, pod labels), so the
     Deployments' selectors do not overlap and each Service reaches only its teacher's pods."""
-    if index is None:
+    if not spec.several_teachers:
         return manifest
-    assert spec.teachers is not None
-    name = spec.teachers[index].name
+    name = spec.teacher_list()[index].name
     for path in (("metadata", "labels"), *paths):
         node = manifest
         for key in path:
@@ -60,10 +52,10 @@ def _member(manifest: dict[str, Any], spec: DistillationSpec, index: int | None,
     return manifest
 
 
-def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig,
-                       index: int | None = None) -> dict[str, Any]:
-    """The vLLM Deployment of spec.teacher (index None) or of spec.teachers[index]."""
-    t = teacher_at(spec, index)
+def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorConfig, index: int = 0,
+                       ) -> dict[str, Any]:
+    """The vLLM Deployment of spec.teacher_list()[index]."""
+    t = spec.teacher_list()[index]
     assert t.model is not None, "an endpoint teacher has no Deployment"
     served = teacher_vllm_args(model=t.model, served_model_name=SERVED_NAME,
                                tensor_parallel_size=t.tensor_parallel_size, extra_args=t.extra_args, port=VLLM_PORT,
@@ -88,16 +80,13 @@ def teacher_deployment(owner: Owner, spec: DistillationSpec, config: OperatorCon
         **server_probes(t.startup_seconds),
         "volumeMounts": mounts,
     }
-    deployment = server_deployment(owner, teacher_name(owner, index), STAGE, t.replicas, pod_meta,
+    deployment = server_deployment(owner, teacher_name(owner, spec, index), STAGE, t.replicas, pod_meta,
                                    gpu_placement(spec, config, t.gpu_type), container, volumes,
                                    server_pod_security_context(config, t.security_context), t.startup_seconds)
     return _member(deployment, spec, index, ("spec", "selector", "matchLabels"),
                    ("spec", "template", "metadata", "labels"))
 
 
-def teacher_service(owner: Owner, spec: DistillationSpec | None = None, index: int | None = None,
-                    ) -> dict[str, Any]:
-    service = http_service(owner, teacher_name(owner, index), STAGE, VLLM_PORT)
-    if index is None or spec is None:
-        return service
+def teacher_service(owner: Owner, spec: DistillationSpec, index: int = 0) -> dict[str, Any]:
+    service = http_service(owner, teacher_name(owner, spec, index), STAGE, VLLM_PORT)
     return _member(service, spec, index, ("spec", "selector"))
