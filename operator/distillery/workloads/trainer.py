@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = PipelineConfig.load(args.config)
         except (OSError, ValueError) as err:
-            # Not a config error of the run itself: an OSError or ValueError while training is a crash.
+            # Only here are OSError and ValueError a configuration error; while training they are a crash.
             return ExitCode.CONFIG, TrainingReport(error=f"cannot read {args.config}: {err}"[:1000])
         return train(cfg, workspace_layout(cfg), args.max_steps)
 
