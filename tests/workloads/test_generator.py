@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from distillery.api.pipeline import GENERATED_LOG_FILE, PipelineConfig
+from distillery.api.reports import ExitCode
 from distillery.api.spec import DistillationSpec, StrategyMode
 from distillery.devcluster.teacher_server import TeacherServer
 from distillery.resources.common import Owner
@@ -111,7 +112,7 @@ async def test_generation_fails_with_the_reasons_when_too_few_are_kept(tmp_path:
                                                                       teacher: TeacherServer) -> None:
     config = generating_config(tmp_path, teacher.url, count=30, max_requests=30, similarity_threshold=0.05)
     code, result = await generate(config)
-    assert code == generator.EXIT_SHORT
+    assert code == ExitCode.TOO_FEW_INPUTS
     assert not result["cfg"].workspace.generated_train.exists()
 
 
@@ -190,11 +191,12 @@ async def test_every_task_gets_inputs_in_its_own_columns(path: Path, tmp_path: P
         cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"base_url": teacher.url}),
                                      "workspace": cfg.workspace.model_copy(update={"root": str(tmp_path)})})
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
-        summary, code = await generator.run(cfg, task)
-    assert code == 0, summary
+        code, report = await generator.run(cfg, task)
+    assert code == ExitCode.OK, report
     rows = parse_records("train.jsonl", cfg.workspace.generated_train.read_bytes())
-    assert len(rows) == 6 and all(set(row) == set(summary["columns"]) for row in rows)
-    assert not {"answer", "answerKey", "label", "highlights", "category"} & set(summary["columns"])
+    assert report.columns is not None
+    assert len(rows) == 6 and all(set(row) == set(report.columns) for row in rows)
+    assert not {"answer", "answerKey", "label", "highlights", "category"} & set(report.columns)
     for row in rows:
         assert task.teacher_messages(row) and task.student_messages(row)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from distillery.api.reports import ExitCode, TrainingReport
 from distillery.workloads import trainer
 from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import FinetuneSet
@@ -39,6 +40,10 @@ def test_zero2_lora_training_lowers_the_loss(trained: Path, plan: tuple[DataPlan
 
     summary = json.loads((trained / "termination-log").read_text())
     assert summary["steps"] == total_steps and summary["final_loss"] == curve[-1]
+    # What the operator reads: every key the trainer wrote is one TrainingReport knows.
+    report = TrainingReport.parse((trained / "termination-log").read_text())
+    assert report is not None and report.dump() == summary
+    assert (report.rank, report.steps, report.world_size, report.error) == (0, total_steps, 1, None)
     assert json.loads((trained / "train.stdout").read_text().strip().splitlines()[-1]) == summary
 
 
@@ -141,10 +146,12 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits(tmp_path: Path, model_di
                 proc.send_signal(signal.SIGTERM)
                 break
         out = proc.stdout.read()
-        assert proc.wait(timeout=60) == 143
+        assert proc.wait(timeout=60) == ExitCode.TERMINATED == 143
     events = tm.json_lines(out)
     stopped = next(e for e in events if e.get("event") == "terminated")["step"]
     assert stopped < total_steps
+    report = TrainingReport.parse((tmp_path / "termination-log").read_text())
+    assert report is not None and (report.terminated, report.step, report.total_steps) == (True, stopped, total_steps)
     assert (tmp_path / "train" / "checkpoints" / f"step-{stopped:08d}").is_dir()
 
 
@@ -203,7 +210,8 @@ def test_two_processes_share_the_work_over_gloo(tmp_path: Path, model_dir: Path)
     assert metrics["world_size"] == 2 and metrics["total_steps"] == total_steps
     last = tmp_path / "train" / "checkpoints" / f"step-{total_steps:08d}"
     assert sorted(p.name for p in last.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
-    assert json.loads((tmp_path / "termination-log-0").read_text())["world_size"] == 2
+    lead = TrainingReport.parse((tmp_path / "termination-log-0").read_text())
+    assert lead is not None and (lead.rank, lead.world_size, lead.steps) == (0, 2, total_steps)
     assert not (tmp_path / "termination-log-1").exists()  # one message per pod: local rank 0 writes it
 
 
@@ -211,7 +219,7 @@ def test_a_missing_student_model_fails_with_a_clear_message(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     config = tm.labeled_workspace(tmp_path, "pvc://models/absent")
     monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
-    assert trainer.main(["--config", str(config)]) == trainer.EXIT_CONFIG
+    assert trainer.main(["--config", str(config)]) == ExitCode.CONFIG
     error = json.loads((tmp_path / "termination-log").read_text())["error"]
     assert "pvc://models/absent" in error and "/mnt/pvc/models/absent does not exist" in error
 
@@ -222,6 +230,7 @@ def test_labels_without_an_accepted_row_fail_with_no_data(tmp_path: Path, model_
     rows = tm.nli_rows(tm.TRAIN_ROWS)
     tm.write_labels(tmp_path, "train", rows, [None] * len(rows))
     monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
-    assert trainer.main(["--config", str(config)]) == trainer.EXIT_NO_DATA
-    summary = json.loads((tmp_path / "termination-log").read_text())
-    assert summary["rejected"] == tm.TRAIN_ROWS and summary["examples"] == 0
+    assert trainer.main(["--config", str(config)]) == ExitCode.NO_DATA
+    report = TrainingReport.parse((tmp_path / "termination-log").read_text())
+    assert report is not None and report.error is not None
+    assert report.rejected == tm.TRAIN_ROWS and report.examples == 0

@@ -4,6 +4,7 @@ from typing import Any
 
 from distillery.api.config import OperatorConfig
 from distillery.api.pipeline import JUDGE_API_KEY_ENV
+from distillery.api.reports import FINAL_EXIT_CODES
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import Stage
 from distillery.resources.common import (
@@ -32,9 +33,6 @@ from distillery.resources.reporting import workload_env
 LABELING, TRAINING, EVALUATION = Stage.LABELING.value, Stage.TRAINING.value, Stage.EVALUATION.value
 GENERATION = Stage.GENERATION.value
 
-CONFIG_EXIT_CODES = (2, 3)
-"""Exit codes with which every workload reports a deterministic error (bad configuration, no data, too few
-valid answers): a retry fails the same way, so the Job fails at once instead of spending its backoff on GPUs."""
 ATTEMPT_ANNOTATION = "distillery.dev/attempt"
 """On the training Job: which attempt of the stage it is (1 when absent); the planner restarts the whole group by
 deleting the Job and creating the next attempt."""
@@ -46,11 +44,13 @@ TORCHRUN_SHUTDOWN_MARGIN_S = 30
 
 
 def failure_policy(container: str) -> dict[str, Any]:
-    """A node drain or preemption is not the workload's failure; a configuration error is final."""
+    """A node drain or preemption is not the workload's failure; a final exit code (a configuration error, no
+    data, too few valid answers) fails the same way on a retry, so the Job fails at once instead of spending its
+    backoff on GPUs."""
     return {"rules": [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         {"action": "FailJob",
-         "onExitCodes": {"containerName": container, "operator": "In", "values": list(CONFIG_EXIT_CODES)}},
+         "onExitCodes": {"containerName": container, "operator": "In", "values": sorted(map(int, FINAL_EXIT_CODES))}},
     ]}
 
 

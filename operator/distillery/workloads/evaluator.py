@@ -17,7 +17,6 @@ answers), and with prompt.persona by a persona rubric; replies it leaves unscore
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, JudgeClientConfig, PipelineConfig
+from distillery.api.reports import EvaluationReport, EvaluationResult, ExitCode, JudgeSummary
 from distillery.api.spec import Baseline, Persona, TrainingMethod
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import workspace_layout
@@ -32,14 +32,14 @@ from distillery.workloads.evaluation_judge import JudgeTally, judge, mean_percen
 from distillery.workloads.finetune_data import prompt_ids
 from distillery.workloads.labels import read_labels
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer
-from distillery.workloads.progress import compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.program import ProgramResult, run_program
+from distillery.workloads.progress import write_json_atomic
 from distillery.workloads.report import text_table
 from distillery.workloads.tasks import Message, MissingColumn, Row, TaskDefinition, get_task
 from distillery.workloads.tasks.persona import persona_judge_messages
 
 SHORT_MAX_NEW_TOKENS = 256
 COT_MAX_NEW_TOKENS = 1024
-EXIT_OK, EXIT_CONFIG, EXIT_NO_ROWS = 0, 2, 3
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ RowScores = dict[str, dict[str, dict[Any, float | None]]]
 
 def judge_results(judge_cfg: JudgeClientConfig, persona: Persona | None, task: TaskDefinition,
                   rows: Sequence[EvalRow], predictions: dict[str, list[str]],
-                  results: list[dict[str, Any]]) -> tuple[dict[str, Any], RowScores]:
+                  results: list[dict[str, Any]]) -> tuple[JudgeSummary, RowScores]:
     """Adds the judge's score (and persona adherence) to each result entry; returns the judge's tally and
     every row's score, so a low mean can be traced to its rows. The teacher is judged on the rows with gold
     answers only, as its reference metric is."""
@@ -151,7 +151,7 @@ def judge_results(judge_cfg: JudgeClientConfig, persona: Persona | None, task: T
         entry[key] = mean_percent(chunk)
         entry["unjudged"] = entry.get("unjudged", 0) + sum(score is None for score in chunk)
         per_row.setdefault(key, {})[entry["model"]] = {r.row[ROW_ID]: s for r, s in zip(judged, chunk, strict=True)}
-    return {"model": judge_cfg.model, **tally.summary()}, per_row
+    return JudgeSummary(model=judge_cfg.model, **tally.summary()), per_row
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -167,7 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> ProgramResult:
     layout = workspace_layout(cfg)
     task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
     _, validation = split_rows(cfg)
@@ -175,8 +175,8 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[s
                        if r.status == "ok"}
     rows = eval_rows(task, validation, teacher_answers)
     if not rows:
-        return EXIT_NO_ROWS, {"error": "no validation row has a gold answer or a teacher label",
-                              "validation_rows": len(validation)}
+        return ExitCode.NO_DATA, EvaluationReport(error="no validation row has a gold answer or a teacher label",
+                                                  validation_rows=len(validation))
     gold_rows = [r for r in rows if r.gold]
     references = [r.reference for r in rows]
     cot_budget = args.cot_max_new_tokens or min(cfg.teacher.sampling.max_tokens, COT_MAX_NEW_TOKENS)
@@ -215,13 +215,16 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[s
     metric, entry = score_entry(task, "distilled-student", "short", predictions["distilled-student"], references)
     results.append(entry)
     kind = "gold" if len(gold_rows) == len(rows) else "teacher" if not gold_rows else "mixed"
-    summary = {"metric": metric, "rows": len(rows), "reference": kind, "gold_rows": len(gold_rows),
-               "results": results}
     per_row: RowScores = {}
+    tally = None
     if cfg.judge is not None:
-        summary["judge"], per_row = judge_results(cfg.judge, cfg.prompt.persona, task, rows, predictions, results)
+        tally, per_row = judge_results(cfg.judge, cfg.prompt.persona, task, rows, predictions, results)
+    report = EvaluationReport(metric=metric, rows=len(rows), reference=kind, gold_rows=len(gold_rows),
+                              results=[EvaluationResult(**entry) for entry in results])
+    if tally is not None:
+        report.judge = tally
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(layout.eval_dir / "results.json", summary)
+    write_json_atomic(layout.eval_dir / "results.json", report.dump())
     with open(layout.eval_dir / "predictions.jsonl", "w") as handle:
         for i, r in enumerate(rows):
             row_id = r.row[ROW_ID]
@@ -230,18 +233,10 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[int, dict[s
             handle.write(json.dumps({ROW_ID: row_id, "reference": r.reference,
                                      **{name: preds[i] for name, preds in predictions.items()}, **judged}) + "\n")
     print(format_table(results, metric), flush=True)
-    return EXIT_OK, summary
+    return ExitCode.OK, report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = PipelineConfig.load(args.config)
-        code, summary = evaluate(cfg, args)
-    except (OSError, ValueError, ModelLoadError) as err:
-        code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
-    write_termination_message(summary)
-    if code != EXIT_OK:
-        print(f"distillery evaluate: {summary['error']}", file=sys.stderr)
-    print(compact_json(summary), flush=True)
-    return code
+    return run_program("evaluate", lambda: evaluate(PipelineConfig.load(args.config), args),
+                       (OSError, ValueError, ModelLoadError), lambda error: EvaluationReport(error=error))

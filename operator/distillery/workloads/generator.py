@@ -10,8 +10,9 @@ inputs are kept they are written to `<workspace>/generated/train.jsonl` in the d
 column names, no row ids), which labeling reads after dataset.train's rows and which another Distillation
 can use as `pvc://<name>-workspace/generated/train.jsonl`.
 
-Exit 0: count inputs kept. Exit 2: a configuration error (seeds without the task's columns). Exit 3: fewer
-than count kept within dataset.generate.maxRequests. Exit 4: the teacher stayed unreachable; a rerun resumes.
+Exits (api.reports.ExitCode): OK, count inputs kept; CONFIG, a configuration error (seeds without the task's
+columns); TOO_FEW_INPUTS, fewer than count kept within dataset.generate.maxRequests; TEACHER_UNREACHABLE, the
+teacher stayed unreachable, and a rerun resumes.
 """
 
 import argparse
@@ -33,7 +34,9 @@ from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, GENERATED_LOG_FILE, PipelineConfig
+from distillery.api.reports import ExitCode, GenerationReport
 from distillery.api.spec import MAX_SEED_ROWS, GenerateSpec
+from distillery.api.status import Stage
 from distillery.workloads.datasets import Row, load_rows, parse_records
 from distillery.workloads.environment import workspace_layout
 from distillery.workloads.openai_client import (
@@ -42,12 +45,13 @@ from distillery.workloads.openai_client import (
     TeacherUnavailable,
     teacher_client,
 )
-from distillery.workloads.progress import LiveProgress, compact_json, write_termination_message
+from distillery.workloads.program import ProgramResult, run_program
+from distillery.workloads.progress import LiveProgress
 from distillery.workloads.tasks import MissingColumn, TaskDefinition, get_task
 
 log = logging.getLogger("distillery.generator")
 
-EXIT_OK, EXIT_CONFIG, EXIT_SHORT, EXIT_UNAVAILABLE = 0, 2, 3, 4
+PROGRAM = "generate"
 REPLY_INSTRUCTION = "Reply with only one JSON object with exactly these keys:"
 """The last line of every generation prompt (the local teacher server recognises it)."""
 SHINGLE = 5
@@ -236,9 +240,9 @@ class Tally:
     tokens_in: int = 0
     tokens_out: int = 0
 
-    def snapshot(self, reasons: Counter[str]) -> dict[str, Any]:
-        return {"generated": self.kept + self.rejected, "kept": self.kept, "rejected": self.rejected,
-                "rejections": dict(reasons), "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+    def snapshot(self, reasons: Counter[str]) -> GenerationReport:
+        return GenerationReport(generated=self.kept + self.rejected, kept=self.kept, rejected=self.rejected,
+                                rejections=dict(reasons), tokens_in=self.tokens_in, tokens_out=self.tokens_out)
 
 
 class Generator:
@@ -340,7 +344,7 @@ def known_rows(cfg: PipelineConfig, base_dir_for_pvc: str | None) -> list[Row]:
 
 
 async def run(cfg: PipelineConfig, task: TaskDefinition, base_dir_for_pvc: str | None = None,
-              progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
+              progress_interval_s: float = 5.0) -> ProgramResult:
     spec = cfg.dataset.generate
     if spec is None:
         raise ValueError("dataset.generate is not set")
@@ -351,7 +355,7 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, base_dir_for_pvc: str |
     generator = Generator(cfg, task, spec, seeds, known_rows(cfg, base_dir_for_pvc), client)
     log_file = OutcomeLog(layout.generated_dir / GENERATED_LOG_FILE)
     resumed = len(log_file.existing)
-    reporter = LiveProgress("generation", 0, lambda: generator.tally.snapshot(generator.reasons),
+    reporter = LiveProgress(Stage.GENERATION.value, 0, lambda: generator.tally.snapshot(generator.reasons),
                             progress_interval_s)
     reporter.start()
     try:
@@ -360,25 +364,25 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, base_dir_for_pvc: str |
     finally:
         log_file.close()
         await asyncio.to_thread(reporter.stop)
-    summary: dict[str, Any] = {"stage": "generate", **generator.tally.snapshot(generator.reasons),
-                               "requests": generator.tally.requests, "resumed": resumed,
-                               "columns": generator.columns, "wall_seconds": round(time.monotonic() - started, 3)}
+    report = generator.tally.snapshot(generator.reasons)
+    report.stage, report.requests, report.resumed = PROGRAM, generator.tally.requests, resumed
+    report.columns, report.wall_seconds = generator.columns, round(time.monotonic() - started, 3)
     if generator.tally.kept < spec.count:
         if generator.unavailable:
-            summary["error"] = f"the teacher is unreachable ({generator.unavailable[:300]}); a rerun resumes"
-            return summary, EXIT_UNAVAILABLE
-        summary["error"] = (f"only {generator.tally.kept} of {spec.count} inputs kept after "
-                            f"{generator.tally.kept + generator.tally.rejected} requests "
-                            f"(dataset.generate.maxRequests); rejected: {dict(generator.reasons)}")
-        return summary, EXIT_SHORT
+            report.error = f"the teacher is unreachable ({generator.unavailable[:300]}); a rerun resumes"
+            return ExitCode.TEACHER_UNREACHABLE, report
+        report.error = (f"only {generator.tally.kept} of {spec.count} inputs kept after "
+                        f"{generator.tally.kept + generator.tally.rejected} requests "
+                        f"(dataset.generate.maxRequests); rejected: {dict(generator.reasons)}")
+        return ExitCode.TOO_FEW_INPUTS, report
     rows = generator.dataset()
     target = layout.generated_train
     temporary = target.with_suffix(".tmp")
     temporary.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     os.replace(temporary, target)
     parse_records(str(target), target.read_bytes())  # what labeling will read must read back
-    summary["path"] = str(target.relative_to(layout.root))
-    return summary, EXIT_OK
+    report.path = str(target.relative_to(layout.root))
+    return ExitCode.OK, report
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -391,17 +395,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work() -> ProgramResult:
         cfg = PipelineConfig.load(args.config)
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
-        summary, code = asyncio.run(run(cfg, task, args.pvc_base, args.progress_interval))
-    except (OSError, ValueError, MissingColumn) as err:
-        summary, code = {"stage": "generate", "error": f"{type(err).__name__}: {err}"}, EXIT_CONFIG
-    write_termination_message(summary)
-    print(compact_json(summary), flush=True)
-    return code
+        return asyncio.run(run(cfg, task, args.pvc_base, args.progress_interval))
+
+    return run_program(PROGRAM, work, (OSError, ValueError, MissingColumn),
+                       lambda error: GenerationReport(stage=PROGRAM, error=error))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """How a stage pod tells the operator where it stands: live progress while it runs, a termination message
 when it ends.
 
-Live progress: each pod patches one key (`<stage>-<index>`) of the Distillation's progress ConfigMap with
-a small JSON object, from a background thread at most every `interval` seconds, so neither the labeler's
-event loop nor the trainer's step loop ever waits on the API server. Reporting is best effort: a pod
+Live progress: each pod patches one key (`api.reports.progress_key`) of the Distillation's progress
+ConfigMap with its stage's report (`api.reports`) as a small JSON object, from a background thread at most
+every `interval` seconds, so neither the labeler's event loop nor the trainer's step loop ever waits on the
+API server. Reporting is best effort: a pod
 outside a cluster, or an API hiccup, never fails the workload.
 
 The termination message (Kubernetes keeps the first 4096 bytes of TERMINATION_MESSAGE_PATH) carries the
@@ -28,6 +29,7 @@ from kubernetes.config import ConfigException
 from urllib3.exceptions import HTTPError
 
 from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV, TERMINATION_MESSAGE_ENV
+from distillery.api.reports import Report, progress_key
 
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -36,7 +38,13 @@ DEFAULT_KUBECONFIG = "~/.kube/config"
 
 log = logging.getLogger("distillery.progress")
 
-Snapshot = Callable[[], dict[str, Any]]
+Reported = Report | dict[str, Any]
+"""A stage's report; a plain dict is what the labeler still passes (issue 17 converts it)."""
+Snapshot = Callable[[], Reported]
+
+
+def wire(report: Reported) -> dict[str, Any]:
+    return report.dump() if isinstance(report, Report) else report
 
 
 @dataclass
@@ -70,10 +78,11 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
-def write_termination_message(summary: dict[str, Any], path: str | None = None) -> bool:
-    """Write `summary` where Kubernetes reads the termination message; False when it cannot be written
+def write_termination_message(report: Reported, path: str | None = None) -> bool:
+    """Write `report` where Kubernetes reads the termination message; False when it cannot be written
     (outside a pod /dev/termination-log is usually not writable, and that is fine)."""
     target = Path(path or os.environ.get(TERMINATION_MESSAGE_ENV) or DEFAULT_TERMINATION_MESSAGE_PATH)
+    summary = wire(report)
     text = compact_json(summary)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
         # Kubernetes would cut it mid-JSON; say so in a message the operator can still parse.
@@ -107,7 +116,7 @@ class LiveProgress:
     """
 
     def __init__(self, stage: str, index: int, snapshot: Snapshot, interval: float = 10.0) -> None:
-        self.key = f"{stage}-{index:05d}"
+        self.key = progress_key(stage, index)
         self.snapshot = snapshot
         self.interval = interval
         self.configmap = os.environ.get(PROGRESS_CONFIGMAP_ENV)
@@ -153,7 +162,7 @@ class LiveProgress:
         """Patch this pod's key with the current snapshot if it changed; returns whether it was sent."""
         if not self.enabled:
             return False
-        data = self.snapshot()
+        data = wire(self.snapshot())
         if data == self._sent:
             return False
         try:

@@ -14,9 +14,10 @@ and continues with the next optimizer step: the data order is a pure function of
 stdout carries one JSON object per line (`event`: start, resume, step, checkpoint,
 terminated); the last line is the final summary, also written as the termination message.
 
-Exit codes: 2 a configuration error, found before any GPU work (a model that does not load, a checkpoint this
-run cannot resume, with student.loss kd a student whose vocabulary lacks the teacher's tokens or no example whose
-teacher tokens line up); 3 no trainable example; 143 stopped by SIGTERM after checkpointing.
+Exits (api.reports.ExitCode): CONFIG, a configuration error found before any GPU work (a model that does not
+load, a checkpoint this run cannot resume, with student.loss kd a student whose vocabulary lacks the teacher's
+tokens or no example whose teacher tokens line up); NO_DATA, no trainable example; TERMINATED, stopped by SIGTERM
+after checkpointing.
 """
 
 import argparse
@@ -28,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +39,9 @@ from typing import Any
 import torch
 
 from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfig, WorkspaceLayout
+from distillery.api.reports import ExitCode, TrainingReport
 from distillery.api.spec import LossType, StudentSpec, TrainingMethod
+from distillery.api.status import Stage
 from distillery.workloads.environment import free_port, workspace_layout
 from distillery.workloads.finetune_data import Example, load_finetune_set, pack
 from distillery.workloads.loss import PackedCausalLMLoss, UnsupportedModel
@@ -50,7 +52,8 @@ from distillery.workloads.memory import (
     needs_gradient_checkpointing,
 )
 from distillery.workloads.models import ModelLoadError, load_model, load_tokenizer, prepare_model
-from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic, write_termination_message
+from distillery.workloads.program import ProgramResult, run_program
+from distillery.workloads.progress import LiveProgress, compact_json, write_json_atomic
 from distillery.workloads.tasks.persona import persona_chat_template
 from distillery.workloads.teacher_logprobs import StudentVocabulary, VocabularyMismatch
 
@@ -60,7 +63,6 @@ STATE_FILE = "trainer_state.json"
 DEEPSPEED_TAG = "deepspeed"
 WARMUP_FRACTION = 0.03
 MIN_LR_FRACTION = 0.1
-EXIT_OK, EXIT_CONFIG, EXIT_NO_DATA, EXIT_TERMINATED = 0, 2, 3, 143
 
 log = logging.getLogger("distillery.trainer")
 
@@ -466,9 +468,9 @@ def step_loop(engine: Any, plan: DataPlan, examples: list[Example], run: Run, ch
               stop: StopRequested, dist: DistEnv, pad_id: int, capacity: int, checkpoint_steps: int) -> bool:
     """Train until run.total_steps; False when a stop was requested (after checkpointing)."""
     # Rank 0 reports for the group, from a thread: the step loop never waits on the API server.
-    progress: dict[str, Any] = {"step": run.step, "total_steps": run.total_steps,
-                                "loss": run.history[-1]["loss"] if run.history else None}
-    live = LiveProgress("training", dist.rank, lambda: dict(progress))
+    progress = TrainingReport(rank=dist.rank, step=run.step, total_steps=run.total_steps,
+                              loss=run.history[-1]["loss"] if run.history else None)
+    live = LiveProgress(Stage.TRAINING.value, dist.rank, progress.model_copy)
     if dist.is_main:
         live.start()
     engine.train()
@@ -488,7 +490,7 @@ def step_loop(engine: Any, plan: DataPlan, examples: list[Example], run: Run, ch
             run.history.append({"step": run.step, "loss": mean_loss, "lr": lr})
             emit(dist, "step", step=run.step, loss=mean_loss, lr=lr, tokens=int(step_tokens),
                  seconds=round(time.monotonic() - run.run_start, 4))
-            progress["step"], progress["loss"] = run.step, mean_loss
+            progress.step, progress.loss = run.step, mean_loss
             if run.step % checkpoint_steps == 0 or run.step == run.total_steps or stopping:
                 path = checkpoints.save(engine, run.step, run.state())
                 emit(dist, "checkpoint", step=run.step, path=str(path))
@@ -500,7 +502,7 @@ def step_loop(engine: Any, plan: DataPlan, examples: list[Example], run: Run, ch
     return True
 
 
-def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -> tuple[int, dict[str, Any]]:
+def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -> ProgramResult:
     """(exit code, summary). Every rank runs it."""
     wall_start = time.monotonic()
     cuda = torch.cuda.is_available()
@@ -520,14 +522,15 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     data = load_finetune_set(layout.labels_dir, task, tokenizer, student.max_seq_length,
                              student.include_rationale, vocabulary)
     if not data.examples:
-        return EXIT_NO_DATA, {"error": f"no trainable examples in {layout.labels_dir}", **data.summary()}
+        return ExitCode.NO_DATA, TrainingReport(error=f"no trainable examples in {layout.labels_dir}",
+                                                **data.summary())
     if vocabulary is not None and not data.kd_examples:
-        return EXIT_CONFIG, {"error": (
+        return ExitCode.CONFIG, TrainingReport(error=(
             f"student.loss kd: no example has the teacher's log-probabilities lined up with its answer tokens "
             f"({data.kd_missing} labels stored without log-probabilities, {data.kd_unaligned} whose trained text is "
             f"not a run of whole teacher tokens that the student tokenizes the same way; the answer alone usually "
             f"starts inside a teacher token, student.includeRationale trains on the whole reply)"),
-            **data.summary()}
+            **data.summary())
 
     dist = init_distributed(cuda)
     stop = StopRequested()
@@ -573,51 +576,52 @@ def train(cfg: PipelineConfig, layout: WorkspaceLayout, max_steps: int | None) -
     capacity = row_capacity(attention, student.max_seq_length, budget)
     if not step_loop(engine, plan, data.examples, run, checkpoints, stop, dist, tokenizer.pad_token_id, capacity,
                      student.checkpoint_steps):
-        return EXIT_TERMINATED, {"terminated": True, "step": run.step, "total_steps": run.total_steps}
+        return ExitCode.TERMINATED, TrainingReport(rank=dist.rank, terminated=True, step=run.step,
+                                                   total_steps=run.total_steps)
 
     run_seconds = time.monotonic() - run.run_start
     train_seconds = run.earlier_seconds + run_seconds
     outputs = save_outputs(engine, tokenizer, cfg, layout, dist, dtype)
-    summary = {
-        "steps": run.total_steps,
-        "resumed_from_step": start_step,
-        "final_loss": run.history[-1]["loss"] if run.history else None,
-        "tokens_per_second": round(run.tokens / train_seconds, 2) if train_seconds > 0 else None,
-        "train_seconds": round(train_seconds, 3),
-        "wall_time_seconds": round(time.monotonic() - wall_start, 3),
-        "world_size": dist.world_size,
+    report = TrainingReport(
+        rank=dist.rank,
+        steps=run.total_steps,
+        resumed_from_step=start_step,
+        final_loss=run.history[-1]["loss"] if run.history else None,
+        tokens_per_second=round(run.tokens / train_seconds, 2) if train_seconds > 0 else None,
+        train_seconds=round(train_seconds, 3),
+        wall_time_seconds=round(time.monotonic() - wall_start, 3),
+        world_size=dist.world_size,
         **data.summary(),
         **outputs,
-    }
+    )
     if dist.is_main:
         write_json_atomic(layout.train_dir / "metrics.json", {
-            **summary, "total_steps": run.total_steps, "tokens": run.tokens,
+            **report.dump(), "total_steps": run.total_steps, "tokens": run.tokens,
             "run_tokens_per_second": round(run.run_tokens / run_seconds, 2) if run_seconds > 0 else None,
             "method": str(student.method), "zero_stage": student.zero_stage, "tokens_per_device": budget,
             "gradient_checkpointing": checkpointing, "loss": run.history,
         })
-    return EXIT_OK, summary
+    return ExitCode.OK, report
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = PipelineConfig.load(args.config)
-    except (OSError, ValueError) as err:
-        print(f"distillery train: cannot read {args.config}: {err}", file=sys.stderr)
-        write_termination_message({"error": f"cannot read config: {err}"[:1000]})
-        return EXIT_CONFIG
-    try:
-        code, summary = train(cfg, workspace_layout(cfg), args.max_steps)
-    except (ModelLoadError, ResumeError, UnsupportedModel, VocabularyMismatch) as err:
-        code, summary = EXIT_CONFIG, {"error": str(err)[:2000]}
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        write_termination_message(summary)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    if code != EXIT_OK:
-        print(f"distillery train: {summary}", file=sys.stderr)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(compact_json(summary), flush=True)
-    return code
+
+    def work() -> ProgramResult:
+        try:
+            cfg = PipelineConfig.load(args.config)
+        except (OSError, ValueError) as err:
+            # Only here are OSError and ValueError a configuration error; while training they are a crash.
+            return ExitCode.CONFIG, TrainingReport(error=f"cannot read {args.config}: {err}"[:1000])
+        return train(cfg, workspace_layout(cfg), args.max_steps)
+
+    # The environment is read after the work: init_distributed fills it in for a one-process world.
+    return run_program("train", work, (ModelLoadError, ResumeError, UnsupportedModel, VocabularyMismatch),
+                       lambda error: TrainingReport(error=error), cleanup=_leave_process_group,
+                       reports=lambda: int(os.environ.get("LOCAL_RANK", "0")) == 0,
+                       prints=lambda: int(os.environ.get("RANK", "0")) == 0)

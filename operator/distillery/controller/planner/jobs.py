@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distillery.api.config import OperatorConfig
+from distillery.api.reports import Report, stage_report
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import STAGE_CONDITION, Stage, StageState
 from distillery.controller.observe import JobView
@@ -14,7 +15,7 @@ from distillery.controller.planner.teachers import judge_ready
 from distillery.resources.common import Owner
 
 JobBuilder = Callable[[Owner, DistillationSpec, OperatorConfig], dict[str, Any]]
-Summarise = Callable[[Pass, dict[str, Any]], None]
+Summarise = Callable[[Pass, Report | None], None]
 
 
 def stage_jobs(ctx: Pass) -> list[tuple[Stage, JobView | None, str]]:
@@ -38,9 +39,9 @@ def stage_job(ctx: Pass, stage: Stage, view: JobView | None, build: JobBuilder, 
         return
     messages = ctx.obs.messages.get(stage.value, [])
     if view.complete:
-        summary = reports._summary(messages)
-        summarise(ctx, summary)
-        ctx.finish(stage, StageState.SUCCEEDED, reports.describe(ctx, stage, summary), gpus=gpus)
+        report = stage_report(stage.value, messages, succeeded=True)
+        summarise(ctx, report)
+        ctx.finish(stage, StageState.SUCCEEDED, reports.describe(ctx, stage, report), gpus=gpus)
         ctx.cond(STAGE_CONDITION[stage], True, "Succeeded", ctx.stage(stage).message or "")
     elif view.failed:
         detail = "; ".join(dict.fromkeys(m for m in messages if m))[:600]

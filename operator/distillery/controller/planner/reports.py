@@ -1,63 +1,55 @@
-"""Folding what the stage pods report (termination messages, live progress) into status."""
+"""Folding what the stage pods report (termination messages, live progress) into status.
 
-import json
+What each stage's pods write, and how several pods' reports merge, is `api/reports.py`'s: the planner reads
+the typed reports only.
+"""
+
 from datetime import UTC, datetime
 from typing import Any
 
+from distillery.api.reports import (
+    REPORT_OF_STAGE,
+    EvaluationReport,
+    EvaluationResult,
+    GenerationReport,
+    LabelingReport,
+    Report,
+    TrainingReport,
+    parse_progress_key,
+)
 from distillery.api.status import STAGE_CONDITION, LabelsRecord, ModelScore, Stage, StageState, StageStatus, format_time
 from distillery.controller.planner.context import Pass
 from distillery.resources import jobs, pipeline_json
 
 
-def _summary(messages: list[str]) -> dict[str, Any]:
-    """Merge the JSON termination messages of a stage's pods (one per shard or node)."""
-    merged: dict[str, Any] = {}
-    for message in messages:
-        try:
-            data = json.loads(message)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(data, dict):
-            continue
-        for key, value in data.items():
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            if numeric and isinstance(merged.get(key), int | float):
-                # Counts add up across shards; losses and times do not.
-                merged[key] = merged[key] + value if key not in ("loss", "final_loss", "wall_seconds") else value
-            else:
-                merged.setdefault(key, value)
-    return merged
-
-
-def _judge_scores(entry: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.judge's numbers in one evaluator result entry, those that are numbers."""
-    found: dict[str, Any] = {}
-    for key in ("judge", "persona"):
-        value = entry.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            found[key] = round(float(value), 2)
-    unjudged = entry.get("unjudged")
-    if isinstance(unjudged, int) and not isinstance(unjudged, bool):
-        found["unjudged"] = unjudged
+def _judge_scores(entry: EvaluationResult) -> dict[str, Any]:
+    """evaluation.judge's numbers in one evaluator result entry, those it has."""
+    found: dict[str, Any] = {key: round(value, 2) for key, value in (("judge", entry.judge),
+                                                                     ("persona", entry.persona))
+                             if value is not None}
+    if entry.unjudged is not None:
+        found["unjudged"] = entry.unjudged
     return found
 
 
-def describe(ctx: Pass, stage: Stage, summary: dict[str, Any]) -> str:
-    if stage == Stage.LABELING and summary.get("reused_from"):
-        return (f"{summary.get('rows_ok', 0)} labels reused from {summary['reused_from']}, "
-                f"{summary.get('rows_rejected', 0)} rejected; the teacher was not asked")
-    if stage == Stage.GENERATION and "kept" in summary:
-        reasons = summary.get("rejections") or {}
+def describe(ctx: Pass, stage: Stage, report: Report | None) -> str:
+    if isinstance(report, LabelingReport) and report.reused_from:
+        return (f"{report.rows_ok} labels reused from {report.reused_from}, "
+                f"{report.rows_rejected} rejected; the teacher was not asked")
+    if isinstance(report, GenerationReport):
+        reasons = report.rejections
         detail = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
-        return (f"{summary.get('generated', 0)} inputs generated, {summary['kept']} kept, "
-                f"{summary.get('rejected', 0)} rejected" + (f" ({detail})" if detail else ""))[:1000]
-    if stage == Stage.LABELING and "rows_ok" in summary:
-        return f"{summary['rows_ok']} rows labeled, {summary.get('rows_rejected', 0)} rejected"
-    if stage == Stage.TRAINING and "steps" in summary:
+        return (f"{report.generated} inputs generated, {report.kept} kept, "
+                f"{report.rejected} rejected" + (f" ({detail})" if detail else ""))[:1000]
+    if isinstance(report, LabelingReport):
+        return f"{report.rows_ok} rows labeled, {report.rows_rejected} rejected"
+    if isinstance(report, TrainingReport) and report.steps is not None:
         # student.loss kd: how many examples the teacher's distribution reached (the rest trained on text alone).
-        kd = (f", logit distillation on {summary['kd_examples']} of {summary.get('examples', '?')} examples"
-              if "kd_examples" in summary else "")
-        return f"{summary['steps']} optimizer steps, final loss {summary.get('final_loss', '?')}{kd}"
+        examples = "?" if report.examples is None else report.examples
+        kd = (f", logit distillation on {report.kd_examples} of {examples} examples"
+              if report.kd_examples is not None else "")
+        loss = "?" if report.final_loss is None else report.final_loss
+        return f"{report.steps} optimizer steps, final loss {loss}{kd}"
     if stage == Stage.EVALUATION and ctx.status.results:
         return ", ".join(f"{r.model} {r.score:.2f}" for r in ctx.status.results)
     return f"{stage.value} job completed"
@@ -65,26 +57,32 @@ def describe(ctx: Pass, stage: Stage, summary: dict[str, Any]) -> str:
 
 def live_progress(ctx: Pass) -> None:
     """Fold what running pods reported into status.progress (finished stages keep their final summary)."""
-    shards: dict[str, list[dict[str, Any]]] = {}
+    texts: dict[str, list[str]] = {}
     for key, value in sorted(ctx.obs.progress.items()):
-        try:
-            data = json.loads(value)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict):
-            shards.setdefault(key.rsplit("-", 1)[0], []).append(data)
-    if shards.get(jobs.GENERATION) and ctx.stage(Stage.GENERATION).state == StageState.RUNNING:
-        generation_progress(ctx, shards[jobs.GENERATION][0])
-    if shards.get(jobs.LABELING) and ctx.stage(Stage.LABELING).state == StageState.RUNNING:
-        labeling_progress(ctx, shards[jobs.LABELING])
-        teacher_outage(ctx, shards[jobs.LABELING])
-    if shards.get(jobs.TRAINING) and ctx.stage(Stage.TRAINING).state == StageState.RUNNING:
-        lead = max(shards[jobs.TRAINING], key=lambda r: int(r.get("step", 0)))
-        p = ctx.progress()
-        p.train_step = int(lead.get("step", 0))
-        p.train_steps = int(lead.get("total_steps", 0)) or None
-        loss = lead.get("loss")
-        p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
+        parsed = parse_progress_key(key)
+        if parsed is not None and parsed[0] in REPORT_OF_STAGE:
+            texts.setdefault(parsed[0], []).append(value)
+
+    def running(stage: Stage) -> bool:
+        return bool(texts.get(stage.value)) and ctx.stage(stage).state == StageState.RUNNING
+
+    if running(Stage.GENERATION):
+        generation = GenerationReport.parse_all(texts[jobs.GENERATION])
+        if generation:
+            generation_progress(ctx, generation[0])
+    if running(Stage.LABELING):
+        shards = LabelingReport.parse_all(texts[jobs.LABELING])
+        if shards:
+            labeling_progress(ctx, LabelingReport.merge(shards))
+            teacher_outage(ctx, shards)
+    if running(Stage.TRAINING):
+        ranks = TrainingReport.parse_all(texts[jobs.TRAINING])
+        if ranks:
+            lead = TrainingReport.merge(ranks)
+            p = ctx.progress()
+            p.train_step = lead.step or 0
+            p.train_steps = lead.total_steps or None
+            p.train_loss = round(lead.loss, 4) if lead.loss is not None else None
 
 
 def progress_line(ctx: Pass, stage: Stage, record: StageStatus) -> str:
@@ -100,83 +98,74 @@ def progress_line(ctx: Pass, stage: Stage, record: StageStatus) -> str:
     return f"{stage.value}: {record.state.value.lower()}"
 
 
-def labeling_summary(ctx: Pass, summary: dict[str, Any]) -> None:
-    if summary:
-        labeling_progress(ctx, [summary])
+def labeling_summary(ctx: Pass, report: Report | None) -> None:
+    labeled = report if isinstance(report, LabelingReport) else None
+    if labeled is not None:
+        labeling_progress(ctx, labeled)
     # What another Distillation's dataset.labelsFrom compares with its own before reusing these labels.
     ctx.status.labels = LabelsRecord(fingerprint=pipeline_json.labels_fingerprint(ctx.spec),
-                                      rows=int(summary.get("rows_ok", 0)) if summary else None,
-                                      reused_from=pipeline_json.labels_source_uri(ctx.spec))
+                                     rows=labeled.rows_ok if labeled is not None else None,
+                                     reused_from=pipeline_json.labels_source_uri(ctx.spec))
 
 
-def labeling_progress(ctx: Pass, reports: list[dict[str, Any]]) -> None:
-    """The labeler's counters (live reports of every shard, or the final summary) in status terms."""
+def labeling_progress(ctx: Pass, report: LabelingReport) -> None:
+    """The labeler's counters (every shard's live reports, or the final summary, merged) in status terms."""
     p = ctx.progress()
-    p.rows_labeled = sum(int(r.get("rows_ok", 0)) for r in reports)
-    p.rows_rejected = sum(int(r.get("rows_rejected", 0)) for r in reports)
-    p.rows_total = sum(int(r.get("rows_total", 0)) for r in reports)
-    p.teacher_tokens_in = sum(int(r.get("tokens_in", 0)) for r in reports)
-    p.teacher_tokens_out = sum(int(r.get("tokens_out", 0)) for r in reports)
-    if ctx.spec.teachers is None:
+    p.rows_labeled, p.rows_rejected, p.rows_total = report.rows_ok, report.rows_rejected, report.rows_total
+    p.teacher_tokens_in, p.teacher_tokens_out = report.tokens_in, report.tokens_out
+    if not ctx.spec.several_teachers:
         return
-    p.rows_disagreed = sum(int(r.get("rows_disagreed", 0)) for r in reports)
+    p.rows_disagreed = report.rows_disagreed
     for stats in ctx.teacher_stats():
-        def total(key: str, name: str = stats.name) -> int:
-            return sum(int(r.get(f"teacher.{name}.{key}", 0)) for r in reports)
-        stats.rows_answered, stats.rows_agreed = total("answered"), total("agreed")
+        counts = report.teachers.get(stats.name)
+        stats.rows_answered = counts.answered if counts else 0
+        stats.rows_agreed = counts.agreed if counts else 0
         stats.agreement_rate = (round(stats.rows_agreed / stats.rows_answered, 4)
                                 if stats.rows_answered else None)
-        stats.tokens_in, stats.tokens_out = total("tokens_in"), total("tokens_out")
+        stats.tokens_in = counts.tokens_in if counts else 0
+        stats.tokens_out = counts.tokens_out if counts else 0
 
 
-def teacher_outage(ctx: Pass, reports: list[dict[str, Any]]) -> None:
+def teacher_outage(ctx: Pass, reports: list[LabelingReport]) -> None:
     """A labeler that waits out a teacher outage says so in its live report; the stage says why it stalls."""
-    waiting = [r for r in reports if isinstance(r.get("teacher_unreachable_since"), int)]
+    waiting = [r for r in reports if r.teacher_unreachable_since is not None]
     if not waiting:
         return
-    first = min(waiting, key=lambda r: int(r["teacher_unreachable_since"]))
-    since = format_time(datetime.fromtimestamp(int(first["teacher_unreachable_since"]), UTC))
+    first = LabelingReport.merge(waiting)
+    since = format_time(datetime.fromtimestamp(first.teacher_unreachable_since or 0, UTC))
     budget = ctx.spec.primary_teacher.outage_budget_seconds
     message = (f"{len(waiting)} labeling shard(s) wait for the teacher, unreachable since {since} "
-               f"({first.get('teacher_error', '')}); they give up after teacher.outageBudgetSeconds ({budget} s) "
+               f"({first.teacher_error or ''}); they give up after teacher.outageBudgetSeconds ({budget} s) "
                "and resume from the rows already labeled")
     ctx.cond(STAGE_CONDITION[Stage.LABELING], False, "WaitingForTeacher", message)
 
 
-def training_summary(ctx: Pass, summary: dict[str, Any]) -> None:
-    if not summary:
+def training_summary(ctx: Pass, report: Report | None) -> None:
+    if not isinstance(report, TrainingReport):
         return
     p = ctx.progress()
-    p.train_step = summary.get("steps")
-    p.train_steps = summary.get("total_steps", summary.get("steps"))
-    loss = summary.get("final_loss")
-    p.train_loss = round(float(loss), 4) if isinstance(loss, int | float) else None
+    p.train_step = report.steps
+    p.train_steps = report.total_steps if report.total_steps is not None else report.steps
+    p.train_loss = round(report.final_loss, 4) if report.final_loss is not None else None
 
 
-def evaluation_summary(ctx: Pass, summary: dict[str, Any]) -> None:
-    metric = str(summary.get("metric", "score"))
-    scores = []
-    for r in summary.get("results") or []:
-        try:
-            scores.append(ModelScore(model=str(r["model"]), prompt=str(r.get("prompt", "")), metric=metric,
-                                     score=round(float(r["score"]), 2), rows=int(r.get("rows", 0)),
-                                     **_judge_scores(r)))
-        except (KeyError, TypeError, ValueError):
-            continue
+def evaluation_summary(ctx: Pass, report: Report | None) -> None:
+    if not isinstance(report, EvaluationReport):
+        return
+    metric = report.metric or "score"
+    scores = [ModelScore(model=r.model, prompt=r.prompt, metric=metric, score=round(r.score, 2), rows=r.rows,
+                         **_judge_scores(r))
+              for r in report.results if r.score is not None]
     if scores:
         ctx.status.results = scores
 
 
-def generation_summary(ctx: Pass, summary: dict[str, Any]) -> None:
-    if summary:
-        generation_progress(ctx, summary)
+def generation_summary(ctx: Pass, report: Report | None) -> None:
+    if isinstance(report, GenerationReport):
+        generation_progress(ctx, report)
 
 
-def generation_progress(ctx: Pass, report: dict[str, Any]) -> None:
+def generation_progress(ctx: Pass, report: GenerationReport) -> None:
     p = ctx.progress()
-    p.inputs_generated = int(report.get("generated", 0))
-    p.inputs_kept = int(report.get("kept", 0))
-    p.inputs_rejected = int(report.get("rejected", 0))
-    reasons = report.get("rejections")
-    if isinstance(reasons, dict):
-        p.input_rejections = {str(k): int(v) for k, v in reasons.items() if isinstance(v, int)} or None
+    p.inputs_generated, p.inputs_kept, p.inputs_rejected = report.generated, report.kept, report.rejected
+    p.input_rejections = dict(report.rejections) or None
