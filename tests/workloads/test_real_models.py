@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from distillery.api.pipeline import PVC_BASE_ENV
 from distillery.devcluster import models
@@ -16,14 +17,10 @@ from distillery.devcluster import models
 pytestmark = pytest.mark.workload
 
 NAME = "smollm2-135m-instruct"
-PROMPT = [{"role": "system", "content": "Reply with one word."},
-          {"role": "user", "content": "Premise: a man plays guitar. Hypothesis: a person makes music. Label?"}]
 
 
 def test_smollm2_is_installed_verified_and_gives_the_gguf_models_logits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from transformers import AutoModelForCausalLM
-
     from distillery.workloads.models import load_model, load_tokenizer
 
     [(model, place)] = models.install([NAME], tmp_path / "pvc")
@@ -38,12 +35,14 @@ def test_smollm2_is_installed_verified_and_gives_the_gguf_models_logits(
     tokenizer = load_tokenizer(ref)
     student = load_model(ref).eval()
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]
-    quantised = AutoModelForCausalLM.from_pretrained(place, gguf_file=models.GGUF_FILE, dtype=torch.float32).eval()
+    # What the GGUF-loaded model computed at conversion (loading the GGUF again takes a minute on 2 cores).
+    check = load_file(models.check_path(model))
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": models.CHECK_PROMPT}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    assert torch.equal(ids, check["input_ids"])
     with torch.no_grad():
-        expected, got = quantised(ids).logits, student(ids).logits
-    assert expected.shape == (1, ids.shape[1], 49152)
-    assert torch.equal(expected, got)
-    # A real model, not a random one: its next token is confident.
-    assert torch.softmax(got[0, -1], -1).max() > 0.2
+        got = student(ids).logits
+    assert check["logits"].shape == (1, ids.shape[1], 49152)
+    assert torch.equal(got, check["logits"])
+    # A trained model, not a random one: its next-token distribution is far from uniform (ln 49152 = 10.8 nats).
+    assert torch.distributions.Categorical(logits=got[0, -1]).entropy() < 5

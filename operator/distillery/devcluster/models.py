@@ -30,6 +30,9 @@ from distillery.devcluster.binaries import cache_dir
 GGUF_FILE = "model.gguf"
 PROVENANCE_FILE = "provenance.json"
 LICENSE_FILE = "LICENSE"
+CHECK_FILE = "gguf-logits.safetensors"
+"""Beside the converted directory, not in it (vLLM would read any *.safetensors there as weights): the check
+prompt's ids and the GGUF-loaded model's logits on them, so a later check needs no slow GGUF load."""
 CHECK_PROMPT = "What is 12 + 30? Answer with the number."
 """The conversion's own check: the saved model must give the GGUF-loaded model's logits on this chat turn."""
 
@@ -204,7 +207,7 @@ def provenance(model: PackagedModel, wheels: dict[str, str], gguf_licence: str |
         "gguf": {"file": GGUF_FILE, "tensor_count": model.contents.tensor_count,
                  "data_length": model.contents.data_length, "sha256": model.contents.sha256},
         "conversion": "transformers from_pretrained(gguf_file=...) dequantised to float32, saved as safetensors; "
-                      f"reload gives identical logits on {CHECK_PROMPT!r}",
+                      f"reload gives identical logits on {CHECK_PROMPT!r} (the GGUF model's in ../{CHECK_FILE})",
         "seconds": seconds,
     }
 
@@ -212,7 +215,7 @@ def provenance(model: PackagedModel, wheels: dict[str, str], gguf_licence: str |
 def is_installed(model: PackagedModel) -> bool:
     """A converted directory whose provenance names the recorded GGUF (a changed record converts again)."""
     record = converted_dir(model) / PROVENANCE_FILE
-    if not record.exists():
+    if not (record.exists() and check_path(model).exists()):
         return False
     return bool(json.loads(record.read_text()).get("gguf", {}).get("sha256") == model.contents.sha256)
 
@@ -245,9 +248,13 @@ def _chat_ids(tokenizer: Any) -> Any:
     return encoded["input_ids"]
 
 
-def convert(source: Path, out: Path) -> None:
+def check_path(model: PackagedModel) -> Path:
+    return entry_dir(model) / CHECK_FILE
+
+
+def convert(source: Path, out: Path) -> dict[str, Any]:
     """Dequantise the GGUF `source/GGUF_FILE` into a transformers directory at `out`, and check that the saved
-    weights give the GGUF-loaded model's logits exactly."""
+    weights give the GGUF-loaded model's logits exactly; returns the check's `input_ids` and `logits`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -272,10 +279,13 @@ def convert(source: Path, out: Path) -> None:
     if not torch.equal(expected, got):
         raise ModelVerificationError(f"{out}: the saved model's logits differ from the GGUF-loaded model's by up to "
                                      f"{(expected - got).abs().max().item():.3g}")
+    return {"input_ids": ids, "logits": expected}
 
 
 def ensure_model(model: PackagedModel) -> Path:
     """The converted directory of `model`, downloading, verifying and converting it on first use."""
+    from safetensors.torch import save_file
+
     target = converted_dir(model)
     with _entry_lock(model):
         if is_installed(model):
@@ -306,11 +316,12 @@ def ensure_model(model: PackagedModel) -> Path:
         print(f"{model.name}: verified ({model.contents.tensor_count} tensors, "
               f"sha256 {model.contents.sha256[:12]}...); converting", file=sys.stderr)
         started = time.monotonic()
-        convert(entry, staging)
+        check = convert(entry, staging)
         seconds["conversion"] = round(time.monotonic() - started, 1)
         if licence_text is not None:
             (staging / LICENSE_FILE).write_bytes(licence_text)
         record = provenance(model, wheel_digests, _gguf_licence(gguf_path), licence_text is not None, seconds)
+        save_file({key: value.contiguous() for key, value in check.items()}, check_path(model))
         gguf_path.rename(staging / GGUF_FILE)
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(target, ignore_errors=True)
