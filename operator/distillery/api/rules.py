@@ -19,11 +19,14 @@ the pure-Python cel-python takes about a millisecond; the operator validates eve
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import cel as cel_lang
 from pydantic import BaseModel
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+if TYPE_CHECKING:
+    import cel as cel_lang
 
 RULE_ERROR = "cel_rule"
 """The pydantic error type of a refused rule."""
@@ -39,11 +42,18 @@ class Rule:
     message: str
     loc: tuple[str, ...]
     """The entry's fieldPath as a pydantic location (wire names), relative to the model; () when unset."""
-    program: cel_lang.Program
+
+    @cached_property
+    def program(self) -> "cel_lang.Program":
+        """Compiled on first use: importing the evaluator takes about half a second (its package loads its own
+        CLI's libraries), which a process that never validates a spec (`distillery status`) does not pay."""
+        import cel as cel_lang
+
+        return cel_lang.compile(self.rule)
 
 
 def compile_rules(model: str, entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
-    """The model's entries, compiled once, when its class is created."""
+    """The model's entries, checked when its class is created."""
     rules = []
     for entry in entries:
         rule, path = str(entry["rule"]), entry.get("fieldPath")
@@ -54,7 +64,7 @@ def compile_rules(model: str, entries: Iterable[Mapping[str, Any]]) -> tuple[Rul
         if "messageExpression" in entry:
             raise ValueError(f"{model}: messageExpression is not evaluated in Python; use message")
         loc = tuple(path.split(".")[1:]) if path else ()
-        rules.append(Rule(rule, str(entry["message"]), loc, cel_lang.compile(rule)))
+        rules.append(Rule(rule, str(entry["message"]), loc))
     return tuple(rules)
 
 
@@ -124,6 +134,8 @@ def refusals(rules: Iterable[Rule], wire: dict[str, Any]) -> list[InitErrorDetai
 
     A rule that cannot be evaluated (it reads a member that is absent) refuses, as the API server does, with
     the evaluation's error."""
+    import cel as cel_lang
+
     context = cel_lang.Context({"self": wire})
     errors: list[InitErrorDetails] = []
     for rule in rules:
