@@ -13,6 +13,7 @@ from distillery.resources import jobs, pipeline_json, reporting, student, teache
 from distillery.resources.common import Owner
 from tests.cluster.conftest import Kube
 from tests.cluster.test_operator import distillation
+from tests.validation_cases import CASES, Case, refusal_pattern
 
 pytestmark = pytest.mark.cluster
 CONFIG = OperatorConfig()
@@ -97,6 +98,22 @@ def test_invalid_manifest_is_rejected_naming_the_field(kube: Kube, crd: None, na
     result = kube.apply(manifest, namespace=namespace, server_side=False, check=False)
     assert result.returncode != 0, f"{what}: accepted"
     assert expected in result.stderr, f"{what}: {result.stderr}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_api_server_evaluates_the_rule_as_pydantic_does(kube: Kube, crd: None, namespace: str,
+                                                            case: Case) -> None:
+    """The table tests/unit/test_validation_rules.py runs through pydantic, sent to the API server (a server-side
+    dry run validates fully and stores nothing)."""
+    manifest = {"apiVersion": "distillery.dev/v1alpha1", "kind": "Distillation", "metadata": {"name": "case"},
+                "spec": case.spec}
+    result = kube.run("create", "--dry-run=server", "-f", "-", "-n", namespace, input=json.dumps(manifest),
+                      check=False)
+    if case.refused_at is None:
+        assert result.returncode == 0, f"{case.id}: {result.stderr}"
+    else:
+        assert result.returncode != 0, f"{case.id}: accepted"
+        assert refusal_pattern(case).search(result.stderr), f"{case.id}: {result.stderr}"
 
 
 def test_kd_from_an_endpoint_without_logprobs_is_refused_naming_both_fields(kube: Kube, crd: None,

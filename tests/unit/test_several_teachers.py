@@ -1,4 +1,5 @@
-"""spec.teachers: validation (pydantic mirror of the CEL rules), manifests, the pipeline contract and the planner."""
+"""spec.teachers: validation (CEL rules that pydantic evaluates too), manifests, the pipeline contract and the
+planner."""
 
 import copy
 import json
@@ -70,7 +71,7 @@ def test_bad_combinations_are_refused_naming_the_field(what: str, build: Any, ex
     assert expected in str(err.value), what
 
 
-def test_every_pydantic_rule_has_its_cel_rule_naming_the_field() -> None:
+def test_every_teachers_rule_names_its_field() -> None:
     schema = spec_schema()
     rules = {r["message"]: r.get("fieldPath") for r in schema["x-kubernetes-validations"]}
     assert rules["exactly one of teacher and teachers must be set"] == ".teacher"

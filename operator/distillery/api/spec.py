@@ -2,13 +2,14 @@
 
 Everything the API server can check is expressed here as schema constraints or
 CEL rules (see `x-kubernetes-validations`), so a wrong manifest is rejected by
-`kubectl apply` itself with a message naming the field.
+`kubectl apply` itself with a message naming the field. pydantic checks the same
+constraints and evaluates the same CEL rules (api/rules.py): each rule is written once.
 """
 
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from distillery.api.base import ApiModel, cel
 
@@ -174,14 +175,6 @@ class TeacherSpec(ApiModel):
         }
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "TeacherSpec":
-        if (self.model is None) == (self.endpoint is None):
-            raise ValueError("exactly one of teacher.model and teacher.endpoint must be set")
-        if self.gpus % self.tensor_parallel_size:
-            raise ValueError("teacher.gpus must be a multiple of teacher.tensorParallelSize")
-        return self
-
 
 TeacherName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")]
 """A DNS-1035 label: it becomes a pod label value and names the teacher in status and in the labels files."""
@@ -223,13 +216,6 @@ class StrategyJudgeSpec(ApiModel):
         }
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "StrategyJudgeSpec":
-        if (self.teacher is None) == (self.endpoint is None):
-            raise ValueError("exactly one of teacherStrategy.judge.teacher and teacherStrategy.judge.endpoint "
-                             "must be set")
-        return self
-
 
 class TeacherStrategy(ApiModel):
     """How the replies of several teachers become one label per row.
@@ -252,12 +238,6 @@ class TeacherStrategy(ApiModel):
         }
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "TeacherStrategy":
-        if (self.mode == StrategyMode.JUDGE) != (self.judge is not None):
-            raise ValueError("teacherStrategy.judge is required with mode judge and only valid with it")
-        return self
-
 
 class DataSource(ApiModel):
     """Rows from a URI (hf://, s3://, pvc://claim/path) or inline (small runs)."""
@@ -274,12 +254,6 @@ class DataSource(ApiModel):
             ]
         }
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> "DataSource":
-        if (self.uri is None) == (self.rows is None):
-            raise ValueError("exactly one of uri and rows must be set")
-        return self
 
 
 MAX_SEED_ROWS = 100
@@ -320,14 +294,6 @@ class GenerateSpec(ApiModel):
         }
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "GenerateSpec":
-        if self.seeds.rows is not None and not 1 <= len(self.seeds.rows) <= MAX_SEED_ROWS:
-            raise ValueError(f"dataset.generate.seeds.rows must hold 1 to {MAX_SEED_ROWS} rows")
-        if self.max_requests is not None and self.max_requests < self.count:
-            raise ValueError("dataset.generate.maxRequests must be at least dataset.generate.count")
-        return self
-
 
 class DatasetSpec(ApiModel):
     train: DataSource | None = None
@@ -358,12 +324,6 @@ class DatasetSpec(ApiModel):
             ]
         }
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> "DatasetSpec":
-        if self.train is None and self.generate is None:
-            raise ValueError("dataset.train is required unless dataset.generate is set")
-        return self
 
 
 class LoraSpec(ApiModel):
@@ -454,13 +414,6 @@ class StudentSpec(ApiModel):
         }
     }
 
-    @model_validator(mode="after")
-    def _budget_holds_an_example(self) -> "StudentSpec":
-        if self.tokens_per_device is not None and self.tokens_per_device < self.max_seq_length:
-            raise ValueError(f"tokensPerDevice {self.tokens_per_device} is below maxSeqLength {self.max_seq_length}: "
-                             f"an example of maxSeqLength tokens must fit into one micro-batch")
-        return self
-
 
 class Baseline(StrEnum):
     TEACHER = "teacher"
@@ -491,12 +444,6 @@ class EvaluationJudgeSpec(ApiModel):
         }
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "EvaluationJudgeSpec":
-        if self.teacher == (self.endpoint is not None):
-            raise ValueError("exactly one of evaluation.judge.teacher and evaluation.judge.endpoint must be set")
-        return self
-
 
 class GateSpec(ApiModel):
     """What the distilled student must reach, on the task's main metric, to be served."""
@@ -515,12 +462,6 @@ class GateSpec(ApiModel):
             ]
         }
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> "GateSpec":
-        if self.min_score is None and self.min_gap_closed is None:
-            raise ValueError("evaluation.gate needs minScore or minGapClosed")
-        return self
 
 
 class EvaluationSpec(ApiModel):
@@ -600,12 +541,6 @@ class ModelCacheSpec(ApiModel):
             ]
         }
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> "ModelCacheSpec":
-        if (self.claim_name is None) == (self.ephemeral is None):
-            raise ValueError("exactly one of modelCache.claimName and modelCache.ephemeral must be set")
-        return self
 
 
 class StorageSpec(ApiModel):
@@ -698,50 +633,6 @@ class DistillationSpec(ApiModel):
             ]
         }
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> "DistillationSpec":
-        if self.prompt.chain_of_density and self.task != Task.SUMMARIZATION:
-            raise ValueError("prompt.chainOfDensity is only valid for task summarization")
-        if self.task == Task.CUSTOM and not self.prompt.user_template:
-            raise ValueError("task custom needs prompt.userTemplate")
-        endpoint = self.teacher.endpoint if self.teacher is not None else None
-        if self.student.loss.type == LossType.KD and endpoint is not None and not endpoint.logprobs:
-            raise ValueError(KD_NEEDS_LOGPROBS)
-        if self.student.loss.type == LossType.KD and self.teachers is not None:
-            raise ValueError(KD_NEEDS_ONE_TEACHER)
-        ev = self.evaluation
-        if ev.judge is not None and self.task not in OPEN_ENDED_TASKS:
-            raise ValueError("evaluation.judge is only valid for the open-ended tasks conversation and summarization")
-        if ev.judge is not None and ev.judge.teacher and self.teacher is None:
-            raise ValueError(JUDGE_TEACHER_NEEDS_ONE)
-        if self.prompt.persona is not None and self.task not in OPEN_ENDED_TASKS:
-            raise ValueError("prompt.persona is only valid for the open-ended tasks conversation and summarization")
-        if ev.gate is not None and not ev.enabled:
-            raise ValueError("evaluation.gate needs evaluation.enabled")
-        if ev.gate is not None and ev.gate.min_gap_closed is not None and not {
-                Baseline.TEACHER, Baseline.BASE_STUDENT} <= set(ev.baselines):
-            raise ValueError("evaluation.gate.minGapClosed needs both teacher and base-student in "
-                             "evaluation.baselines")
-        self._check_teachers()
-        return self
-
-    def _check_teachers(self) -> None:
-        if (self.teacher is None) == (self.teachers is None):
-            raise ValueError("exactly one of teacher and teachers must be set")
-        if (self.teachers is None) != (self.teacher_strategy is None):
-            raise ValueError("teacherStrategy is required with teachers and only valid with it")
-        if self.teachers is None or self.teacher_strategy is None:
-            return
-        names = [t.name for t in self.teachers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"teachers[].name must be unique, got {names}")
-        strategy = self.teacher_strategy
-        if strategy.mode == StrategyMode.VOTE and self.task not in CHECKABLE_TASKS:
-            raise ValueError(f"teacherStrategy.mode vote needs a task with a checkable answer "
-                             f"({', '.join(CHECKABLE_TASKS)}); use judge or all")
-        if strategy.judge is not None and strategy.judge.teacher is not None and strategy.judge.teacher not in names:
-            raise ValueError("teacherStrategy.judge.teacher must name one of teachers")
 
     @property
     def primary_teacher(self) -> TeacherSpec:
