@@ -655,7 +655,9 @@ class DistillationSpec(ApiModel):
         if self.teachers is not None:
             return list(self.teachers)
         assert self.teacher is not None, "the validator requires teacher or teachers"
-        return [NamedTeacherSpec(name=SINGLE_TEACHER_NAME, **dict(self.teacher))]
+        # spec.teacher is validated already, and the planner asks for this list many times a pass: validating it
+        # again would run every teacher rule again.
+        return [NamedTeacherSpec.model_construct(name=SINGLE_TEACHER_NAME, **dict(self.teacher))]
 
 
 MUTABLE_SPEC_FIELDS = frozenset({"suspend", "serving"})
