@@ -20,7 +20,7 @@ from distillery.workloads.finetune_data import build_finetune_set
 from distillery.workloads.labeler import LabelRecord, read_labels, read_records, replies_path
 from distillery.workloads.tasks import TaskDefinition, get_task
 from distillery.workloads.teacher_votes import judge_messages, parse_verdict, plurality
-from tests.workloads.conftest import NLI_ROWS
+from tests.workloads.nli import NLI_ROWS
 
 CONVERSATIONS: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": f"How do I {what}?"}]}
