@@ -1,14 +1,18 @@
 """`distillery operator` as the cluster tests run it: a subprocess they start, kill and restart."""
 
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from distillery.workloads.environment import free_port
+from distillery.devcluster.ports import free_port
 from tests.cluster.kube import REPO
+
+BIND_ATTEMPTS = 5
+ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
 
 
 class OperatorProcess:
@@ -26,26 +30,39 @@ class OperatorProcess:
         self.starts = 0
 
     def start(self) -> None:
-        self.metrics_port = free_port()
+        """Start the operator; return once its metrics answer.
+
+        Its liveness endpoint takes a port of its own choosing (port 0). The metrics port is found free here and
+        may be taken before the operator binds it; the operator then exits saying so before it answers, and is
+        started again on a new port."""
         self.starts += 1
         env = os.environ | {"KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"} | self.extra_env
         env["PYTHONPATH"] = str(REPO / "operator") + os.pathsep + env.get("PYTHONPATH", "")
         if self.config:
             env["DISTILLERY_CONFIG"] = str(self.config)
-        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", str(self.metrics_port),
-             "--liveness", f"http://127.0.0.1:{free_port()}/healthz", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        log.close()
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            self.metrics_port = free_port()
+            with open(self.log_dir / f"operator-{self.starts}.log", "wb") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", str(self.metrics_port),
+                     "--liveness", "http://127.0.0.1:0/healthz", *self.extra_args],
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                )
+            if self._metrics_answer():
+                return
+            if attempt == BIND_ATTEMPTS or not ADDRESS_IN_USE.search(self.log_of_start(self.starts)):
+                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+
+    def _metrics_answer(self) -> bool:
+        """True once the metrics endpoint answers, False if the operator exits first."""
+        assert self.proc is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+                return False
             try:
                 self.metrics()
-                return
+                return True
             except OSError:
                 time.sleep(0.2)
         raise AssertionError("operator metrics endpoint did not come up")
