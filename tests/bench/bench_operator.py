@@ -33,6 +33,7 @@ import yaml
 from distillery.api.crd import render
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.nodepools import NodePools
+from distillery.devcluster.ports import free_port
 
 NODEPOOLS = Path(__file__).resolve().parents[2] / "operator/distillery/devcluster/nodepools-bench.yaml"
 # Writes only the operator makes: (verb, resource, subresource).
@@ -208,8 +209,10 @@ def main() -> int:
                                                               args.stage_delay}}))
         env = os.environ | {"KUBECONFIG": str(kubeconfig), "DISTILLERY_CONFIG": str(config)}
         log = open(Path(tmp) / "operator.log", "wb")
-        operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "18089",
-                                     "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
+        metrics_port = free_port()
+        operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator",
+                                     "--metrics-port", str(metrics_port), "--liveness", ""],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
         time.sleep(3)
         before = apiserver_writes(cluster)
         docs = yaml.safe_dump_all([manifest(i) for i in range(args.count)])
@@ -228,7 +231,7 @@ def main() -> int:
         total = time.monotonic() - t0
         after = apiserver_writes(cluster)
         peak = rss_peak_mib(operator.pid)
-        with urllib.request.urlopen("http://127.0.0.1:18089/metrics") as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
             op_metrics = r.read().decode()
         operator.terminate()
         operator.wait(15)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from distillery.devcluster.cluster import DevCluster
-from tests.cluster.conftest import Kube, OperatorProcess
-from tests.cluster.test_helm import ChartIdentity
-from tests.cluster.test_operator import children, condition, distillation
+from tests.cluster.chart import ChartIdentity
+from tests.cluster.distillations import children, condition, distillation
+from tests.cluster.kube import Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 HOLD = "test.distillery.dev/hold"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.cluster.conftest import Kube
+from tests.cluster.kube import Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -16,8 +16,9 @@ import yaml
 
 from distillery.devcluster.cluster import DevCluster
 from distillery.workloads.progress import LiveProgress
-from tests.cluster.conftest import REPO, Kube, OperatorProcess
-from tests.cluster.test_operator import distillation
+from tests.cluster.distillations import distillation
+from tests.cluster.kube import REPO, Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

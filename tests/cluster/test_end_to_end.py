@@ -11,7 +11,8 @@ import yaml
 
 from distillery.devcluster.demo import LocalWorkloads, local_sample, models_claim
 from distillery.workloads.labels import read_labels
-from tests.cluster.conftest import Kube, OperatorProcess
+from tests.cluster.kube import Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
 

@@ -12,7 +12,7 @@ from distillery.api.spec import DistillationSpec, Task
 from distillery.resources import pipeline_json
 from distillery.workloads.generator import input_columns
 from distillery.workloads.tasks import get_task
-from tests.cluster.conftest import REPO, Kube
+from tests.cluster.kube import REPO, Kube
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from distillery.api.spec import DistillationSpec
 from distillery.cli.status import main as status_main
-from tests.cluster.conftest import Kube
-from tests.cluster.test_operator import distillation
+from tests.cluster.distillations import distillation
+from tests.cluster.kube import Kube
 
 pytestmark = pytest.mark.cluster
 

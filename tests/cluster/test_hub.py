@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from distillery.devcluster.demo import GATED_STUDENT, local_sample
-from tests.cluster.conftest import Kube
-from tests.cluster.test_operator import condition
-from tests.cluster.test_recovery import Pipeline
+from tests.cluster.distillations import condition
+from tests.cluster.kube import Kube
+from tests.cluster.pipeline import Pipeline
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workload]
 

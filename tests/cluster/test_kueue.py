@@ -9,15 +9,9 @@ import pytest
 
 from distillery.devcluster import kueue as devkueue
 from distillery.devcluster.cluster import DevCluster
-from tests.cluster.conftest import (
-    Kube,
-    OperatorProcess,
-    install_crd,
-    node_deleted,
-    running_cluster,
-    training_restarted,
-)
-from tests.cluster.test_operator import condition, distillation
+from tests.cluster.distillations import condition, distillation
+from tests.cluster.kube import Kube, install_crd, node_deleted, running_cluster, training_restarted
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -4,8 +4,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Kube, OperatorProcess
-from tests.cluster.test_operator import condition, distillation
+from tests.cluster.distillations import condition, distillation
+from tests.cluster.kube import Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

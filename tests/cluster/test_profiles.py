@@ -10,9 +10,10 @@ import yaml
 
 from distillery.devcluster.cluster import DevCluster
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, PROFILES, NodePools, profile_path
-from tests.cluster.conftest import Kube, OperatorProcess
-from tests.cluster.test_helm import render
-from tests.cluster.test_operator import condition, distillation
+from tests.cluster.chart import render
+from tests.cluster.distillations import condition, distillation
+from tests.cluster.kube import Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -8,8 +8,9 @@ import yaml
 
 from distillery.controller.kube import ApiError, KubeClient, load_configuration
 from distillery.workloads.progress import LiveProgress
-from tests.cluster.conftest import Kube, OperatorProcess
-from tests.cluster.test_operator import children, distillation
+from tests.cluster.distillations import children, distillation
+from tests.cluster.kube import Kube
+from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

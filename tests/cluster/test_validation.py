@@ -11,8 +11,8 @@ from distillery.api.crd import MAX_NAME_LENGTH
 from distillery.api.spec import DistillationSpec
 from distillery.resources import jobs, pipeline_json, reporting, student, teacher, workspace
 from distillery.resources.common import Owner
-from tests.cluster.conftest import Kube
-from tests.cluster.test_operator import distillation
+from tests.cluster.distillations import distillation
+from tests.cluster.kube import Kube
 from tests.validation_cases import CASES, Case, refusal_pattern
 
 pytestmark = pytest.mark.cluster

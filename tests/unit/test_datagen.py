@@ -27,7 +27,7 @@ from distillery.workloads.generator import (
     row_text,
 )
 from distillery.workloads.tasks import get_task
-from tests.unit.test_planner import World, make_spec
+from tests.unit.planner_world import World, make_spec
 
 SEED = {"premise": "A man is playing a guitar on the street corner.", "hypothesis": "Music is played.",
         "label": 0}

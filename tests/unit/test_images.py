@@ -7,7 +7,6 @@ import json
 import re
 import shlex
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,54 +14,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from distillery.cli.main import COMMANDS
+from tests.dockerfiles import Stage, parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 IMAGES = {"operator": ("operator", "operator"), "labeler": ("label", "sources"), "trainer": ("train", "trainer")}
-
-
-@dataclass
-class Stage:
-    base: str
-    alias: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def last(self, keyword: str) -> str | None:
-        found = [args for kw, args in self.instructions if kw == keyword]
-        return found[-1] if found else None
-
-    def all(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages with their (KEYWORD, arguments) instructions; continuation lines joined, comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    assert not pending, "Dockerfile ends inside a continued line"
-    stages: list[Stage] = []
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        keyword, args = keyword.upper(), args.strip()
-        if keyword == "FROM":
-            words = [w for w in args.split() if not w.startswith("--platform")]
-            alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], alias=alias))
-        elif keyword == "ARG" and not stages:
-            continue
-        else:
-            assert stages, f"{keyword} before the first FROM"
-            stages[-1].instructions.append((keyword, args))
-    return stages
 
 
 def exec_form(args: str | None) -> list[str]:

@@ -2,12 +2,14 @@
 
 api at the bottom; resources and workloads beside each other on api; controller on resources; devcluster
 and the CLI on top, and nothing in the product imports devcluster. No module imports itself back.
+Tests share helpers through helper modules, never by importing another test module or a conftest.
 """
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "distillery"
+TESTS = Path(__file__).resolve().parents[1]
 # layer -> the layers it may import (itself included)
 ALLOWED: dict[str, set[str]] = {
     "api": {"api"},
@@ -94,3 +96,35 @@ def test_no_workload_imports_a_program() -> None:
     broken = [f"{m} imports {target}" for m, targets in graph().items() if layer(m) == "workloads"
               for target in sorted(targets & WORKLOAD_PROGRAMS) if target != m]
     assert not broken, "\n".join(broken)
+
+
+def imported_from_tests(path: Path) -> set[str]:
+    """The modules under tests/ this file imports (`from tests.workloads import tinymodel` names the module)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+                 if isinstance(node, ast.ImportFrom) and node.module else [])
+        found |= {n for n in names if n.split(".")[0] == "tests"
+                  and (TESTS.parent / Path(*n.split("."))).with_suffix(".py").exists()}
+    return found
+
+
+def is_test_module(module: str) -> bool:
+    leaf = module.rsplit(".", 1)[-1]
+    return leaf.startswith("test_") or leaf == "conftest"
+
+
+def test_no_test_module_imports_another() -> None:
+    """pytest collects test modules and conftests itself; importing one runs it a second way, and a helper kept in
+    one is hidden from the modules that need it."""
+    broken = [f"{path.relative_to(TESTS.parent)} imports {module}" for path in sorted(TESTS.rglob("*.py"))
+              for module in sorted(imported_from_tests(path)) if is_test_module(module)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_rule_catches_a_test_module_import(tmp_path: Path) -> None:
+    bad = tmp_path / "test_bad.py"
+    bad.write_text("from tests.unit.test_planner import World\nfrom tests.workloads import conftest\n")
+    assert {m for m in imported_from_tests(bad) if is_test_module(m)} == {
+        "tests.unit.test_planner", "tests.workloads.conftest"}

@@ -20,7 +20,7 @@ from distillery.api.reports import (
     teacher_count_key,
 )
 from distillery.api.status import Stage, StageState
-from tests.unit.test_planner import H100, World, make_spec
+from tests.unit.planner_world import H100, World, make_spec
 
 # What the labeler writes today (workloads/labeler.py, which converts to LabelingReport after issue 17).
 LABELER_SUMMARY = {"stage": "label", "shard": 1, "shards": 2, "rows_done": 50, "rows_ok": 45, "rows_rejected": 5,

@@ -17,8 +17,8 @@ from distillery.controller.observe import NodeView
 from distillery.controller.planner import Create, Delete, gpu_pool_fits_all
 from distillery.resources import jobs, pipeline_json, teacher
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL, TEACHER_LABEL, Owner
-from tests.unit.test_planner import A100, CONFIG, H100, OWNER, World, make_spec
-from tests.unit.test_status_view import SUCCEEDED
+from tests.unit.planner_world import A100, CONFIG, H100, OWNER, World, make_spec
+from tests.unit.status_samples import SUCCEEDED
 
 BIG = {"name": "big", "model": "meta-llama/Llama-3.3-70B-Instruct", "gpus": 4, "tensorParallelSize": 4}
 OTHER = {"name": "other", "model": "Qwen/Qwen2.5-72B-Instruct", "gpus": 4, "tensorParallelSize": 4}

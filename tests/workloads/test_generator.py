@@ -19,7 +19,7 @@ from distillery.workloads.datasets import parse_records, split_rows
 from distillery.workloads.generator import NearDuplicates, Outcome, generation_messages, prompt_examples, row_text
 from distillery.workloads.labels import read_labels
 from distillery.workloads.tasks import TaskDefinition, get_task
-from tests.workloads.conftest import NLI_ROWS
+from tests.workloads.nli import NLI_ROWS
 
 SEEDS = NLI_ROWS[:4]
 COLUMNS = ["hypothesis", "premise"]

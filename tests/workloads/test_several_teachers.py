@@ -21,7 +21,7 @@ from distillery.workloads.labels import LabelRecord, read_labels, read_records, 
 from distillery.workloads.strategy_judge import parse_verdict, strategy_judge_messages
 from distillery.workloads.tasks import TaskDefinition, get_task
 from distillery.workloads.teacher_votes import plurality
-from tests.workloads.conftest import NLI_ROWS
+from tests.workloads.nli import NLI_ROWS
 
 CONVERSATIONS: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": f"How do I {what}?"}]}

@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from distillery.api.reports import ExitCode, TrainingReport
+from distillery.devcluster.ports import free_port
 from distillery.workloads import trainer
-from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import FinetuneSet
 from distillery.workloads.trainer import DataPlan, lr_factor
 from tests.workloads import tinymodel as tm

@@ -5,8 +5,10 @@ Everything is made here, offline and deterministic; nothing is downloaded.
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -18,7 +20,6 @@ from distillery.api.pipeline import PipelineConfig, TeacherClientConfig, Workspa
 from distillery.api.spec import DatasetSpec, DataSource, EvaluationSpec, StudentSpec, Task
 from distillery.devcluster.tiny import save_tiny_model
 from distillery.devcluster.tiny import synthetic_nli_rows as nli_rows
-from distillery.workloads.environment import free_port
 from distillery.workloads.finetune_data import FinetuneSet, load_finetune_set
 from distillery.workloads.models import load_tokenizer
 from distillery.workloads.tasks import get_task
@@ -26,6 +27,8 @@ from distillery.workloads.trainer import DataPlan, token_budget
 
 OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 PYTHON = sys.executable
+SERVING_AT = re.compile(r"^serving .* on (http://\S+)$", re.MULTILINE)
+"""The line `distillery serve` prints once it listens, with its URL."""
 
 
 _models: dict[tuple[Any, ...], Path] = {}
@@ -150,23 +153,28 @@ def distillery(args: Sequence[str], termination_log: Path, timeout: float = 240)
 
 @contextmanager
 def serving(args: Sequence[str], root: Path) -> Iterator[str]:
-    """`distillery serve ARGS` on a free port, yielding its URL once /health answers; a server that exits
-    first fails the test with its log. Stopped on the way out."""
-    port = free_port()
-    log = root / f"serve-{port}.log"
+    """`distillery serve ARGS` on a port of its own choosing (port 0; a line of its output names the URL),
+    yielding that URL once /health answers; a server that exits first fails the test with its log. Stopped on the way
+    out."""
+    log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log", dir=root)[1])
     with open(log, "w") as out:
-        proc = subprocess.Popen([PYTHON, "-m", "distillery.cli", "serve", *args, "--port", str(port)],
+        proc = subprocess.Popen([PYTHON, "-m", "distillery.cli", "serve", *args, "--port", "0"],
                                 stdout=out, stderr=subprocess.STDOUT,
-                                env=subprocess_env(root / f"serve-{port}-termination-log"))
-    url = f"http://127.0.0.1:{port}"
+                                env=subprocess_env(log.with_suffix(".termination-log")))
     try:
+        url = None
         while True:
             assert proc.poll() is None, log.read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:  # not listening yet, or not healthy yet (urllib's HTTPError is an OSError)
-                time.sleep(0.5)
+            if url is None:
+                found = SERVING_AT.search(log.read_text(errors="replace"))
+                url = found.group(1) if found else None
+            if url is not None:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2):
+                        break
+                except OSError:  # not healthy yet (urllib's HTTPError is an OSError)
+                    pass
+            time.sleep(0.5)
         yield url
     finally:
         proc.terminate()

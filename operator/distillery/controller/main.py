@@ -30,6 +30,7 @@ from distillery.controller.cache import (
     Key,
 )
 from distillery.controller.kube import CredentialsError, KubeClient, connection_info, load_configuration
+from distillery.controller.liveness import LivenessEndpoint
 from distillery.controller.reconciler import Reconciler
 from distillery.controller.workqueue import Backoff, WorkQueue
 from distillery.resources.common import PARENT_LABEL
@@ -51,6 +52,7 @@ class Runtime:
                                                metrics.QUEUE_WAIT.labels(metrics.CONTROLLER).observe)
         self.backoff: Backoff[Key] = Backoff()
         self.client: KubeClient | None = None
+        self.liveness: LivenessEndpoint | None = None
         self.reconciler: Reconciler | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -84,6 +86,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.MAX_CONCURRENT.labels(metrics.CONTROLLER).set(WORKERS)
     runtime.tasks = [asyncio.create_task(runtime.queue.worker(_work)) for _ in range(WORKERS)]
     runtime.tasks.append(asyncio.create_task(_resync()))
+    if runtime.liveness is not None:
+        await runtime.liveness.serve()
 
 
 @kopf.on.cleanup()
@@ -93,6 +97,8 @@ async def cleanup(**_: Any) -> None:
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
     if runtime.client is not None:
         await runtime.client.close()
+    if runtime.liveness is not None:
+        await runtime.liveness.close()
 
 
 async def _work(key: Key) -> None:
@@ -230,7 +236,7 @@ def main(argv: list[str]) -> int:
                         help="watch only these namespaces (repeatable; default: all, or the config's list)")
     parser.add_argument("--metrics-port", type=int, default=8080)
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
-                        help="kopf liveness endpoint URL")
+                        help="liveness endpoint URL (port 0: any free port, logged); empty for none")
     parser.add_argument("--kubeconfig", help="default: in-cluster service account, else $KUBECONFIG")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--verbose", action="store_true")
@@ -247,13 +253,16 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kopf").setLevel(logging.INFO if args.verbose else logging.WARNING)
     metrics.REGISTRY.register(metrics.DistillationCollector(_distillations_for_metrics))
-    if args.metrics_port:
-        start_http_server(args.metrics_port, registry=metrics.REGISTRY)
+    # Both ports bound before either answers: a port that is taken fails the start, with one line.
+    try:
+        runtime.liveness = LivenessEndpoint(args.liveness) if args.liveness else None
+        if args.metrics_port:
+            start_http_server(args.metrics_port, registry=metrics.REGISTRY)
+    except (OSError, ValueError) as err:
+        print(f"distillery operator: cannot listen: {err}", file=sys.stderr)
+        return 2
+    if runtime.liveness is not None:
+        logging.getLogger(__name__).info("liveness endpoint at %s", runtime.liveness.url)
     namespaces = args.namespace or runtime.config.namespaces
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness or None,
-    )
+    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces)
     return 0

@@ -1,8 +1,11 @@
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
 as processes on loopback, with simulated GPU node pools."""
 
+import contextlib
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from distillery.devcluster import karpenter, kueue
@@ -28,7 +32,7 @@ from distillery.devcluster.binaries import (
 )
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, POOL_LABEL, NodePools, node_manifests
 from distillery.devcluster.pki import Pki
-from distillery.workloads.environment import free_port
+from distillery.devcluster.ports import free_port
 
 STAGES_DIR = Path(__file__).with_name("stages")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -46,6 +50,9 @@ STORAGE_CLASS = {
 }
 # Binds ReadWriteOnce claims only, like the managed clouds' default disk classes (stages/volume-pvc-provision.yaml).
 DISK_STORAGE_CLASS = {**STORAGE_CLASS, "metadata": {"name": "kwok-disk"}}
+BIND_ATTEMPTS = 5
+"""Starts of one component, each on fresh ports, before a port found taken each time fails `up`."""
+ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE", re.IGNORECASE)
 
 
 
@@ -61,6 +68,20 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _listens_on(pid: int, ports: set[int]) -> bool:
+    """Whether the process (or a process under it: Kueue runs under unshare) listens on every one of the ports."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    found: set[int] = set()
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            found |= {c.laddr.port for c in member.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    return ports <= found
 
 
 def _log(msg: str) -> None:
@@ -136,24 +157,22 @@ class DevCluster:
         self.logs.mkdir(exist_ok=True)
         if not self.pki.exists():
             self.pki.create()
-        ports = {
-            name: free_port()
-            for name in ("apiserver", "etcd", "etcd_peer", "kcm", "scheduler")
-        }
-        state = State(ports=ports, pids={})
-        self._write_kubeconfig(ports["apiserver"])
-        state.pids["etcd"] = self._spawn("etcd", self._etcd_args(binaries, ports))
-        state.save(self.state_file)
-        state.pids["kube-apiserver"] = self._spawn("kube-apiserver", self._apiserver_args(binaries, ports))
-        state.save(self.state_file)
+        state = State(ports={}, pids={})
+        ports = state.ports
+        self._start_listening(state, "etcd", ("etcd", "etcd_peer"), lambda: self._etcd_args(binaries, ports), timeout)
+
+        def apiserver() -> list[str]:
+            self._write_kubeconfig(ports["apiserver"])
+            return self._apiserver_args(binaries, ports)
+
+        self._start_listening(state, "kube-apiserver", ("apiserver",), apiserver, timeout)
         self._wait(lambda: self.ready(), timeout, "kube-apiserver /readyz")
         _log(f"kube-apiserver ready after {time.monotonic() - started:.1f}s")
-        for name, args in (
-            ("kube-controller-manager", self._kcm_args(binaries, ports)),
-            ("kube-scheduler", self._scheduler_args(binaries, ports)),
-            ("kwok", self._kwok_args(binaries, ports)),
-        ):
-            state.pids[name] = self._spawn(name, args)
+        self._start_listening(state, "kube-controller-manager", ("kcm",), lambda: self._kcm_args(binaries, ports),
+                              timeout)
+        self._start_listening(state, "kube-scheduler", ("scheduler",), lambda: self._scheduler_args(binaries, ports),
+                              timeout)
+        state.pids["kwok"] = self._spawn("kwok", self._kwok_args(binaries, ports))
         state.save(self.state_file)
         self._create_nodes()
         self._wait(self._nodes_ready, timeout, "nodes Ready")
@@ -177,8 +196,6 @@ class DevCluster:
             self._apply(*kueue.queue_objects(pools))
             return
         started = time.monotonic()
-        for port in ("kueue_webhook", "kueue_health"):
-            state.ports[port] = free_port()
         cert_dir = self.dir / "kueue-certs"
         etc = self.dir / "kueue-etc"
         cert, key = self.pki.serving_certificate("kueue-webhook")
@@ -187,21 +204,25 @@ class DevCluster:
             (directory / "tls.crt").write_bytes(cert)
             (directory / "tls.key").write_bytes(key)
             (directory / "tls.key").chmod(0o600)
-        base = f"https://127.0.0.1:{state.ports['kueue_webhook']}"
         ca = self.pki.ca_crt.read_bytes()
-        crds = kueue.crds(binaries.kueue_crds, base, ca)
-        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue.NAMESPACE}}
-        self._apply(namespace, *crds)
-        self.wait_established(*[c["metadata"]["name"] for c in crds], timeout=timeout)
-        config = self.dir / "kueue-config.yaml"
-        config.write_text(yaml.safe_dump(kueue.configuration(state.ports["kueue_webhook"],
-                                                             state.ports["kueue_health"], cert_dir)))
-        state.pids["kueue"] = self._spawn("kueue", [
-            *kueue.with_etc_overlay(etc), str(binaries.kueue), f"--config={config}",
-            # The on-demand visibility API is an aggregated API server with certificates of its own under
-            # /visibility; nothing here reads pending workloads through it.
-            "--feature-gates=VisibilityOnDemand=false"], {"KUBECONFIG": str(self.kubeconfig)})
-        state.save(self.state_file)
+
+        def manager() -> list[str]:
+            # The CRDs' conversion webhooks name the webhook port: registered again for each port tried.
+            crds = kueue.crds(binaries.kueue_crds, f"https://127.0.0.1:{state.ports['kueue_webhook']}", ca)
+            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kueue.NAMESPACE}}
+            self._apply(namespace, *crds)
+            self.wait_established(*[c["metadata"]["name"] for c in crds], timeout=timeout)
+            config = self.dir / "kueue-config.yaml"
+            config.write_text(yaml.safe_dump(kueue.configuration(state.ports["kueue_webhook"],
+                                                                 state.ports["kueue_health"], cert_dir)))
+            return [*kueue.with_etc_overlay(etc), str(binaries.kueue), f"--config={config}",
+                    # The on-demand visibility API is an aggregated API server with certificates of its own under
+                    # /visibility; nothing here reads pending workloads through it.
+                    "--feature-gates=VisibilityOnDemand=false"]
+
+        self._start_listening(state, "kueue", ("kueue_webhook", "kueue_health"), manager, timeout,
+                              {"KUBECONFIG": str(self.kubeconfig)})
+        base = f"https://127.0.0.1:{state.ports['kueue_webhook']}"
         self._wait(lambda: self._healthy(state.ports["kueue_health"]), timeout, "Kueue /readyz")
         self._apply(*kueue.webhook_configurations(binaries.kueue_webhooks.read_text(), base, ca))
         # Kueue's own webhooks admit these: the first apply that passes proves the apiserver reaches them.
@@ -224,16 +245,18 @@ class DevCluster:
             self.wait_established(*[c["metadata"]["name"] for c in crds], timeout=timeout)
             types = self.dir / "karpenter-instance-types.json"
             types.write_text(json.dumps(karpenter.instance_types()))
-            for port in ("karpenter_metrics", "karpenter_health"):
-                state.ports[port] = free_port()
-            state.pids["karpenter"] = self._spawn("karpenter", [str(binaries.karpenter)], {
-                "KUBECONFIG": str(self.kubeconfig), "INSTANCE_TYPES_FILE_PATH": str(types),
-                "METRICS_PORT": str(state.ports["karpenter_metrics"]),
-                "HEALTH_PROBE_PORT": str(state.ports["karpenter_health"]),
-                "DISABLE_LEADER_ELECTION": "true", "SYSTEM_NAMESPACE": "kube-system",
-                # Decide on pending pods after 1 s of quiet, at most 3 s: the defaults batch for 10 s.
-                "BATCH_IDLE_DURATION": "1s", "BATCH_MAX_DURATION": "3s"})
-            state.save(self.state_file)
+            env = {"KUBECONFIG": str(self.kubeconfig), "INSTANCE_TYPES_FILE_PATH": str(types),
+                   "DISABLE_LEADER_ELECTION": "true", "SYSTEM_NAMESPACE": "kube-system",
+                   # Decide on pending pods after 1 s of quiet, at most 3 s: the defaults batch for 10 s.
+                   "BATCH_IDLE_DURATION": "1s", "BATCH_MAX_DURATION": "3s"}
+
+            def controller() -> list[str]:
+                env.update(METRICS_PORT=str(state.ports["karpenter_metrics"]),
+                           HEALTH_PROBE_PORT=str(state.ports["karpenter_health"]))
+                return [str(binaries.karpenter)]
+
+            self._start_listening(state, "karpenter", ("karpenter_metrics", "karpenter_health"), controller,
+                                  timeout, env)
             self._wait(lambda: self._healthy(state.ports["karpenter_health"]), timeout, "Karpenter /readyz")
             _log(f"karpenter up in {time.monotonic() - started:.1f}s")
         self._apply(karpenter.node_class(), *karpenter.node_pools())
@@ -315,6 +338,35 @@ class DevCluster:
         )
         log.close()
         return proc.pid
+
+    def _start_listening(self, state: State, name: str, ports: tuple[str, ...], command: Callable[[], list[str]],
+                         timeout: float, env: dict[str, str] | None = None) -> None:
+        """Start `name` on fresh ports, recorded in `state` under `ports`, and return once it listens on all of them.
+
+        These binaries take a port number and cannot report one chosen for them (port 0), so the port is found
+        free first and may be taken by another process before the component binds it: a start that exits saying
+        the address is in use is retried on new ports. `command` writes whatever else names the ports and returns
+        the argv; it runs once per start."""
+        log = self.logs / f"{name}.log"
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            for port in ports:
+                state.ports[port] = free_port()
+            seen = log.stat().st_size if log.exists() else 0
+            pid = state.pids[name] = self._spawn(name, command(), env)
+            state.save(self.state_file)
+            wanted = {state.ports[port] for port in ports}
+            try:
+                self._wait(functools.partial(_listens_on, pid, wanted), timeout,
+                           f"{name} to listen on {sorted(wanted)}")
+                return
+            except RuntimeError:
+                with open(log, "rb") as f:
+                    f.seek(seen)
+                    said = f.read().decode(errors="replace")
+                if _alive(pid) or attempt == BIND_ATTEMPTS or not ADDRESS_IN_USE.search(said):
+                    raise
+            self._stop(state.pids.pop(name))
+            _log(f"{name}: a port was taken before it could bind it; starting it on new ports")
 
     @staticmethod
     def _stop(pid: int, grace: float = 10) -> None:

@@ -35,8 +35,8 @@ from distillery.api.pipeline import (
 )
 from distillery.api.status import format_time
 from distillery.controller.kube import ApiError, KubeClient
+from distillery.devcluster.ports import free_port
 from distillery.resources.common import PARENT_LABEL, STAGE_LABEL
-from distillery.workloads.environment import free_port
 
 EXECUTABLES = {
     "distillery": [sys.executable, "-m", "distillery.cli"],

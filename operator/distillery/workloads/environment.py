@@ -1,5 +1,4 @@
-"""What a stage pod reads from its environment beyond pipeline.json (where its volumes are), and a free
-local port for a one-process torch.distributed group.
+"""What a stage pod reads from its environment beyond pipeline.json (where its volumes are).
 
 In a cluster the manifest mounts the workspace at `WORKSPACE_DIR` and each `pvc://` claim under
 `PVC_MOUNT_ROOT`; the local kubelet, which runs pods as processes on one machine, points both elsewhere.
@@ -7,7 +6,6 @@ Read at call time, never at import time.
 """
 
 import os
-import socket
 
 from distillery.api.modelref import PVC_MOUNT_ROOT
 from distillery.api.pipeline import PVC_BASE_ENV, WORKSPACE_ENV, PipelineConfig, TeacherClientConfig, WorkspaceLayout
@@ -29,9 +27,3 @@ def teacher_api_key(teacher: TeacherClientConfig) -> str | None:
     teacherStrategy's judge); None lets the client fall back to TEACHER_API_KEY."""
     return os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
 
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,6 +6,7 @@ time. The cluster serves with vLLM (see `resources/vllm.py`); this is for local 
 
 import argparse
 import asyncio
+import socket
 import sys
 import threading
 import time
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Serve a model on CPU behind an OpenAI-compatible API.")
     parser.add_argument("--model", required=True, help="model directory, pvc:// reference or hub id")
     parser.add_argument("--adapter", help="LoRA adapter directory, merged into the model at load")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="0: any free port (the `serving ... on URL` line says which)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--served-model-name", help="name clients send as `model` (default: --model)")
     parser.add_argument("--chat-template", type=Path,
@@ -134,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model.eval()
     chat = ChatModel(model, tokenizer, args.served_model_name or args.model)
-    print(f"serving {chat.name} on http://{args.host}:{args.port}", flush=True)
-    web.run_app(build_app(chat), host=args.host, port=args.port, print=None)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    try:
+        # Listening before the line is printed: the URL it names answers (queued until the app runs).
+        sock = socket.create_server((args.host, args.port), family=family, backlog=128)
+    except OSError as err:
+        print(f"distillery serve: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 2
+    print(f"serving {chat.name} on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    web.run_app(build_app(chat), sock=sock, print=None)
     return 0
 
 

@@ -42,7 +42,7 @@ from distillery.api.pipeline import CONFIG_FILE, CONFIG_MOUNT_DIR, PipelineConfi
 from distillery.api.reports import ExitCode, TrainingReport
 from distillery.api.spec import LossType, StudentSpec, TrainingMethod
 from distillery.api.status import Stage
-from distillery.workloads.environment import free_port, workspace_layout
+from distillery.workloads.environment import workspace_layout
 from distillery.workloads.finetune_data import Example, load_finetune_set, pack
 from distillery.workloads.loss import PackedCausalLMLoss, UnsupportedModel
 from distillery.workloads.memory import (
@@ -100,8 +100,8 @@ def init_distributed(cuda: bool) -> DistEnv:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(name, value)
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(free_port())
+        # Port 0: the store of a group of one binds whatever port is free; no other rank needs to know it.
+        os.environ.setdefault("MASTER_PORT", "0")
     dist = DistEnv.from_env(dict(os.environ))
     os.environ.setdefault("RANK", str(dist.rank))
     os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
