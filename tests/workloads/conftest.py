@@ -1,5 +1,7 @@
-"""Fixtures for the labeling workload: real NLI rows, a pipeline config writer, a live teacher server."""
+"""Fixtures for the labeling workload: real NLI rows, a pipeline config writer, a live teacher server, the
+progress ConfigMap's patches."""
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -7,9 +9,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from distillery.api.pipeline import PipelineConfig
+from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV, PipelineConfig
 from distillery.api.spec import PromptSpec, Task
 from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
+from distillery.workloads import progress
 from distillery.workloads.tasks import TaskDefinition, get_task
 from tests.workloads import tinymodel as tm
 
@@ -41,6 +44,35 @@ NLI_ROWS: list[dict[str, Any]] = [
 ]
 
 ConfigWriter = Callable[..., Path]
+
+
+class PublishedProgress:
+    """Stands for the API server under LiveProgress: records each key and value it patches into the progress
+    ConfigMap, in order."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, str]] = []
+        self.changed = threading.Condition()
+
+    def patch_namespaced_config_map(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> None:
+        with self.changed:
+            self.patches.extend(body["data"].items())
+            self.changed.notify_all()
+
+    def wait_for(self, found: Callable[[list[tuple[str, str]]], bool], timeout_s: float = 60) -> bool:
+        """Whether the patches came to satisfy `found` (called from a thread: the labeler's runs on another)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: found(self.patches), timeout_s)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> PublishedProgress:
+    """The progress ConfigMap as a stage pod sees it: what LiveProgress patches is recorded."""
+    api = PublishedProgress()
+    monkeypatch.setenv(PROGRESS_CONFIGMAP_ENV, "test-progress")
+    monkeypatch.setenv(POD_NAMESPACE_ENV, "default")
+    monkeypatch.setattr(progress, "_core_api", lambda: api)
+    return api
 
 
 @pytest.fixture
