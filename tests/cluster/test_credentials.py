@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from distillery.api.reports import LabelingReport, progress_key
+from distillery.api.status import Stage
 from distillery.devcluster.cluster import DevCluster
 from distillery.workloads.progress import LiveProgress
 from tests.cluster.distillations import distillation
@@ -132,9 +134,9 @@ def test_the_progress_reporter_uses_the_same_loader(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DISTILLERY_PROGRESS_CONFIGMAP", "creds-progress")
     monkeypatch.setenv("POD_NAMESPACE", namespace)
-    assert LiveProgress("labeling", 3, lambda: {"rows_ok": 7}).publish()
+    assert LiveProgress(Stage.LABELING.value, 3, lambda: LabelingReport(rows_ok=7)).publish()
     data = kube.get("configmap", "creds-progress", namespace)["data"]
-    assert json.loads(data["labeling-00003"]) == {"rows_ok": 7}
+    assert json.loads(data[progress_key(Stage.LABELING.value, 3)]) == LabelingReport(rows_ok=7).dump()
 
 
 @pytest.mark.parametrize("content", ["clusters: [oops", "apiVersion: v1\nkind: Config\ncurrent-context: none\n"])

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distillery.api.reports import LabelingReport
+from distillery.api.status import Stage
 from distillery.controller.kube import ApiError, KubeClient, load_configuration
 from distillery.workloads.progress import LiveProgress
 from tests.cluster.distillations import children, distillation
@@ -38,8 +40,8 @@ def test_stage_pod_identity_reports_live_progress_into_status(
     monkeypatch.setenv("DISTILLERY_PROGRESS_CONFIGMAP", env["DISTILLERY_PROGRESS_CONFIGMAP"])
     monkeypatch.setenv("POD_NAMESPACE", namespace)
 
-    counts = {"rows_ok": 3, "rows_rejected": 1, "rows_total": 10, "tokens_in": 50, "tokens_out": 70}
-    reporter = LiveProgress("labeling", 0, lambda: counts)
+    counts = LabelingReport(rows_ok=3, rows_rejected=1, rows_total=10, tokens_in=50, tokens_out=70)
+    reporter = LiveProgress(Stage.LABELING.value, 0, lambda: counts)
     # The operator made the RoleBinding moments ago; the authorizer may not have it yet.
     kube.wait_for(reporter.publish, 30, what="progress patched as the stage pods' identity")
     assert not reporter.publish(), "an unchanged snapshot is not sent again"

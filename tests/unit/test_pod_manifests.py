@@ -157,16 +157,9 @@ def _exit_constants(module: Path) -> dict[str, int]:
     return found
 
 
-UNCONVERTED_EXIT_CONSTANTS = {"EXIT_OK": ExitCode.OK, "EXIT_CONFIG": ExitCode.CONFIG,
-                              "EXIT_LOW_SUCCESS": ExitCode.TOO_FEW_LABELS,
-                              "EXIT_UNLABELED": ExitCode.TEACHER_UNREACHABLE}
-"""The labeler's own constants until it exits with ExitCode (issue 17): they must mean what ExitCode means."""
-
-
 @pytest.mark.parametrize("module", sorted(WORKLOADS.rglob("*.py")), ids=lambda p: p.stem)
 def test_programs_exit_with_the_shared_codes(module: Path) -> None:
-    for name, code in _exit_constants(module).items():
-        assert ExitCode(code) == UNCONVERTED_EXIT_CONSTANTS[name], f"{module.name}: {name} = {code}"
+    assert not _exit_constants(module), f"{module.name} defines its own exit codes; use api.reports.ExitCode"
 
 
 def test_training_pods_get_time_to_checkpoint_and_torchrun_waits_for_it() -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the labeling workload: real NLI rows, a pipeline config writer, a live teacher server."""
+"""Fixtures for the labeling workload: real NLI rows, a pipeline config writer, a live teacher server, the
+progress ConfigMap's patches."""
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -7,14 +8,26 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from distillery.api.pipeline import PipelineConfig
+from distillery.api.pipeline import POD_NAMESPACE_ENV, PROGRESS_CONFIGMAP_ENV, PipelineConfig
 from distillery.api.spec import PromptSpec, Task
 from distillery.devcluster.teacher_server import TaskAwareResponder, TeacherServer, lookup_from_rows
+from distillery.workloads import progress
 from distillery.workloads.tasks import TaskDefinition, get_task
 from tests.workloads import tinymodel as tm
 from tests.workloads.nli import NLI_ROWS
+from tests.workloads.published import PublishedProgress
 
 ConfigWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> PublishedProgress:
+    """The progress ConfigMap as a stage pod sees it: what LiveProgress patches is recorded."""
+    api = PublishedProgress()
+    monkeypatch.setenv(PROGRESS_CONFIGMAP_ENV, "test-progress")
+    monkeypatch.setenv(POD_NAMESPACE_ENV, "default")
+    monkeypatch.setattr(progress, "_core_api", lambda: api)
+    return api
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.api.config import OperatorConfig
+from distillery.api.reports import LabelingReport
 from distillery.api.spec import DistillationSpec
 from distillery.api.status import DistillationStatus, StageState
 from distillery.controller.observe import NodeView, observe
@@ -80,8 +81,9 @@ async def test_every_stage_runs_with_what_the_operator_puts_in_its_pod(tmp_path:
             messages[stage] = [message]
         assert teacher.total_requests >= len(train) + len(validation)
 
-    labeling = json.loads(messages[jobs.LABELING][0])
-    assert labeling["rows_ok"] == len(train) + len(validation)
+    labeling = LabelingReport.parse(messages[jobs.LABELING][0])
+    assert labeling is not None and labeling.dump() == json.loads(messages[jobs.LABELING][0])
+    assert labeling.rows_ok == len(train) + len(validation)
     training = json.loads(messages[jobs.TRAINING][0])
     assert training["steps"] > 0 and training["final_loss"] is not None
     evaluation = json.loads(messages[jobs.EVALUATION][0])
@@ -106,7 +108,7 @@ async def test_every_stage_runs_with_what_the_operator_puts_in_its_pod(tmp_path:
                       CONFIG)
         status = result.status
     assert status.stages["evaluation"].state == StageState.SUCCEEDED
-    assert status.progress.rows_labeled == labeling["rows_ok"]
+    assert status.progress.rows_labeled == labeling.rows_ok
     assert status.progress.train_step == training["steps"]
     assert [r.model for r in status.results] == [r["model"] for r in evaluation["results"]]
 
@@ -136,6 +138,7 @@ async def test_generation_then_labeling_run_with_what_the_operator_puts_in_their
     assert summary["kept"] == 6 and summary["generated"] == 6 + summary["rejected"]
     workspace_dir = tmp_path / "claims" / f"{OWNER.name}-workspace"
     assert len((workspace_dir / "generated" / "train.jsonl").read_text().splitlines()) == 6
-    assert json.loads(labeled[1])["rows_total"] == len(train) + 6 + len(validation)
+    labeling = LabelingReport.parse(labeled[1])
+    assert labeling is not None and labeling.rows_total == len(train) + 6 + len(validation)
     fingerprint = json.loads((workspace_dir / "labels" / "fingerprint.json").read_text())["fingerprint"]
     assert fingerprint == json.loads(configmap["data"]["pipeline.json"])["labelsFingerprint"]

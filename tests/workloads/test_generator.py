@@ -134,15 +134,16 @@ async def test_reused_labels_are_copied_when_the_fingerprint_and_rows_match(
             link.symlink_to(source_cfg.workspace.root)
         return cfg
 
-    summary, code = labeler.reuse_labels(reusing("b"), str(tmp_path / "pvc"))
-    assert code == 0, summary
+    code, summary = labeler.reuse_labels(reusing("b"), str(tmp_path / "pvc"))
+    assert code == ExitCode.OK, summary
     reused = reusing("b")
-    assert summary["rows_ok"] == len(read_labels(reused.workspace.labels_dir, "train")) + len(
+    assert summary.reused_from == "pvc://claim/workspace" and summary.tokens_in == 0
+    assert summary.rows_ok == len(read_labels(reused.workspace.labels_dir, "train")) + len(
         read_labels(reused.workspace.labels_dir, "validation"))
     assert teacher.total_requests == asked  # no teacher request
 
-    summary, code = labeler.reuse_labels(reusing("c", teacher="another"), str(tmp_path / "pvc"))
-    assert code == labeler.EXIT_CONFIG and "different teacher" in summary["error"]
+    code, summary = labeler.reuse_labels(reusing("c", teacher="another"), str(tmp_path / "pvc"))
+    assert code == ExitCode.CONFIG and "different teacher" in (summary.error or "")
     assert not (tmp_path / "c" / "labels").exists()
 
     # Same fingerprint, different rows behind it (the file changed): the pod compares the rows themselves.
@@ -151,8 +152,8 @@ async def test_reused_labels_are_copied_when_the_fingerprint_and_rows_match(
     other_rows = other_rows.model_copy(update={"dataset": other_rows.dataset.model_copy(update={
         "train": other_rows.dataset.train.model_copy(update={"rows": [
             {**NLI_ROWS[0], "premise": "Something else entirely."}, *NLI_ROWS[1:]]})})})
-    summary, code = labeler.reuse_labels(other_rows, str(tmp_path / "pvc"))
-    assert code == labeler.EXIT_CONFIG and "rows:" in summary["error"], summary
+    code, summary = labeler.reuse_labels(other_rows, str(tmp_path / "pvc"))
+    assert code == ExitCode.CONFIG and "rows:" in (summary.error or ""), summary
 
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from distillery.api.pipeline import PipelineConfig, TeacherClientConfig
+from distillery.api.reports import ExitCode
 from distillery.api.spec import KD_NEEDS_LOGPROBS, DistillationSpec, PromptSpec, Task
 from distillery.devcluster.teacher_server import LogprobsMode, TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.devcluster.tiny import build_tokenizer
@@ -159,7 +160,7 @@ async def test_labels_carry_the_teacher_logprobs_and_a_resume_keeps_them(tmp_pat
 async def test_answers_without_logprobs_are_rejected_with_the_reason(tmp_path: Path) -> None:
     async with teacher("off") as server:
         config = kd_config(tmp_path, "student", server.url)
-        assert await label(config) == labeler.EXIT_LOW_SUCCESS
+        assert await label(config) == ExitCode.TOO_FEW_LABELS
         records = read_labels(PipelineConfig.load(config).workspace.labels_dir, "train")
         assert {(r.status, r.reason) for r in records} == {("rejected", NO_LOGPROBS)}
 

@@ -17,7 +17,9 @@ import pytest
 
 import distillery
 from distillery.api.pipeline import PipelineConfig
+from distillery.api.reports import ExitCode, LabelingReport, progress_key
 from distillery.api.spec import Sampling
+from distillery.api.status import Stage
 from distillery.devcluster.teacher_server import (
     FaultConfig,
     ResponderContext,
@@ -36,6 +38,7 @@ from distillery.workloads.openai_client import (
 )
 from distillery.workloads.progress import write_termination_message
 from distillery.workloads.tasks import TaskDefinition
+from tests.workloads.published import PublishedProgress
 
 OPERATOR_DIR = str(Path(distillery.__file__).resolve().parents[1])
 ConfigWriter = Callable[..., Path]
@@ -83,6 +86,33 @@ async def test_labels_both_splits_with_gold_answers(
     assert summary["rows_ok"] == 12 and summary["rows_rejected"] == 0 and summary["rows_total"] == 12
     assert summary["tokens_out"] == sum(r.tokens_out for r in train + validation)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+
+
+def assert_labeling_reports(texts: list[str]) -> list[LabelingReport]:
+    """What the operator reads: every key the labeler wrote is one LabelingReport knows, and dumps back as written."""
+    reports = [LabelingReport.parse(text) for text in texts]
+    for text, report in zip(texts, reports, strict=True):
+        assert report is not None and report.dump() == json.loads(text), text
+    return [r for r in reports if r is not None]
+
+
+async def test_live_progress_and_summary_are_labeling_reports(
+    teacher: TeacherServer, write_config: ConfigWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    published: PublishedProgress,
+) -> None:
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(termination))
+    config = write_config(teacher.url, shards=2)
+
+    assert await label(config, "--shard-index", "1") == ExitCode.OK
+
+    assert {key for key, _ in published.patches} == {progress_key(Stage.LABELING.value, 1)}
+    *_, last = assert_labeling_reports([value for _, value in published.patches])
+    # Shard 1 of 2: train rows 1, 3, 5, 7 and validation row 1.
+    assert (last.rows_done, last.rows_ok, last.rows_total) == (5, 5, 5) and last.tokens_out > 0
+    [summary] = assert_labeling_reports([termination.read_text()])
+    assert (summary.stage, summary.shard, summary.shards, summary.rows_ok, summary.error) == ("label", 1, 2, 5, None)
+    assert summary.teachers == {} and summary.tokens_out == last.tokens_out
 
 
 async def test_rate_limits_wait_for_retry_after(
@@ -167,7 +197,7 @@ async def test_too_few_valid_answers_fail_the_stage(
     teacher.faults = FaultConfig(malformed=1.0, malformed_text="")
     config = write_config(teacher.url, max_attempts=2, min_success_ratio=0.9)
 
-    assert await label(config) == labeler.EXIT_LOW_SUCCESS == 3
+    assert await label(config) == ExitCode.TOO_FEW_LABELS == 3
 
     records = all_records(config)
     assert len(records) == 12 and {r.reason for r in records} == {"empty output"}
@@ -194,7 +224,7 @@ async def test_an_outage_past_its_budget_leaves_rows_for_a_rerun(
     teacher.faults = FaultConfig(server_error=1.0)
     config = write_config(teacher.url, concurrency=12, max_attempts=2, outage_budget_seconds=0)
 
-    assert await label(config) == labeler.EXIT_UNLABELED == 4
+    assert await label(config) == ExitCode.TEACHER_UNREACHABLE == 4
     assert all_records(config) == []
 
     teacher.faults = FaultConfig()
@@ -212,7 +242,7 @@ async def test_a_wrong_api_key_stops_the_run_without_rejecting_rows(
     async with TeacherServer(responder, api_key="right") as server:
         config = write_config(server.url)
         monkeypatch.setenv("TEACHER_API_KEY", "wrong")
-        assert await label(config) == labeler.EXIT_UNLABELED
+        assert await label(config) == ExitCode.TEACHER_UNREACHABLE
         # The run stops after 8 rows failed in a row (2 x concurrency), not after trying all 12.
         assert all_records(config) == [] and 8 <= server.outcomes["401"] < 12
         assert "HTTP 401" in json.loads(termination.read_text())["error"]
@@ -243,7 +273,7 @@ async def test_shards_take_disjoint_rows_by_row_id(
 async def test_shard_index_must_be_below_the_shard_count(
     teacher: TeacherServer, write_config: ConfigWriter,
 ) -> None:
-    assert await label(write_config(teacher.url, shards=2), "--shard-index", "2") == labeler.EXIT_CONFIG
+    assert await label(write_config(teacher.url, shards=2), "--shard-index", "2") == ExitCode.CONFIG
 
 
 async def test_self_consistency_keeps_the_majority_answer(
@@ -439,8 +469,8 @@ async def test_retry_after_parsing() -> None:
 
 
 async def test_termination_message_is_skipped_where_it_cannot_be_written(tmp_path: Path) -> None:
-    assert not write_termination_message({"rows_ok": 1}, str(tmp_path / "missing-dir" / "log"))
-    assert write_termination_message({"rows_ok": 1}, str(tmp_path / "log"))
+    assert not write_termination_message(LabelingReport(rows_ok=1), str(tmp_path / "missing-dir" / "log"))
+    assert write_termination_message(LabelingReport(rows_ok=1), str(tmp_path / "log"))
     assert (tmp_path / "log").read_text() == '{"rows_ok":1}'
 
 
@@ -473,9 +503,10 @@ async def test_teacher_server_cli_serves_and_takes_faults_at_run_time() -> None:
 
 async def test_a_teacher_restart_mid_labeling_is_waited_out_without_asking_labelled_rows_again(
     teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter, monkeypatch: pytest.MonkeyPatch,
+    published: PublishedProgress,
 ) -> None:
-    """The teacher goes down after a few answers; the labeler waits, the teacher comes back on the same
-    port, and the run finishes with every row labelled and no labelled row asked twice."""
+    """The teacher goes down after a few answers; the labeler waits (its live progress says so), the teacher
+    comes back on the same port, and the run finishes with every row labelled and no labelled row asked twice."""
     test_loop = asyncio.get_running_loop()
     answered = 0
     stop_now, labeler_waiting = asyncio.Event(), asyncio.Event()
@@ -505,10 +536,20 @@ async def test_a_teacher_restart_mid_labeling_is_waited_out_without_asking_label
     await asyncio.wait({labeling, waiting}, return_when=asyncio.FIRST_COMPLETED)
     assert not labeling.done(), f"the labeler gave up during the outage with exit {labeling.result()}"
     labelled_before = {(r.split, r.row_id) for r in all_records(config)}
+
+    def outage_reported(patches: list[tuple[str, str]]) -> bool:
+        return any("teacher_unreachable_since" in json.loads(value) for _, value in patches)
+
+    assert await asyncio.to_thread(published.wait_for, outage_reported), "the live progress shows the outage"
+    waiting_report = next(r for r in assert_labeling_reports([value for _, value in published.patches])
+                          if r.teacher_unreachable_since is not None)
+    assert waiting_report.teacher_unreachable_since <= time.time() and waiting_report.teacher_error
     await teacher.start()
     restarted.set()
 
     assert await labeling == 0
+    final = assert_labeling_reports([published.patches[-1][1]])[0]
+    assert final.teacher_unreachable_since is None and final.rows_done == 12, "the outage ended"
     records = all_records(config)
     assert len(records) == 12 and all(r.status == "ok" and r.attempts == 1 for r in records)
     assert 0 < len(labelled_before) < 12

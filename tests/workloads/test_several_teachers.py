@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from distillery.api.pipeline import PipelineConfig
+from distillery.api.reports import ExitCode, LabelingReport
 from distillery.api.spec import PromptSpec, Task
 from distillery.devcluster.teacher_server import ResponderContext, TaskAwareResponder, TeacherServer, lookup_from_rows
 from distillery.devcluster.tiny import build_tokenizer
@@ -22,6 +23,7 @@ from distillery.workloads.strategy_judge import parse_verdict, strategy_judge_me
 from distillery.workloads.tasks import TaskDefinition, get_task
 from distillery.workloads.teacher_votes import plurality
 from tests.workloads.nli import NLI_ROWS
+from tests.workloads.published import PublishedProgress
 
 CONVERSATIONS: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": f"How do I {what}?"}]}
@@ -94,7 +96,11 @@ def test_plurality_and_verdicts() -> None:
 
 
 async def test_vote_takes_the_majority_and_rejects_ties(servers: dict[str, TeacherServer], nli: TaskDefinition,
-                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        published: PublishedProgress) -> None:
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(termination))
     config = write_config(tmp_path, {name: s.url for name, s in servers.items()}, "vote")
 
     assert await label(config) == 0
@@ -116,13 +122,21 @@ async def test_vote_takes_the_majority_and_rejects_ties(servers: dict[str, Teach
         assert {n for n, v in record.teachers.items() if v.agreed} == {n for n, a in answers.items() if a == top}
     assert disagreed, "the wrong teachers disagree on some rows"
     assert all(s.total_requests == len(NLI_ROWS) for s in servers.values())
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["rows_disagreed"] == disagreed
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(printed) == json.loads(termination.read_text())
+    # What the operator reads, live and at the end: every key is one LabelingReport knows, and dumps back as written.
+    texts = [termination.read_text(), *(value for _, value in published.patches)]
+    reports = [LabelingReport.parse(text) for text in texts]
+    for text, report in zip(texts, reports, strict=True):
+        assert report is not None and report.dump() == json.loads(text), text
+    summary, live = reports[0], reports[-1]
+    assert summary is not None and live is not None
+    assert (summary.strategy, summary.rows_disagreed, live.rows_disagreed) == ("vote", disagreed, disagreed)
+    assert live.teachers == summary.teachers and set(summary.teachers) == set(servers)
     for name in servers:
         agreed = sum(bool(r.teachers and r.teachers[name].agreed) for r in result)
-        assert summary[f"teacher.{name}.agreed"] == agreed
-        assert summary[f"teacher.{name}.answered"] == len(NLI_ROWS)
-        assert summary[f"teacher.{name}.tokens_out"] > 0
+        counts = summary.teachers[name]
+        assert (counts.agreed, counts.answered) == (agreed, len(NLI_ROWS)) and counts.tokens_out > 0
 
 
 async def test_a_two_teacher_tie_is_rejected_with_both_answers(servers: dict[str, TeacherServer],
@@ -196,7 +210,7 @@ async def test_a_restarted_pod_asks_only_the_teachers_that_had_not_answered(
     config = write_config(tmp_path, {"gold": servers["gold"].url, "b": f"http://127.0.0.1:{port}/v1"}, "vote",
                           outage_budget_seconds=0)
 
-    assert await label(config) == labeler.EXIT_UNLABELED
+    assert await label(config) == ExitCode.TEACHER_UNREACHABLE
 
     labels_dir = PipelineConfig.load(config).workspace.labels_dir
     assert records(config) == []
@@ -236,11 +250,11 @@ async def test_several_teachers_labels_can_be_reused(servers: dict[str, TeacherS
     (claim / "workspace").symlink_to(source.workspace.root)
     reusing = source.model_copy(update={"workspace": source.workspace.model_copy(update={"root": str(tmp_path / "b")}),
                                         "labels_from": "pvc://claim/workspace"})
-    summary, code = labeler.reuse_labels(reusing, str(tmp_path / "pvc"))
+    code, summary = labeler.reuse_labels(reusing, str(tmp_path / "pvc"))
 
-    assert code == labeler.EXIT_OK, summary
+    assert code == ExitCode.OK, summary
     for split in ("train", "validation"):
         assert read_labels(reusing.workspace.labels_dir, split) == read_labels(source.workspace.labels_dir, split)
-    assert summary["rows_done"] == len(NLI_ROWS) == summary["rows_ok"] + summary["rows_rejected"]
+    assert summary.rows_done == len(NLI_ROWS) == summary.rows_ok + summary.rows_rejected
     assert json.loads(reusing.workspace.labels_fingerprint.read_text())["fingerprint"] == fingerprint
     assert sum(s.total_requests for s in servers.values()) == asked  # copied, no teacher asked

@@ -19,10 +19,11 @@ from distillery.api.pipeline import (
     PipelineConfig,
     WorkspaceLayout,
 )
+from distillery.api.reports import LabelingReport
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import pvc_base
 from distillery.workloads.labels import read_labels
-from distillery.workloads.progress import Counters, write_json_atomic
+from distillery.workloads.progress import write_json_atomic
 
 
 class LabelsMismatch(Exception):
@@ -41,9 +42,10 @@ def _canonical(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True, default=str)
 
 
-def copy_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> Counters:
+def copy_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> LabelingReport:
     """Copy the labels (and generated inputs) of the workspace at cfg.labels_from into this one, with their
-    fingerprint; the copied rows' counters. Raises LabelsMismatch, before copying any label, when they differ."""
+    fingerprint; the copied rows' counts (no teacher was asked: no tokens). Raises LabelsMismatch, before
+    copying any label, when they differ."""
     uri = cfg.labels_from or ""
     claim, rel = pvc_parts(uri) or ("", "")
     source = WorkspaceLayout(root=str(Path(base_dir_for_pvc or pvc_base(), claim, rel)))
@@ -59,7 +61,8 @@ def copy_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> Cou
         mine.generated_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source.generated_train, mine.generated_train)
     train, validation = split_rows(cfg, base_dir_for_pvc)
-    counters = Counters(rows_total=len(train) + len(validation))
+    counts = LabelingReport(rows_done=0, rows_ok=0, rows_rejected=0, rows_total=len(train) + len(validation),
+                            tokens_in=0, tokens_out=0)
     for split, rows in (("train", train), ("validation", validation)):
         labelled = {r.row_id: r for r in read_labels(source.labels_dir, split)}
         for row in rows:
@@ -67,13 +70,13 @@ def copy_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> Cou
             if record is None or _canonical(record.row) != _canonical(row):
                 what = "has no label" if record is None else "differs from the labelled row"
                 raise LabelsMismatch(f"rows: {split} row {row[ROW_ID]} {what} in {uri}")
-            counters.rows_done += 1
-            counters.rows_ok += record.status == "ok"
-            counters.rows_rejected += record.status == "rejected"
+            counts.rows_done += 1
+            counts.rows_ok += record.status == "ok"
+            counts.rows_rejected += record.status == "rejected"
     mine.labels_dir.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.labels_dir.glob("*.jsonl")):
         temporary = mine.labels_dir / f".{path.name}.tmp"
         shutil.copyfile(path, temporary)
         os.replace(temporary, mine.labels_dir / path.name)
     write_fingerprint(cfg, reused_from=uri)
-    return counters
+    return counts

@@ -17,9 +17,9 @@ A row ends `ok` (a valid answer) or `rejected` (malformed after teacher.maxAttem
 tries, an answer cut off at max_tokens, or a request the teacher refuses with a 4xx).
 A teacher that stops answering is waited out (`teacher_outage`) for up to teacher.outageBudgetSeconds,
 and the rows in flight are asked again when it is back. Past the budget, or on 401/403/404, rows
-are not recorded: the stage exits 4 and a rerun retries them. Exit 3 means too few
-rows got a valid answer. Finished labels get their fingerprint (`label_reuse`), which a run with
-dataset.labelsFrom checks before it copies them instead of asking the teachers.
+are not recorded: the stage exits TEACHER_UNREACHABLE (`api.reports.ExitCode`) and a rerun retries
+them; TOO_FEW_LABELS means too few rows got a valid answer. Finished labels get their fingerprint
+(`label_reuse`), which a run with dataset.labelsFrom checks before it copies them instead of asking the teachers.
 
 With student.loss kd each request also asks for the top-k log-probabilities of every generated token
 (`logprobs`, `top_logprobs`), and an accepted record carries those of the chosen answer (`logprobs`) in the
@@ -47,7 +47,9 @@ from distillery.api.pipeline import (
     PipelineConfig,
     TeacherClientConfig,
 )
+from distillery.api.reports import ExitCode, LabelingReport, TeacherCounts
 from distillery.api.spec import LossType, StrategyMode
+from distillery.api.status import Stage
 from distillery.workloads.datasets import ROW_ID, split_rows
 from distillery.workloads.environment import workspace_layout
 from distillery.workloads.label_reuse import LabelsMismatch, copy_labels, write_fingerprint
@@ -68,12 +70,8 @@ from distillery.workloads.openai_client import (
     TeacherUnavailable,
     teacher_client,
 )
-from distillery.workloads.progress import (
-    Counters,
-    LiveProgress,
-    compact_json,
-    write_termination_message,
-)
+from distillery.workloads.program import ProgramResult, run_program
+from distillery.workloads.progress import LiveProgress
 from distillery.workloads.strategy_judge import StrategyJudge, StrategyJudgeUnavailable
 from distillery.workloads.tasks import MalformedAnswer, MissingColumn, Parsed, TaskDefinition, get_task
 from distillery.workloads.teacher_logprobs import TokenLogprobs
@@ -82,11 +80,8 @@ from distillery.workloads.teacher_votes import plurality
 
 log = logging.getLogger("distillery.labeler")
 
+PROGRAM = "label"
 SPLITS = ("train", "validation")
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_LOW_SUCCESS = 3
-EXIT_UNLABELED = 4
 
 TRUNCATED = "truncated: the answer reached max_tokens (finish_reason length)"
 NO_LOGPROBS = "the teacher returned no log-probabilities (logprobs.content), which student.loss kd needs"
@@ -103,15 +98,15 @@ def majority(votes: list[tuple[Parsed, str]]) -> tuple[Parsed, str]:
 class Teacher:
     """One teacher's side of the labeling: its client, request slots, attempts and outage; asks it for a row.
 
-    The tokens of its requests go to the labeler's counters as they come back."""
+    The tokens of its requests go to the labeler's counts as they come back."""
 
     def __init__(self, cfg: PipelineConfig, teacher: TeacherClientConfig, task: TaskDefinition,
-                 client: OpenAIChatClient, counters: Counters) -> None:
+                 client: OpenAIChatClient, counts: LabelingReport) -> None:
         self.cfg = cfg
         self.teacher = teacher
         self.task = task
         self.client = client
-        self.counters = counters
+        self.counts = counts
         self.requests = asyncio.Semaphore(teacher.concurrency)
         self.last_error = ""
         self.consecutive_unavailable = 0
@@ -142,8 +137,8 @@ class Teacher:
                                 tokens_out=sum(p.tokens_out for p in parts),
                                 requests=sum(p.requests for p in parts),
                                 logprobs=[lp for part in parts for lp in part.logprobs][:n])
-        self.counters.tokens_in += result.tokens_in
-        self.counters.tokens_out += result.tokens_out
+        self.counts.tokens_in += result.tokens_in
+        self.counts.tokens_out += result.tokens_out
         return result
 
     async def label_row(self, split: str, row: dict[str, Any]) -> LabelRecord | None:
@@ -221,13 +216,14 @@ class Labeler:
     def __init__(self, cfg: PipelineConfig, task: TaskDefinition, clients: dict[str, OpenAIChatClient],
                  judge: StrategyJudge | None) -> None:
         self.cfg, self.task, self.strategy = cfg, task, cfg.teacher_strategy
-        self.counters = Counters()
-        self.teachers = {str(t.name): Teacher(cfg, t, task, clients[str(t.name)], self.counters)
+        self.counts = LabelingReport(rows_done=0, rows_ok=0, rows_rejected=0, rows_total=0, tokens_in=0, tokens_out=0)
+        """The shard's counts so far; every one is reported, zero included."""
+        self.teachers = {str(t.name): Teacher(cfg, t, task, clients[str(t.name)], self.counts)
                          for t in cfg.teacher_list()}
         self.order = list(self.teachers)
         assert (self.strategy is None) == (len(self.order) == 1), "a teacherStrategy combines several teachers"
         self.judge = judge
-        self.per_teacher = {name: Counter[str]() for name in self.order} if self.several else {}
+        self.per_teacher = {name: TeacherCounts() for name in self.order} if self.several else {}
         self.rows_disagreed = 0
         self.unlabeled = 0
         self.judge_error = ""
@@ -250,34 +246,34 @@ class Labeler:
     def stopped(self) -> bool:
         return bool(self.judge_error) or any(t.stopped() for t in self.teachers.values())
 
-    def snapshot(self) -> dict[str, int]:
-        """The counters, and with several teachers `rows_disagreed` and `teacher.<name>.<counter>`: flat numbers,
-        which the operator adds up across shards."""
-        flat = self.counters.as_dict()
-        if self.several:
-            flat["rows_disagreed"] = self.rows_disagreed
-        for name, counts in self.per_teacher.items():
-            for key in ("answered", "agreed", "tokens_in", "tokens_out"):
-                flat[f"teacher.{name}.{key}"] = counts[key]
-        return flat
+    def snapshot(self) -> LabelingReport:
+        """A copy of the counts, with several teachers `rows_disagreed` and each teacher's counts too: numbers
+        the operator adds up across shards."""
+        teachers = {name: counts.model_copy() for name, counts in self.per_teacher.items()}
+        several = {"rows_disagreed": self.rows_disagreed} if self.several else {}
+        return self.counts.model_copy(update={**several, "teachers": teachers})
 
-    def live(self) -> dict[str, Any]:
-        """The live progress report: the snapshot, and while a teacher is unreachable since when and why."""
-        outages = (t.outage.report() for t in self.teachers.values())
-        return self.snapshot() | next((report for report in outages if report), {})
+    def live(self) -> LabelingReport:
+        """The live progress report: the snapshot, and while a teacher is unreachable since when and why (the
+        first such teacher's)."""
+        report = self.snapshot()
+        for teacher in self.teachers.values():
+            if teacher.outage.report(report):
+                break
+        return report
 
     def account(self, record: LabelRecord) -> None:
         """Counts a recorded row (its tokens were counted as its requests came back)."""
-        self.counters.rows_done += 1
-        self.counters.rows_ok += record.status == "ok"
-        self.counters.rows_rejected += record.status == "rejected"
+        self.counts.rows_done += 1
+        self.counts.rows_ok += record.status == "ok"
+        self.counts.rows_rejected += record.status == "rejected"
         votes = record.teachers or {}
         for name, vote in votes.items():
-            counts = self.per_teacher.setdefault(name, Counter())
-            counts["tokens_in"] += vote.tokens_in
-            counts["tokens_out"] += vote.tokens_out
-            counts["answered"] += vote.status == "ok"
-            counts["agreed"] += vote.agreed
+            counts = self.per_teacher.setdefault(name, TeacherCounts())
+            counts.tokens_in += vote.tokens_in
+            counts.tokens_out += vote.tokens_out
+            counts.answered += vote.status == "ok"
+            counts.agreed += vote.agreed
         self.rows_disagreed += len({v.answer for v in votes.values() if v.status == "ok"}) > 1
 
     def resume(self, mine: dict[str, list[dict[str, Any]]], writers: dict[str, LabelWriter],
@@ -290,13 +286,13 @@ class Labeler:
                 if record.row_id not in ids:
                     continue  # written under another dataset or shard count: not part of this shard now
                 self.account(record)
-                self.counters.tokens_in += record.tokens_in
-                self.counters.tokens_out += record.tokens_out
+                self.counts.tokens_in += record.tokens_in
+                self.counts.tokens_out += record.tokens_out
             for record in reply_writers[split].existing if split in reply_writers else []:
                 if record.row_id in ids and record.row_id not in writers[split].done and record.teacher:
                     self.replies.setdefault((split, record.row_id), {})[record.teacher] = record
-                    self.counters.tokens_in += record.tokens_in
-                    self.counters.tokens_out += record.tokens_out
+                    self.counts.tokens_in += record.tokens_in
+                    self.counts.tokens_out += record.tokens_out
 
     async def label_all(self, pending: Iterator[tuple[str, dict[str, Any]]], writers: dict[str, LabelWriter],
                         reply_writers: dict[str, LabelWriter]) -> None:
@@ -369,8 +365,8 @@ class Labeler:
             assert self.judge is not None
             pick, why, judge_in, judge_out = await self.judge.pick(self.task.teacher_messages(row),
                                                                    [r.raw for _, r in accepted])
-            self.counters.tokens_in += judge_in
-            self.counters.tokens_out += judge_out
+            self.counts.tokens_in += judge_in
+            self.counts.tokens_out += judge_out
             tokens_in, tokens_out = tokens_in + judge_in, tokens_out + judge_out
             if pick is None:
                 return rejected(why)
@@ -431,8 +427,8 @@ def _my_rows(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[d
 
 
 async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[dict[str, Any]]], index: int,
-              progress_interval_s: float = 5.0) -> tuple[dict[str, Any], int]:
-    """Label this shard's rows of every split with every teacher; returns (summary, exit code)."""
+              progress_interval_s: float = 5.0) -> tuple[ExitCode, LabelingReport]:
+    """Label this shard's rows of every split with every teacher; returns (exit code, summary)."""
     started = time.monotonic()
     labels_dir = cfg.workspace.labels_dir
     mine = _my_rows(cfg, task, splits, index)
@@ -444,13 +440,13 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     writers = {split: LabelWriter(shard_path(labels_dir, split, index)) for split in SPLITS}
     reply_writers = ({split: LabelWriter(replies_path(labels_dir, split, index)) for split in SPLITS}
                      if labeler.several else {})
-    counters = labeler.counters
-    counters.rows_total = sum(len(rows) for rows in mine.values())
+    counts = labeler.counts
+    counts.rows_total = sum(len(rows) for rows in mine.values())
     labeler.resume(mine, writers, reply_writers)
-    resumed = counters.rows_done
+    resumed = counts.rows_done
     pending = ((split, row) for split in SPLITS for row in mine[split] if row[ROW_ID] not in writers[split].done)
     log.info("shard %d/%d: %d rows, %d already labeled, %d with some teachers' replies; teachers %s, strategy %s",
-             index, cfg.label_shards, counters.rows_total, resumed, len(labeler.replies),
+             index, cfg.label_shards, counts.rows_total, resumed, len(labeler.replies),
              ", ".join(labeler.order), cfg.teacher_strategy)
     if cfg.prompt.self_consistency > 1 and any(t.sampling.temperature == 0 for t in teachers):
         log.warning("selfConsistency %d with temperature 0: the samples will agree by construction",
@@ -459,50 +455,49 @@ async def run(cfg: PipelineConfig, task: TaskDefinition, splits: dict[str, list[
     async with contextlib.AsyncExitStack() as stack:
         for client in [*clients.values(), *([judge.client] if judge else [])]:
             await stack.enter_async_context(client)
-        reporter = LiveProgress("labeling", index, labeler.live, progress_interval_s)
+        reporter = LiveProgress(Stage.LABELING.value, index, labeler.live, progress_interval_s)
         interrupted = await until_done_or_sigterm(labeler.label_all(pending, writers, reply_writers),
                                                   [*writers.values(), *reply_writers.values()], reporter)
 
     wall = time.monotonic() - started
-    decided = counters.rows_ok + counters.rows_rejected
-    ratio = counters.rows_ok / decided if decided else 1.0
-    unlabeled = counters.rows_total - counters.rows_done
-    summary: dict[str, Any] = {
-        "stage": "label", "shard": index, "shards": cfg.label_shards,
-        **({"strategy": str(cfg.teacher_strategy)} if cfg.teacher_strategy else {}),
-        **labeler.snapshot(), "rows_resumed": resumed, "rows_unlabeled": unlabeled,
-        "success_ratio": round(ratio, 4),
-        "requests": sum(c.requests_sent for c in clients.values()) + (judge.client.requests_sent if judge else 0),
-        "wall_seconds": round(wall, 3), "rows_per_second": round((counters.rows_done - resumed) / wall, 2),
-    }
+    decided = counts.rows_ok + counts.rows_rejected
+    ratio = counts.rows_ok / decided if decided else 1.0
+    unlabeled = counts.rows_total - counts.rows_done
+    summary = labeler.snapshot()
+    summary.stage, summary.shard, summary.shards = PROGRAM, index, cfg.label_shards
+    if cfg.teacher_strategy:
+        summary.strategy = str(cfg.teacher_strategy)
+    summary.rows_resumed, summary.rows_unlabeled, summary.success_ratio = resumed, unlabeled, round(ratio, 4)
+    summary.requests = sum(c.requests_sent for c in clients.values()) + (judge.client.requests_sent if judge else 0)
+    summary.wall_seconds = round(wall, 3)
+    summary.rows_per_second = round((counts.rows_done - resumed) / wall, 2)
     min_ratio = min(t.min_success_ratio for t in teachers)
     if interrupted:
-        summary["error"] = "interrupted by SIGTERM; a rerun resumes"
-        return summary, 128 + signal.SIGTERM
+        summary.error = "interrupted by SIGTERM; a rerun resumes"
+        return ExitCode.TERMINATED, summary
     if unlabeled:
         who = "a teacher" if labeler.several else "the teacher"
-        summary["error"] = (f"{unlabeled} rows not labeled, {who} kept failing "
-                            f"({labeler.last_error[:300]}); a rerun resumes")
-        return summary, EXIT_UNLABELED
+        summary.error = (f"{unlabeled} rows not labeled, {who} kept failing ({labeler.last_error[:300]}); "
+                         "a rerun resumes")
+        return ExitCode.TEACHER_UNREACHABLE, summary
     if ratio < min_ratio:
         bound = "the teachers' minSuccessRatio" if labeler.several else "teacher.minSuccessRatio"
-        summary["error"] = f"only {ratio:.1%} of rows got a valid answer, below {bound} {min_ratio:.0%}"
-        return summary, EXIT_LOW_SUCCESS
+        summary.error = f"only {ratio:.1%} of rows got a valid answer, below {bound} {min_ratio:.0%}"
+        return ExitCode.TOO_FEW_LABELS, summary
     write_fingerprint(cfg)
-    return summary, EXIT_OK
+    return ExitCode.OK, summary
 
 
-def reuse_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> tuple[dict[str, Any], int]:
+def reuse_labels(cfg: PipelineConfig, base_dir_for_pvc: str | None = None) -> tuple[ExitCode, LabelingReport]:
     """dataset.labelsFrom: copy the labels (and generated inputs) of another workspace instead of asking the
-    teacher, once they match this run (`label_reuse`). Exit 2 with the reason otherwise."""
+    teacher, once they match this run (`label_reuse`). CONFIG with the reason otherwise."""
     uri = cfg.labels_from or ""
-    summary: dict[str, Any] = {"stage": "label", "reused_from": uri}
     try:
-        counters = copy_labels(cfg, base_dir_for_pvc)
+        summary = copy_labels(cfg, base_dir_for_pvc)
     except LabelsMismatch as err:
-        summary["error"] = f"labels mismatch: {err}"
-        return summary, EXIT_CONFIG
-    return {**summary, **counters.as_dict()}, EXIT_OK
+        return ExitCode.CONFIG, LabelingReport(stage=PROGRAM, reused_from=uri, error=f"labels mismatch: {err}")
+    summary.stage, summary.reused_from = PROGRAM, uri
+    return ExitCode.OK, summary
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -516,37 +511,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _fail(message: str) -> int:
-    summary = {"stage": "label", "error": message}
-    write_termination_message(summary)
-    print(message, file=sys.stderr)
-    print(compact_json(summary), flush=True)
-    return EXIT_CONFIG
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work() -> ProgramResult:
         cfg = PipelineConfig.load(args.config)
         cfg = cfg.model_copy(update={"workspace": workspace_layout(cfg)})
         if not 0 <= args.shard_index < cfg.label_shards:
-            return _fail(f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
+            return ExitCode.CONFIG, LabelingReport(
+                stage=PROGRAM, error=f"shard index {args.shard_index} is outside 0..{cfg.label_shards - 1}")
         if cfg.labels_from:
-            summary, code = reuse_labels(cfg, args.pvc_base)
-            write_termination_message(summary)
-            print(compact_json(summary), flush=True)
-            return code
+            return reuse_labels(cfg, args.pvc_base)
         task = get_task(cfg.task, cfg.prompt, cfg.dataset.columns)
         train, validation = split_rows(cfg, args.pvc_base)
-        summary, code = asyncio.run(run(cfg, task, {"train": train, "validation": validation},
-                                        args.shard_index, args.progress_interval))
-    except (OSError, ValueError, MissingColumn) as err:
-        return _fail(f"{type(err).__name__}: {err}")
-    write_termination_message(summary)
-    print(compact_json(summary), flush=True)
-    return code
+        return asyncio.run(run(cfg, task, {"train": train, "validation": validation},
+                               args.shard_index, args.progress_interval))
+
+    return run_program(PROGRAM, work, (OSError, ValueError, MissingColumn),
+                       lambda error: LabelingReport(stage=PROGRAM, error=error))
 
 
 if __name__ == "__main__":

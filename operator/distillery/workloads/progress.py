@@ -18,7 +18,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,26 +37,7 @@ DEFAULT_KUBECONFIG = "~/.kube/config"
 
 log = logging.getLogger("distillery.progress")
 
-Reported = Report | dict[str, Any]
-"""A stage's report; a plain dict is what the labeler still passes (issue 17 converts it)."""
-Snapshot = Callable[[], Reported]
-
-
-def wire(report: Reported) -> dict[str, Any]:
-    return report.dump() if isinstance(report, Report) else report
-
-
-@dataclass
-class Counters:
-    rows_done: int = 0
-    rows_ok: int = 0
-    rows_rejected: int = 0
-    rows_total: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+Snapshot = Callable[[], Report]
 
 
 def compact_json(value: Any) -> str:
@@ -78,11 +58,11 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
-def write_termination_message(report: Reported, path: str | None = None) -> bool:
+def write_termination_message(report: Report, path: str | None = None) -> bool:
     """Write `report` where Kubernetes reads the termination message; False when it cannot be written
     (outside a pod /dev/termination-log is usually not writable, and that is fine)."""
     target = Path(path or os.environ.get(TERMINATION_MESSAGE_ENV) or DEFAULT_TERMINATION_MESSAGE_PATH)
-    summary = wire(report)
+    summary = report.dump()
     text = compact_json(summary)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
         # Kubernetes would cut it mid-JSON; say so in a message the operator can still parse.
@@ -162,7 +142,7 @@ class LiveProgress:
         """Patch this pod's key with the current snapshot if it changed; returns whether it was sent."""
         if not self.enabled:
             return False
-        data = wire(self.snapshot())
+        data = self.snapshot().dump()
         if data == self._sent:
             return False
         try:

@@ -4,7 +4,8 @@ workers that ask it, for up to its outage budget."""
 import asyncio
 import logging
 import time
-from typing import Any
+
+from distillery.api.reports import LabelingReport
 
 log = logging.getLogger("distillery.labeler")
 
@@ -34,11 +35,13 @@ class TeacherOutage:
         self.since_wall: float | None = None
         self.error = ""
 
-    def report(self) -> dict[str, Any]:
-        """For the live progress report: since when (Unix time) and why the teacher is unreachable, while it is."""
+    def report(self, progress: LabelingReport) -> bool:
+        """While the teacher is unreachable, sets on the live progress report since when (Unix time) and why;
+        whether it is unreachable."""
         if self.since_wall is None:
-            return {}
-        return {"teacher_unreachable_since": int(self.since_wall), "teacher_error": self.error[:200]}
+            return False
+        progress.teacher_unreachable_since, progress.teacher_error = int(self.since_wall), self.error[:200]
+        return True
 
     def ended(self) -> None:
         if self.since is not None:
