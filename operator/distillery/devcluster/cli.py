@@ -5,11 +5,8 @@ import sys
 from pathlib import Path
 
 from distillery.devcluster.binaries import ALL_TARGETS, KARPENTER_TARGETS, KUEUE_TARGETS, ensure_built
-from distillery.devcluster.cluster import DevCluster
+from distillery.devcluster.cluster import LOCAL_WORKLOADS_DIR, DevCluster
 from distillery.devcluster.nodepools import DEFAULT_NODEPOOLS, PROFILES, profile_path
-
-LOCAL_WORKLOADS = "local-workloads"
-"""The folder of a cluster's directory where the demo's local kubelet keeps pods' volumes (`demo.main`)."""
 
 
 def main(argv: list[str]) -> int:
@@ -51,7 +48,7 @@ def main(argv: list[str]) -> int:
         nodepools = DEFAULT_NODEPOOLS
     cluster = DevCluster(args.name, nodepools)
     if args.command == "models":
-        return _models(args.models, args.list, cluster.dir / LOCAL_WORKLOADS / "pvc")
+        return _models(args.models, args.list, cluster.dir / LOCAL_WORKLOADS_DIR / "pvc")
     if args.command == "up":
         print(cluster.up(with_kueue=args.kueue, with_autoscaler=args.autoscaler))
     elif args.command == "down":

@@ -37,6 +37,8 @@ from distillery.devcluster.ports import free_port
 STAGES_DIR = Path(__file__).with_name("stages")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 OPTIONAL_COMPONENTS = ("kueue", "karpenter")
+LOCAL_WORKLOADS_DIR = "local-workloads"
+"""Under a cluster's folder: the volumes of the pods the local kubelet runs (pvc/<claim>/ for pvc:// models)."""
 """Started on request (`up --kueue`); stopped before the control plane they depend on."""
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"

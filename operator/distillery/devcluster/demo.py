@@ -29,7 +29,7 @@ from distillery.api import crd
 from distillery.api.spec import DistillationSpec
 from distillery.cli import status as status_view
 from distillery.controller.kube import KubeClient, load_configuration
-from distillery.devcluster.cluster import DevCluster
+from distillery.devcluster.cluster import LOCAL_WORKLOADS_DIR, DevCluster
 from distillery.devcluster.local_kubelet import LocalKubelet, LocalVolumes
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
         operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "0",
                                      "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"operator running (pid {operator.pid}, log {log_path})")
-    workloads = LocalWorkloads(manifest, kubeconfig, cluster.dir / "local-workloads") if local else None
+    workloads = LocalWorkloads(manifest, kubeconfig, cluster.dir / LOCAL_WORKLOADS_DIR) if local else None
     try:
         if workloads:
             workloads.start()
