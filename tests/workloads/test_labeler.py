@@ -177,6 +177,21 @@ async def test_malformed_answers_are_retried_then_rejected(
     assert sum(r.status == "ok" for r in records) == 11
 
 
+async def test_a_greedy_teacher_is_not_asked_the_same_question_again(
+    teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter,
+) -> None:
+    """At temperature 0 a retry can only repeat the reply (and its cost): one attempt, then rejected."""
+    teacher.faults = FaultConfig(malformed=1.0, only_matching="old dog",
+                                 malformed_text="The two sentences seem unrelated to me, hard to say.")
+    config = write_config(teacher.url, max_attempts=3, sampling=Sampling(temperature=0).model_dump())
+
+    assert await label(config) == 0
+
+    [rejected] = [r for r in all_records(config) if r.status == "rejected"]
+    assert rejected.attempts == 1 and rejected.reason == "no 'Answer:' line"
+    assert requests_per_row(teacher, nli_task, [rejected]) == [1]
+
+
 async def test_a_malformed_first_answer_is_asked_again(
     teacher: TeacherServer, nli_task: TaskDefinition, write_config: ConfigWriter,
 ) -> None:

@@ -52,6 +52,9 @@ def test_nli_prompts_and_parse() -> None:
     ("Answer: it is not possible to tell", "neutral"),
     ("Answer: yes", "entailment"),
     ("contradiction", "contradiction"),  # a student trained on labels alone
+    # Seen from Qwen2.5-Coder-0.5B-Instruct with the teacher prompt:
+    ("The hypothesis goes beyond the premise.\n- Answer: neutral", "neutral"),
+    ("So it cannot hold.\nTherefore, the final answer is: Answer: contradiction.", "contradiction"),
 ])
 def test_nli_normalises_labels(text: str, label: str) -> None:
     assert task(Task.NLI).parse(text).answer == label
@@ -64,6 +67,9 @@ def test_nli_normalises_labels(text: str, label: str) -> None:
     ("Answer: entailment or neutral", "invalid label"),
     ("Hmm.\nAnswer:", "empty 'Answer:' line"),
     ("   ", "empty output"),
+    # A marker inside a line counts only in the last line, and its answer must still be a label.
+    ("The answer: entailment, I think.\nBut then again it may be neutral.", "no 'Answer:' line"),
+    ("Let me think.\nThe final answer is: Answer: probably", "invalid label 'probably'"),
 ])
 def test_nli_rejects_malformed_output(text: str, reason: str) -> None:
     assert reason in malformed(task(Task.NLI), text)
@@ -104,6 +110,7 @@ def test_multiple_choice_prompts_and_references() -> None:
     ("Iron oxide gives Mars its colour.\n**Answer: (b)**", "B"),
     ("Answer: B. Mars", "B"),
     ("The answer is B.", "B"),
+    ("Iron oxide makes it red.\nThe answer is (B).", "B"),
     ("Mars", "B"),
     ("B", "B"),
 ])
@@ -162,13 +169,24 @@ def test_math_parses_gsm8k() -> None:
     ("The total cost is computed above.\n#### 1,000", "1000"),
     ("18", "18"),
     ("$18.", "18"),
+    # Seen from SmolLM2-135M-Instruct after LoRA on the teacher's labels: an explicit final answer, no marker line.
+    ("So, the baker has 24 leftover muffins.\n\nThe final answer is 24.", "24"),
 ])
 def test_math_normalises_numbers(text: str, number: str) -> None:
     assert task(Task.MATH).parse(text).answer == number
 
 
+def test_a_boxed_answer_keeps_its_sentence_in_the_rationale() -> None:
+    # Qwen2.5-Coder-0.5B-Instruct's usual ending: no answer line, the result boxed mid-sentence.
+    text = "Total: 48 + 24 = 72.\n\nTherefore, Natalia sold \\(\\boxed{72}\\) clips altogether."
+    parsed = task(Task.MATH).parse(text)
+    assert parsed == Parsed("72", "Total: 48 + 24 = 72.\n\nTherefore, Natalia sold \\(72\\) clips altogether.")
+    assert task(Task.MATH).target(parsed, include_rationale=True).endswith("clips altogether.\nAnswer: 72")
+
+
 @pytest.mark.parametrize(("text", "reason"), [
     ("She sold 48 in April and 24 in May, which gives 72 in total.", "no 'Answer:' line"),
+    ("The answer is 72.\nOr maybe it is 80 after all.", "no 'Answer:' line"),
     ("Answer: seventy-two", "no number"),
     ("Answer: 5/0", "division by zero"),
     ("", "empty output"),

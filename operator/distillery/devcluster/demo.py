@@ -1,12 +1,12 @@
 """`distillery demo`: the local control plane, the operator, and a sample Distillation to Succeeded.
 
-Pods are placed on kwok's simulated GPU nodes. With `--workloads local` (the
-default) the labeling, training and evaluation pods' programs really run on
-this machine through a local kubelet: the labeler prompts a local
-OpenAI-compatible teacher (it answers from the dataset's references, standing in
-for a vLLM-served model), DeepSpeed fine-tunes a tiny student with LoRA on CPU,
-and the evaluator's results land in the Distillation's status. With
-`--workloads simulated` kwok only pretends to run them, which shows the
+Pods are placed on kwok's simulated GPU nodes. With `--workloads local` (the default) the teacher's, labeling,
+training and evaluation pods' programs really run on this machine through a local kubelet, on CPU: with
+`--models real` (the default) the teacher pod serves a pretrained model with llama.cpp, the labeler prompts it with
+chain-of-thought over real GSM8K rows, DeepSpeed fine-tunes a pretrained student with LoRA, and the evaluator's
+real results land in the Distillation's status (devcluster/real_sample.py). `--models tiny` runs a random tiny
+student against the fault-injection teacher double, which answers from the rows' references (so its scores say
+nothing about distillation). With `--workloads simulated` kwok only pretends to run the pods, which shows the
 operator's lifecycle in seconds.
 """
 
@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from distillery.cli import status as status_view
 from distillery.controller.kube import KubeClient, load_configuration
 from distillery.devcluster.cluster import LOCAL_WORKLOADS_DIR, DevCluster
 from distillery.devcluster.local_kubelet import LocalKubelet, LocalVolumes
+from distillery.devcluster.real_sample import real_sample
 
 if TYPE_CHECKING:
     from distillery.devcluster.hub_server import HubServer
@@ -88,22 +91,31 @@ GATED_STUDENT = "distillery-test/tiny-student"
 
 
 class LocalWorkloads:
-    """A local teacher server and the local kubelet, on their own event loop in a thread; with `hub_token`, also a
-    local model hub (HF_ENDPOINT) serving the tiny student as GATED_STUDENT, readable only with that token."""
+    """The local kubelet on its own event loop in a thread, with the teacher either a pod it runs (`real_models`:
+    the teacher Deployment's vLLM container as `distillery serve` on the real model, which `dev-cluster models`
+    installs) or, by default, the fault-injection teacher double (`teacher_server.py`, answering from the rows'
+    references); with `hub_token`, also a local model hub (HF_ENDPOINT) serving the tiny student as
+    GATED_STUDENT, readable only with that token."""
 
-    def __init__(self, manifest: dict[str, Any], kubeconfig: Path, root: Path, hub_token: str | None = None) -> None:
+    def __init__(self, manifest: dict[str, Any], kubeconfig: Path, root: Path, hub_token: str | None = None,
+                 real_models: bool = False) -> None:
         self.manifest, self.kubeconfig, self.root = manifest, kubeconfig, root
         self.hub_token = hub_token
+        self.real_models = real_models
         self.hub: HubServer | None = None
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.teacher: TeacherServer | None = None
+        self.kubelet: LocalKubelet | None = None
         self.log_dir = root / "pods"
 
     def start(self) -> None:
+        """Returns once the kubelet runs (with real models, after their install: minutes on a cold cache)."""
         self.thread.start()
-        self.ready.wait(120)
+        while not self.ready.wait(1):
+            if not self.thread.is_alive():
+                raise RuntimeError("the local workloads did not start (see the error above)")
 
     def stop(self) -> None:
         for task in asyncio.all_tasks(self.loop):
@@ -134,38 +146,51 @@ class LocalWorkloads:
 
         spec = DistillationSpec.model_validate(self.manifest["spec"])
         pvc_base = self.root / "pvc"
-        model_dir = pvc_base / "models" / "tiny-student"
-        if not (model_dir / "config.json").exists():
-            save_tiny_model(model_dir)
+        if self.real_models:
+            from distillery.devcluster import models, real_sample
+
+            await asyncio.to_thread(models.install, [real_sample.TEACHER_MODEL, real_sample.STUDENT_MODEL],
+                                    pvc_base)
+        elif not (pvc_base / "models" / "tiny-student" / "config.json").exists():
+            save_tiny_model(pvc_base / "models" / "tiny-student")
         task = get_task(spec.task, spec.prompt, spec.dataset.columns)
         sources = [s for s in (spec.dataset.train, spec.dataset.validation) if s is not None]
         rows = [row for source in sources for row in source.rows or []]
         log_dir = self.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        lookup = lookup_from_rows(task, rows)
         hub_repo = self.root / "hub" / GATED_STUDENT
         if self.hub_token and not (hub_repo / "config.json").exists():
             save_tiny_model(hub_repo)
-        # Several teachers: the first answers right, the others wrong on a quarter of the rows each (different
-        # rows), so votes, agreement and disagreements are real.
-        others = [TeacherServer(TaskAwareResponder(lookup, wrong_share=0.25, wrong_salt=t.name))
-                  for t in (spec.teachers or [])[1:]]
-        async with TeacherServer(TaskAwareResponder(lookup)) as teacher, contextlib.AsyncExitStack() as stack, \
-                HubServer({GATED_STUDENT: hub_repo}, gated=[GATED_STUDENT], token=self.hub_token) as hub, \
-                KubeClient(load_configuration(str(self.kubeconfig))) as client:
-            for server in others:
-                await stack.enter_async_context(server)
-            urls = ({t.name: server.url for t, server in zip(spec.teachers, [teacher, *others], strict=True)}
-                    if spec.teachers else {})
-            self.teacher, self.hub = teacher, hub
+        async with contextlib.AsyncExitStack() as stack:
+            teacher_url, urls = None, {}
+            if not self.real_models:
+                lookup = lookup_from_rows(task, rows)
+                # Several teachers: the first answers right, the others wrong on a quarter of the rows each
+                # (different rows), so votes, agreement and disagreements are real.
+                teachers = [TeacherServer(TaskAwareResponder(lookup)), *(
+                    TeacherServer(TaskAwareResponder(lookup, wrong_share=0.25, wrong_salt=t.name))
+                    for t in (spec.teachers or [])[1:])]
+                for server in teachers:
+                    await stack.enter_async_context(server)
+                self.teacher, teacher_url = teachers[0], teachers[0].url
+                urls = ({t.name: server.url for t, server in zip(spec.teachers, teachers, strict=True)}
+                        if spec.teachers else {})
+            self.hub = await stack.enter_async_context(
+                HubServer({GATED_STUDENT: hub_repo}, gated=[GATED_STUDENT], token=self.hub_token))
+            client = await stack.enter_async_context(KubeClient(load_configuration(str(self.kubeconfig))))
             kubelet = LocalKubelet(client, self.manifest["metadata"].get("namespace", "default"),
-                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher.url, log_dir, urls,
-                                   self.kubeconfig)
+                                   LocalVolumes(root=self.root, pvc_base=pvc_base), teacher_url, log_dir, urls,
+                                   self.kubeconfig, run_servers=self.real_models)
+            self.kubelet = kubelet
             # Hub downloads land here, as on a fresh node, never in this machine's own cache.
             kubelet.pod_env["HF_HOME"] = str(self.root / "hf-home")
-            print(f"local teacher at {teacher.url}; stage pods run here, logs in {log_dir}")
+            where = f"local teacher at {teacher_url}" if teacher_url else "the teacher pod runs here (llama.cpp)"
+            print(f"{where}; stage pods run here, logs in {log_dir}")
             self.ready.set()
-            await kubelet.run_forever()
+            try:
+                await kubelet.run_forever()
+            finally:
+                kubelet.kill_all()
 
 
 def main(argv: list[str]) -> int:
@@ -173,10 +198,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--manifest", type=Path, help="a Distillation to apply instead of the built-in sample")
     parser.add_argument("--workloads", choices=("local", "simulated"), default="local",
                         help="run the stage programs here (local) or let kwok pretend (simulated)")
+    parser.add_argument("--models", choices=("real", "tiny"), default="real",
+                        help="real: a pretrained teacher and student on GSM8K rows (devcluster/real_sample.py); "
+                             "tiny: a random tiny student and the stand-in teacher that answers from the references")
     parser.add_argument("--stage-seconds", default="3s", help="how long each simulated stage pod runs")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--down", action="store_true", help="stop the control plane afterwards")
     args = parser.parse_args(argv)
+    # Stopped with SIGTERM as with Ctrl-C: the cleanup below ends the pods' processes (the teacher's server
+    # would otherwise keep the CPUs busy after the demo is gone).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cluster = DevCluster("dev")
     kubeconfig = cluster.up()
@@ -189,7 +220,7 @@ def main(argv: list[str]) -> int:
     if args.manifest:
         manifest = yaml.safe_load(args.manifest.read_text())
     else:
-        manifest = local_sample() if local else SAMPLE
+        manifest = (real_sample() if args.models == "real" else local_sample()) if local else SAMPLE
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"].get("namespace", "default")
     config = Path(tempfile.mkdtemp()) / "operator.yaml"
@@ -202,7 +233,8 @@ def main(argv: list[str]) -> int:
         operator = subprocess.Popen([sys.executable, "-m", "distillery.cli", "operator", "--metrics-port", "0",
                                      "--liveness", ""], stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"operator running (pid {operator.pid}, log {log_path})")
-    workloads = LocalWorkloads(manifest, kubeconfig, cluster.dir / LOCAL_WORKLOADS_DIR) if local else None
+    workloads = LocalWorkloads(manifest, kubeconfig, cluster.dir / LOCAL_WORKLOADS_DIR,
+                               real_models=args.models == "real" and not args.manifest) if local else None
     try:
         if workloads:
             workloads.start()
@@ -211,7 +243,10 @@ def main(argv: list[str]) -> int:
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(models_claim(namespace)))
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         print(f"applied Distillation {namespace}/{name}; watching its status\n")
-        return _watch(cluster, name, namespace, args.timeout, operator)
+        code = _watch(cluster, name, namespace, args.timeout, operator)
+        if code == 0 and workloads is not None and workloads.real_models:
+            ask_the_served_student(cluster, workloads, manifest)
+        return code
     finally:
         if workloads:
             workloads.stop()
@@ -222,6 +257,48 @@ def main(argv: list[str]) -> int:
         else:
             print(f"\nthe control plane keeps running: export KUBECONFIG={kubeconfig}  "
                   "(stop it with `distillery dev-cluster down`)")
+
+
+def ask_the_served_student(cluster: DevCluster, workloads: LocalWorkloads, manifest: dict[str, Any]) -> None:
+    """The request a user would send to the finished student: its Service's pod runs here, so the URL is
+    this machine's (in a cluster: `kubectl port-forward svc/<name>-student 8000`)."""
+    from distillery.devcluster.local_kubelet import service_host
+    from distillery.resources.student import SERVED_NAME
+    from distillery.workloads.tasks import get_task
+
+    meta = manifest["metadata"]
+    got = cluster.kubectl("get", "distillation", meta["name"], "-n", meta.get("namespace", "default"), "-o", "json")
+    endpoint = (json.loads(got.stdout).get("status") or {}).get("studentEndpoint")
+    if not endpoint or workloads.kubelet is None:
+        print("the student is not served (serving disabled?)")
+        return
+    service = service_host(endpoint)
+    deadline = time.monotonic() + 300
+    while (url := workloads.kubelet.served.get(service)) is None:
+        if time.monotonic() > deadline or service in workloads.kubelet.ended:
+            print(f"the student's server did not start; see {workloads.log_dir}")
+            return
+        time.sleep(0.5)
+    spec = DistillationSpec.model_validate(manifest["spec"])
+    task = get_task(spec.task, spec.prompt, spec.dataset.columns)
+    question = {"question": "A baker makes 24 muffins and sells 3 boxes of 6 muffins each. "
+                            "How many muffins are left?"}
+    body = {"model": SERVED_NAME, "messages": task.student_messages(question), "max_tokens": 256,
+            "temperature": 0}
+    print(f"\nThe distilled student answers (its Service {endpoint} runs here at {url}):\n"
+          f"  curl -s {url}/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+    request = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            reply = json.loads(response.read())
+    except OSError as err:
+        print(f"  the request failed: {err}")
+        return
+    choice = reply["choices"][0]
+    print(f"  -> ({choice['finish_reason']}, {reply['usage']['completion_tokens']} tokens)\n"
+          + "\n".join(f"     {line}" for line in choice["message"]["content"].splitlines()))
+    print(f"  parsed answer: {task.prediction(choice['message']['content'], question) or '(none)'}; expected 6")
 
 
 def _watch(cluster: DevCluster, name: str, namespace: str, timeout: float, operator: subprocess.Popen[bytes]) -> int:

@@ -67,9 +67,33 @@ def resolve_env(container: dict[str, Any], namespace: str, completion_index: str
     return resolved
 
 
+VLLM_FLAGS_WITH_VALUE = {"--served-model-name", "--max-logprobs", "--chat-template"}
+"""The flags of `vllm serve` that `distillery serve` takes with the same meaning; the others (the placement ones:
+tensor parallelism, host, port; and a user's extraArgs tuning vLLM's GPU engine) have no CPU counterpart."""
+
+
+def vllm_as_local_serve(args: list[str]) -> list[str]:
+    """A `vllm serve` container's args as `distillery serve`'s: the same model, served name and logprobs bound,
+    a LoRA module as the adapter merged at load under its name, on a port of its own (the Service's port is
+    this machine's to route, see LocalKubelet.served)."""
+    out = ["distillery", "serve", "--model", args[0], "--port", "0"]
+    rest = iter(args[1:])
+    for flag in rest:
+        name, _, value = flag.partition("=")
+        if name in VLLM_FLAGS_WITH_VALUE:
+            out += [name, value or next(rest)]
+        elif name == "--lora-modules":
+            served, _, adapter = (value or next(rest)).partition("=")
+            out += ["--served-model-name", served, "--adapter", adapter]
+    return out
+
+
 def local_argv(container: dict[str, Any], env: dict[str, str], mounts: dict[str, Path]) -> list[str]:
-    """The container's command and args here: executables by module, mounted paths remapped."""
-    argv = [expand(a, env) for a in [*container["command"], *container.get("args", [])]]
+    """The container's command and args here: executables by module, mounted paths remapped. A vLLM container
+    (the image's entrypoint is `vllm serve`) runs as `distillery serve` on CPU."""
+    argv = [expand(a, env) for a in [*container.get("command", []), *container.get("args", [])]]
+    if not container.get("command"):
+        argv = vllm_as_local_serve(argv)
     out = [*EXECUTABLES[argv[0]]]
     for arg in argv[1:]:
         for mount, local in mounts.items():
@@ -166,17 +190,50 @@ async def run_container(pod: dict[str, Any], volumes: LocalVolumes, extra_env: d
     return code, message
 
 
-def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str,
-                    teacher_urls: Mapping[str, str] | None = None) -> None:
-    """Point pipeline configs at a local teacher, as kube-proxy would route the teacher Service; with several
-    teachers, each in-cluster one (and a judge that is one of them) at its own server, by name."""
+def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str | None,
+                    teacher_urls: Mapping[str, str] | None = None, served: Mapping[str, str] | None = None) -> None:
+    """Point pipeline configs at local teachers, as kube-proxy would route the teacher Services: a Service whose
+    pod runs here (`served`, by Service name) at that pod's server; otherwise with several teachers each in-cluster
+    one (and a judge that is one of them) at its own server by name, else at `teacher_url`."""
     for data in configmaps.values():
         if CONFIG_FILE in data:
             cfg = PipelineConfig.model_validate_json(data[CONFIG_FILE])
             for client in [cfg.teacher, *(cfg.teachers or []), *([cfg.strategy_judge] if cfg.strategy_judge else [])]:
-                if ".svc:" in client.base_url:
-                    client.base_url = (teacher_urls or {}).get(str(client.name), teacher_url)
+                if ".svc:" not in client.base_url:
+                    continue
+                url = (served or {}).get(service_host(client.base_url)) or (teacher_urls or {}).get(
+                    str(client.name), teacher_url)
+                if url is not None:
+                    client.base_url = url
             data[CONFIG_FILE] = cfg.to_json()
+
+
+def service_host(url: str) -> str:
+    """The Service name of an in-cluster URL (http://NAME.NAMESPACE.svc:PORT/...)."""
+    return url.split("//", 1)[-1].split(".", 1)[0]
+
+
+def services_asked(configmaps: dict[str, dict[str, str]]) -> set[str]:
+    """The in-cluster Services the pipeline configs send requests to."""
+    asked: set[str] = set()
+    for data in configmaps.values():
+        if CONFIG_FILE in data:
+            cfg = PipelineConfig.model_validate_json(data[CONFIG_FILE])
+            asked |= {service_host(c.base_url) for c in [cfg.teacher, *(cfg.teachers or []),
+                                                          *([cfg.strategy_judge] if cfg.strategy_judge else [])]
+                      if ".svc:" in c.base_url}
+    return asked
+
+
+def service_of(pod: dict[str, Any]) -> str:
+    """The Deployment (and so the Service) a server pod belongs to: its ReplicaSet's name less the hash."""
+    refs = pod["metadata"].get("ownerReferences") or []
+    replica_set = next((r["name"] for r in refs if r.get("kind") == "ReplicaSet"), pod["metadata"]["name"])
+    return str(replica_set.rsplit("-", 1)[0])
+
+
+SERVING_AT = re.compile(r"^serving .* on (http://\S+)$", re.MULTILINE)
+"""The line `distillery serve` prints once it listens."""
 
 
 class LocalKubelet:
@@ -187,11 +244,14 @@ class LocalKubelet:
     machine's processes neither exit nor answer, so its peers block as they would on a lost node."""
 
     STAGES = ("generation", "labeling", "training", "evaluation")
+    SERVERS = ("teacher", "serving")
+    """With `run_servers`: the teacher's and the student's Deployment pods, their vLLM container as
+    `distillery serve`."""
     KILL_AFTER_S = 20.0
 
     def __init__(self, client: KubeClient, namespace: str, volumes: LocalVolumes, teacher_url: str | None,
                  log_dir: Path, teacher_urls: Mapping[str, str] | None = None,
-                 kubeconfig: Path | None = None) -> None:
+                 kubeconfig: Path | None = None, run_servers: bool = False) -> None:
         self.client = client
         self.pod_env = {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}
         """A pod's credentials for its progress reports (in a cluster, its ServiceAccount's token)."""
@@ -208,6 +268,11 @@ class LocalKubelet:
         self.ports: dict[str, int] = {}
         """Rendezvous port per Job UID: the pods of one training Job meet there."""
         self.tasks: set[asyncio.Task[None]] = set()
+        self.run_servers = run_servers
+        self.served: dict[str, str] = {}
+        """Service name -> base URL (with /v1) of the server pod of it that runs here and listens."""
+        self.ended: set[str] = set()
+        """Services whose server pod here has exited: they route nowhere (a pod asking them finds it out)."""
 
     async def run_forever(self, poll: float = 0.5) -> None:
         while True:
@@ -236,12 +301,22 @@ class LocalKubelet:
                     _signal(_tree(proc), signal.SIGSTOP)
         for name, pod in live.items():
             stage = pod["metadata"]["labels"].get(STAGE_LABEL)
-            if stage not in self.STAGES or name in self.done or (pod.get("status") or {}).get("phase") != "Running":
+            server = self.run_servers and stage in self.SERVERS
+            if (stage not in self.STAGES and not server) or name in self.done \
+                    or (pod.get("status") or {}).get("phase") != "Running":
                 continue
             self.done.add(name)
-            task = asyncio.create_task(self.run_pod(pod))
+            if server:
+                self.ended.discard(service_of(pod))  # a new pod of a Service whose earlier one has gone
+            task = asyncio.create_task(self.run_server(pod) if server else self.run_pod(pod))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def kill_all(self) -> None:
+        """Every process still running here (the teacher's server runs until it is killed), as a node going away
+        takes its pods' processes."""
+        for _, proc in self.processes.values():
+            _signal(_tree(proc), signal.SIGKILL)
 
     @staticmethod
     async def end(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -252,6 +327,28 @@ class LocalKubelet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
         _signal(tree, signal.SIGKILL)
+
+    async def run_server(self, pod: dict[str, Any]) -> None:
+        """A server pod (the teacher's vLLM) runs here until its pod is deleted; once it prints where it listens,
+        its Service routes there. A server that exits is a crashed pod: its Service routes nowhere."""
+        service, name = service_of(pod), pod["metadata"]["name"]
+        log = self.log_dir / f"{name}.log"
+
+        async def listening() -> None:
+            while True:
+                found = SERVING_AT.search(log.read_text(errors="replace")) if log.exists() else None
+                if found:
+                    self.served[service] = found.group(1) + "/v1"
+                    return
+                await asyncio.sleep(0.2)
+
+        watch = asyncio.create_task(listening())
+        try:
+            await self.run_pod(pod)
+        finally:
+            watch.cancel()
+            self.served.pop(service, None)
+            self.ended.add(service)
 
     async def run_pod(self, pod: dict[str, Any]) -> None:
         for volume in pod["spec"].get("volumes", []):
@@ -264,8 +361,13 @@ class LocalKubelet:
                 claim = await self.client.get("PersistentVolumeClaim", name, self.namespace)
                 if claim:
                     self.volumes.claim_uids[name] = claim["metadata"]["uid"]
-        if self.teacher_url:
-            reroute_teacher(self.volumes.configmaps, self.teacher_url, self.teacher_urls)
+        if self.run_servers and pod["metadata"]["labels"].get(STAGE_LABEL) not in self.SERVERS:
+            # A pod that asks the teacher starts once the teacher's server here listens (or has exited): its
+            # config is written once, with the address the Service has then.
+            while services_asked(self.volumes.configmaps) - set(self.served) - self.ended:
+                await asyncio.sleep(0.2)
+        if self.teacher_url or self.served:
+            reroute_teacher(self.volumes.configmaps, self.teacher_url, self.teacher_urls, self.served)
         secrets: dict[tuple[str, str], str] = {}
         for item in pod["spec"]["containers"][0].get("env", []):
             ref = (item.get("valueFrom") or {}).get("secretKeyRef")

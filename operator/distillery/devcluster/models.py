@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from distillery.devcluster.binaries import cache_dir
+from distillery.workloads.serve_engines import GGUF_FILE
 
-GGUF_FILE = "model.gguf"
 PROVENANCE_FILE = "provenance.json"
 LICENSE_FILE = "LICENSE"
 CHECK_FILE = "gguf-logits.safetensors"

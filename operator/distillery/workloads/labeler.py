@@ -158,7 +158,10 @@ class Teacher:
             return record("rejected", 0, reason=f"bad row: {err}")
         reason, raw = "", ""
         attempt = 0
-        while attempt < self.teacher.max_attempts:
+        # Greedy decoding gives the same reply again (vLLM's and llama.cpp's both), so asking again only repeats
+        # its cost: one attempt (a real 0.5B teacher spent 40 s of a 2-core machine on each such row).
+        attempts = 1 if self.teacher.sampling.temperature == 0 else self.teacher.max_attempts
+        while attempt < attempts:
             generation = self.outage.generation
             try:
                 sample = await self.sample(messages)
@@ -202,7 +205,7 @@ class Teacher:
                 parsed, text = chosen
                 logprobs = vote_logprobs[next(i for i, vote in enumerate(votes) if vote is chosen)]
                 return record("ok", attempt, parsed, raw=text, logprobs=logprobs)
-        return record("rejected", self.teacher.max_attempts, raw=raw, reason=reason or "no answer")
+        return record("rejected", attempts, raw=raw, reason=reason or "no answer")
 
 
 class Labeler:

@@ -19,7 +19,8 @@ class ModelLoadError(RuntimeError):
     """The student model (or adapter) cannot be loaded; the message says what to fix."""
 
 
-def _model_location(ref: str) -> str:
+def resolve_local_model(ref: str) -> str:
+    """Where `ref` is on this machine (a pvc:// reference under the pod's mounts), or the hub id itself."""
     location = resolve_model_ref(ref, pvc_base())
     if is_local_ref(ref) and not Path(location).exists():
         raise ModelLoadError(f"model {ref!r}: {location} does not exist (is its volume mounted?)")
@@ -44,7 +45,7 @@ def load_tokenizer(ref: str) -> Any:
     """The model's tokenizer, with a pad token (the eos token when it has none) for batching."""
     from transformers import AutoTokenizer
 
-    location = _model_location(ref)
+    location = resolve_local_model(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as err:
@@ -60,7 +61,7 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, adapter: str | P
     LoRA adapter directory on top (merged into the weights when `merge`)."""
     from transformers import AutoModelForCausalLM
 
-    location = _model_location(ref)
+    location = resolve_local_model(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as err:

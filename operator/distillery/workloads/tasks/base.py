@@ -54,25 +54,42 @@ class MissingColumn(KeyError):
 
 
 def marker_pattern(marker: str) -> re.Pattern[str]:
-    """A line that starts with `marker:` (optionally bold, optionally 'Final'), capturing what follows."""
+    """A line that starts with `marker:` (optionally bold, bulleted, or 'Final'), capturing what follows."""
     return re.compile(
-        rf"^[ \t>*_#]*(?:final[ \t]+)?{re.escape(marker)}[ \t]*\**[ \t]*(?::|\uff1a)[ \t]*\**[ \t]*(.*)$",
+        rf"^[ \t>*_#\-\u2022]*(?:final[ \t]+)?{re.escape(marker)}[ \t]*\**[ \t]*(?::|\uff1a)[ \t]*\**[ \t]*(.*)$",
         re.I | re.M,
     )
 
 
-def split_on_last_marker(text: str, pattern: re.Pattern[str], multiline: bool) -> tuple[str, str] | None:
+def inline_marker_pattern(marker: str) -> re.Pattern[str]:
+    """`marker:` or `marker is` inside a line, as a word of its own ("... the final answer is 24."); its end is
+    where the answer starts."""
+    m = re.escape(marker)
+    return re.compile(rf"(?<![a-z])(?:{m}[ \t]*\**[ \t]*(?::|\uff1a)|{m}[ \t]+is\b[ \t]*:?)[ \t]*\**[ \t]*", re.I)
+
+
+def split_on_last_marker(text: str, pattern: re.Pattern[str], multiline: bool,
+                         inline: re.Pattern[str] | None = None) -> tuple[str, str] | None:
     """(rationale, answer) around the last marker line, or None when there is none.
 
-    `multiline` keeps everything after the marker (summaries, replies); otherwise
-    only the marker's own line is the answer.
+    `multiline` keeps everything after the marker (summaries, replies); otherwise only the marker's own line is
+    the answer. With `inline`, a marker inside the last line counts when no line starts with one: real models
+    end with "Therefore, the final answer is: Answer: contradiction." or "The final answer is 24." (the answer
+    must still be a valid one, so this accepts nothing the task's checker cannot read).
     """
     matches = list(pattern.finditer(text))
-    if not matches:
+    if matches:
+        last = matches[-1]
+        answer = text[last.start(1):] if multiline else last.group(1)
+        return text[: last.start()].strip(), answer.strip()
+    if inline is None:
         return None
-    last = matches[-1]
-    answer = text[last.start(1):] if multiline else last.group(1)
-    return text[: last.start()].strip(), answer.strip()
+    body = text.rstrip()
+    line_start = body.rfind("\n") + 1
+    found = list(inline.finditer(body, line_start))
+    if not found:
+        return None
+    return body[: found[-1].start()].strip(), body[found[-1].end():].strip()
 
 
 def format_template(template: str, row: Row, what: str) -> str:
@@ -94,6 +111,7 @@ class TaskDefinition(ABC):
         self.prompt = prompt
         self.columns = dict(columns)
         self._marker_re = marker_pattern(self.marker)
+        self._inline_marker_re = inline_marker_pattern(self.marker)
 
     # Column access --------------------------------------------------------------------------
 
@@ -159,7 +177,7 @@ class TaskDefinition(ABC):
         text = text.strip()
         if not text:
             raise MalformedAnswer("empty output")
-        split = split_on_last_marker(text, self._marker_re, multiline=False)
+        split = split_on_last_marker(text, self._marker_re, multiline=False, inline=self._inline_marker_re)
         if split is None:
             try:
                 return self.bare_answer(text, row)

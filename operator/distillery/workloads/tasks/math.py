@@ -76,8 +76,13 @@ class MathTask(SingleTurnTask):
     def bare_answer(self, text: str, row: Row | None) -> Parsed:
         # Without an answer line only an explicit final answer counts: the last number of a
         # worked solution is often an intermediate result.
-        if last_boxed(text) is not None:
-            return Parsed(normalize_number(text), text[: text.rfind("\\boxed{")].strip())
+        boxed = last_boxed(text)
+        if boxed is not None:
+            # The rationale keeps the sentence that states the result ("... is \\(72\\)."), unboxed: cut at the
+            # box it would end mid-sentence, and a target appends its own answer line.
+            start = text.rfind("\\boxed{")
+            rationale = text[:start] + boxed + text[start + len("\\boxed{") + len(boxed) + 1:]
+            return Parsed(normalize_number(text), rationale.strip())
         if _GSM8K_FINAL in text:
             rationale, _, final = text.rpartition(_GSM8K_FINAL)
             return Parsed(normalize_number(final), rationale.strip())
