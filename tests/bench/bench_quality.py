@@ -15,7 +15,7 @@ student could reach without learning the task, computed from the data: the major
 labels, and the last number in the question (a student that learned the answer format alone); and the share of
 the base -> teacher gap the distilled student closes.
 
-    PYTHONPATH=operator ~/.cache/distillery/venv/bin/python tests/bench/bench_quality.py --train 40 --test 30
+    PYTHONPATH=operator:. ~/.cache/distillery/venv/bin/python tests/bench/bench_quality.py --train 40 --test 30
 
 Runs on CPU: about 10 s of teacher time per labeled row on 2 cores, then minutes of training and evaluation.
 """
