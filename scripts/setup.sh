@@ -16,13 +16,14 @@ stamp=$(sha256sum pyproject.toml scripts/setup.sh images/*/requirements.lock | s
 # The images' locks constrain the venv, so the tests run the versions the images ship (tests/unit/test_locks.py).
 LOCKS=(-c images/trainer/requirements.lock -c images/operator/requirements.lock)
 # llama-cpp-python is published as source only; built once (8 min on 2 cores) for any AVX2 x86-64 CPU, not this
-# one's (-march=native), without the multimodal library, and found by pip in the cache from then on.
+# one's (-march=native), and found by pip in the cache from then on.
 LLAMA_CPP_VERSION=0.3.36
 WHEELS="$CACHE/wheels"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
   log "building llama-cpp-python $LLAMA_CPP_VERSION (once; cached in $WHEELS)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$VENV/bin/pip" wheel -q --no-deps -w "$WHEELS" \
     "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi

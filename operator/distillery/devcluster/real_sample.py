@@ -34,7 +34,7 @@ def gsm8k_rows(split: str, count: int, offset: int = 0) -> list[dict[str, Any]]:
     return rows[offset:]
 
 
-def real_sample(train_rows: int = 12, validation_rows: int = 8, max_tokens: int = 512) -> dict[str, Any]:
+def real_sample(train_rows: int = 16, validation_rows: int = 10, max_tokens: int = 512) -> dict[str, Any]:
     """A math Distillation sized for a 2-core CPU: a few minutes of teacher labeling, LoRA on the student.
 
     The teacher's chain-of-thought averages 270 tokens on GSM8K (LaTeX steps, now and then Python); at 320 a third
@@ -53,8 +53,7 @@ def real_sample(train_rows: int = 12, validation_rows: int = 8, max_tokens: int 
                         "validation": {"rows": gsm8k_rows("test", validation_rows)}},
             "student": {
                 "model": f"pvc://models/{STUDENT_MODEL}", "gpuType": "H100", "gpusPerNode": 1, "epochs": 2,
-                # LoRA on a 135M model with a handful of rows: a learning rate well above the 7B default.
-                "batchSize": 4, "learningRate": 1e-3, "maxSeqLength": 512, "includeRationale": True,
+                "batchSize": 4, "learningRate": 2e-4, "maxSeqLength": 512, "includeRationale": True,
                 "lora": {"rank": 16, "alpha": 32, "dropout": 0.0,
                          "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
             },
