@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -117,10 +118,11 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=40, help="GSM8K train rows 0..N-1 (labeled, trained on)")
     parser.add_argument("--test", type=int, default=30, help="GSM8K test rows 0..N-1 (held out, scored)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=320, help="the teacher's chain-of-thought budget")
+    parser.add_argument("--max-tokens", type=int, default=512, help="the teacher's chain-of-thought budget")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--json", type=Path, help="also write the statuses here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped like Ctrl-C: the cleanup below runs
 
     cluster = DevCluster("bench-quality")
     kubeconfig = cluster.up()
@@ -135,6 +137,8 @@ def main() -> int:
     operator.start()
     statuses: dict[str, dict[str, Any]] = {}
     try:
+        # A fixed sample: an earlier run's Distillations (and their labels) must not be reused.
+        cluster.kubectl("delete", "distillations", "--all", "-n", NAMESPACE, "--wait=true")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(models_claim(NAMESPACE)))
         first = real_sample(train_rows=args.train, validation_rows=args.test, max_tokens=args.max_tokens)
         first["metadata"]["name"] = "quality-rationale"
