@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.workload]
 TRAIN_ROWS, VALIDATION_ROWS = 4, 3
 MAX_TOKENS = 384
 """The teacher's chain-of-thought on these 7 rows is 141-326 tokens; the evaluator's reasoning passes generate up to
-this many, so it bounds the test's CPU time: 4 min here alone; beside another real-model run it outgrew pytest's 900 s."""
+this many, so it bounds the test's CPU time: 4 min here alone (beside another real-model run it outgrew pytest's
+900 s)."""
 
 
 def test_real_models_label_train_evaluate_and_serve(kube: Kube, crd: None, namespace: str, tmp_path: Path) -> None:
