@@ -6,8 +6,6 @@ The first run downloads 98 MB and converts (a minute or two on 2 cores); later r
 
 import json
 import math
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +52,7 @@ def test_smollm2_is_installed_verified_and_gives_the_gguf_models_logits(
 
 
 def _chat(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return tm.http_json(f"{url}/v1/chat/completions", body)
 
 
 def test_the_gguf_is_served_by_llama_cpp_with_logprobs_n_and_true_finish_reasons(tmp_path: Path) -> None:

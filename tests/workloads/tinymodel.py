@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -149,6 +150,17 @@ def distillery(args: Sequence[str], termination_log: Path, timeout: float = 240)
     """`python -m distillery.cli ARGS` to completion, output captured."""
     return subprocess.run([PYTHON, "-m", "distillery.cli", *args], capture_output=True, text=True,
                           env=subprocess_env(termination_log), timeout=timeout, check=False)
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 300) -> tuple[int, dict[str, Any]]:
+    """GET (no body) or POST a JSON body to a server under test; (status, JSON reply), error replies included."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 @contextmanager

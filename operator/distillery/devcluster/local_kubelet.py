@@ -32,6 +32,7 @@ from distillery.api.pipeline import (
     WORKSPACE_DIR,
     WORKSPACE_ENV,
     PipelineConfig,
+    TeacherClientConfig,
 )
 from distillery.api.status import format_time
 from distillery.controller.kube import ApiError, KubeClient
@@ -198,14 +199,18 @@ def reroute_teacher(configmaps: dict[str, dict[str, str]], teacher_url: str | No
     for data in configmaps.values():
         if CONFIG_FILE in data:
             cfg = PipelineConfig.model_validate_json(data[CONFIG_FILE])
-            for client in [cfg.teacher, *(cfg.teachers or []), *([cfg.strategy_judge] if cfg.strategy_judge else [])]:
-                if ".svc:" not in client.base_url:
-                    continue
+            for client in in_cluster_clients(cfg):
                 url = (served or {}).get(service_host(client.base_url)) or (teacher_urls or {}).get(
                     str(client.name), teacher_url)
                 if url is not None:
                     client.base_url = url
             data[CONFIG_FILE] = cfg.to_json()
+
+
+def in_cluster_clients(cfg: PipelineConfig) -> list[TeacherClientConfig]:
+    """The config's teacher clients (and a strategy judge) that call a Service of this cluster."""
+    clients = [cfg.teacher, *(cfg.teachers or []), *([cfg.strategy_judge] if cfg.strategy_judge else [])]
+    return [client for client in clients if ".svc:" in client.base_url]
 
 
 def service_host(url: str) -> str:
@@ -215,14 +220,8 @@ def service_host(url: str) -> str:
 
 def services_asked(configmaps: dict[str, dict[str, str]]) -> set[str]:
     """The in-cluster Services the pipeline configs send requests to."""
-    asked: set[str] = set()
-    for data in configmaps.values():
-        if CONFIG_FILE in data:
-            cfg = PipelineConfig.model_validate_json(data[CONFIG_FILE])
-            asked |= {service_host(c.base_url) for c in [cfg.teacher, *(cfg.teachers or []),
-                                                          *([cfg.strategy_judge] if cfg.strategy_judge else [])]
-                      if ".svc:" in c.base_url}
-    return asked
+    return {service_host(client.base_url) for data in configmaps.values() if CONFIG_FILE in data
+            for client in in_cluster_clients(PipelineConfig.model_validate_json(data[CONFIG_FILE]))}
 
 
 def service_of(pod: dict[str, Any]) -> str:

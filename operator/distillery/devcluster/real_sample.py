@@ -48,7 +48,10 @@ def real_sample(train_rows: int = 16, validation_rows: int = 10, max_tokens: int
             "task": "math",
             "region": "westus3",
             "teacher": {"model": f"pvc://models/{TEACHER_MODEL}", "gpuType": "H100", "gpus": 1,
-                        "minSuccessRatio": 0.75, "sampling": {"maxTokens": max_tokens, "temperature": 0.0}},
+                        # The local server generates one reply at a time: more requests in flight only wait, and
+                        # one that waits past its timeout is asked again while the first is still generated.
+                        "concurrency": 2, "minSuccessRatio": 0.75,
+                        "sampling": {"maxTokens": max_tokens, "temperature": 0.0}},
             "dataset": {"train": {"rows": gsm8k_rows("train", train_rows)},
                         "validation": {"rows": gsm8k_rows("test", validation_rows)}},
             "student": {
